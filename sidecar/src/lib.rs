@@ -1,0 +1,1 @@
+//! coded-sidecar: the data plane of coded-serving.

@@ -1,0 +1,3 @@
+fn main() {
+    println!("coded-sidecar: under construction");
+}
