@@ -1,1 +1,13 @@
 //! coded-sidecar: the data plane of coded-serving.
+//!
+//! Data flows `data` → `model` (networks, cards, weights) → `coding`
+//! (encoders, decoder) → `train` / `eval`; `cmd` holds one module per
+//! subcommand of the binary.
+
+pub mod cmd;
+pub mod coding;
+pub mod data;
+pub mod eval;
+pub mod model;
+pub mod runtime;
+pub mod train;

@@ -1,3 +1,44 @@
-fn main() {
-    println!("coded-sidecar: under construction");
+//! `coded-sidecar`: the data plane of coded-serving in one binary.
+
+use clap::{Parser, Subcommand};
+use coded_sidecar::cmd;
+
+#[derive(Debug, Parser)]
+#[command(name = "coded-sidecar", version, about, long_about = None)]
+/// Erasure-coded ML inference: train and evaluate parity models, serve them.
+struct Cli {
+    /// Compute threads (candle matmuls and the rayon pool) [default: all cores].
+    #[arg(long, global = true, env = "CODED_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a base model or a parity model on Fashion-MNIST.
+    #[command(subcommand)]
+    Train(cmd::train::TrainCommand),
+    /// Measure available and degraded-mode accuracy of a base + parity pair.
+    Eval(cmd::eval::EvalArgs),
+    /// Draw figures from saved reports.
+    #[command(subcommand)]
+    Plot(cmd::plot::PlotCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    coded_sidecar::runtime::init_compute(cli.threads);
+    let result = match cli.command {
+        Command::Train(c) => cmd::train::run(c),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Plot(c) => cmd::plot::run(c),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,50 @@
+//! `coded-sidecar eval`: degraded-mode accuracy of a base + parity pair.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::DataArgs;
+use crate::eval::report::evaluate;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The base model's card (card.json or its directory).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// The parity model's card.
+    #[arg(long)]
+    pub parity: PathBuf,
+    /// Seed of the random grouping of test images into coding groups.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Score only the first N test images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let base = crate::model::load(&args.base)
+        .with_context(|| format!("loading the base model {}", args.base.display()))?;
+    let parity = crate::model::load(&args.parity)
+        .with_context(|| format!("loading the parity model {}", args.parity.display()))?;
+    let data = args.data.load()?;
+    let test = match args.limit {
+        Some(n) => data.test.take(n)?,
+        None => data.test,
+    };
+    let report = evaluate(&base, &parity, &test, args.seed)?;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}

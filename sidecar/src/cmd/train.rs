@@ -1,0 +1,150 @@
+//! `coded-sidecar train base|parity`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::DataArgs;
+use crate::coding::EncoderKind;
+use crate::model::{Arch, ModelCard};
+use crate::train::{TrainOptions, parity::default_groups_per_batch, train_base, train_parity};
+
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Train a base model (the model being served) on Fashion-MNIST labels.
+    Base(BaseArgs),
+    /// Train a parity model for a base model and a code (k, encoder).
+    Parity(ParityArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Passes over the training set; the best validation epoch is kept.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Seed for initialisation and shuffling: same seed, same weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train on the first N training images only (quick runs).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Output directory for card.json and model.safetensors.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bar and no per-epoch lines; just the summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BaseArgs {
+    #[arg(long, value_enum, default_value_t = Arch::Mlp)]
+    pub arch: Arch,
+    /// Images per optimiser step.
+    #[arg(long, default_value_t = crate::train::base::BASE_BATCH)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct ParityArgs {
+    /// The base model's card (card.json or its directory).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Queries per coding group.
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    #[arg(long, value_enum, default_value_t = EncoderKind::Sum)]
+    pub encoder: EncoderKind,
+    /// Coding groups per optimiser step [default: 64 for k = 2, 32 for k ≥ 3].
+    #[arg(long)]
+    pub groups_per_batch: Option<usize>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Default epochs: the papers' curves are nearly flat after ~100 (parity).
+const BASE_EPOCHS: usize = 30;
+const PARITY_EPOCHS: usize = 100;
+
+impl Common {
+    fn options(&self, default_epochs: usize) -> TrainOptions {
+        TrainOptions {
+            epochs: self.epochs.unwrap_or(default_epochs),
+            seed: self.seed,
+            limit: self.limit,
+            quiet: self.quiet,
+        }
+    }
+}
+
+pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
+    match cmd {
+        TrainCommand::Base(args) => {
+            let data = args.common.data.load()?;
+            let out = args
+                .common
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("models/fashion-{}", args.arch)));
+            let opts = args.common.options(BASE_EPOCHS);
+            let done = train_base(&data, args.arch, args.batch_size, &opts, &out)
+                .with_context(|| format!("training a {} base model", args.arch))?;
+            summary(&done.card, &done.card_path);
+        }
+        TrainCommand::Parity(args) => {
+            if args.k < crate::coding::MIN_K {
+                anyhow::bail!("--k {} is not a code: k must be at least 2", args.k);
+            }
+            let base = crate::model::load(&args.base)
+                .with_context(|| format!("loading the base model {}", args.base.display()))?;
+            let data = args.common.data.load()?;
+            let out = args.common.out.clone().unwrap_or_else(|| {
+                PathBuf::from(format!(
+                    "models/{}-parity-k{}-{}",
+                    base.card.name, args.k, args.encoder
+                ))
+            });
+            let opts = args.common.options(PARITY_EPOCHS);
+            let gpb = args
+                .groups_per_batch
+                .unwrap_or_else(|| default_groups_per_batch(args.k));
+            let done = train_parity(&data, &base, args.k, args.encoder, gpb, &opts, &out)
+                .with_context(|| {
+                    format!("training a parity model (k = {}, {})", args.k, args.encoder)
+                })?;
+            summary(&done.card, &done.card_path);
+        }
+    }
+    Ok(())
+}
+
+fn summary(card: &ModelCard, path: &Path) {
+    let Some(t) = &card.training else { return };
+    let score = if card.is_parity() {
+        format!(
+            "validation reconstruction accuracy {:.2}%",
+            t.validation_accuracy * 100.0
+        )
+    } else {
+        format!(
+            "validation accuracy {:.2}%, test accuracy {:.2}%",
+            t.validation_accuracy * 100.0,
+            t.test_accuracy.unwrap_or(f64::NAN) * 100.0
+        )
+    };
+    println!(
+        "trained {} ({} parameters): best epoch {}/{}, {score}; {:.1} s, {:.0} images/s; saved {}",
+        card.name,
+        card.weights.parameters,
+        t.best_epoch,
+        t.epochs,
+        t.wall_seconds,
+        t.images_per_second,
+        path.display()
+    );
+}

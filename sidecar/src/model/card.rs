@@ -1,0 +1,95 @@
+//! The model card: a small JSON file beside the weights that says what the
+//! model is, what it takes and returns, how it was trained, and the sha256
+//! of its weights.
+
+use serde::{Deserialize, Serialize};
+
+use super::Arch;
+use crate::coding::EncoderKind;
+
+/// Version tag of the card format.
+pub const CARD_FORMAT: &str = "coded-serving/model-card/v1";
+/// File name of a card inside a model directory.
+pub const CARD_FILE: &str = "card.json";
+/// File name of the weights inside a model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub format: String,
+    pub name: String,
+    pub arch: Arch,
+    pub role: Role,
+    pub input: TensorSpec,
+    pub output: TensorSpec,
+    /// Class names, index = logit position.
+    pub classes: Vec<String>,
+    pub weights: WeightsRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<Training>,
+}
+
+/// Base model, or parity model trained for a code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Role {
+    Base,
+    Parity {
+        k: usize,
+        encoder: EncoderKind,
+        /// Which base model's outputs it learned to sum (its weights' sha256).
+        base_sha256: String,
+        base_name: String,
+    },
+}
+
+/// Shape (without the batch dimension) and KServe v2 datatype of a tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightsRef {
+    /// Path relative to the card, or a URI.
+    pub uri: String,
+    pub sha256: String,
+    pub parameters: usize,
+}
+
+/// How the weights were made, and what they scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Training {
+    pub dataset: String,
+    pub seed: u64,
+    pub epochs: usize,
+    /// The epoch whose weights were kept (best validation score).
+    pub best_epoch: usize,
+    pub batch_size: usize,
+    pub optimizer: String,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub train_examples: usize,
+    /// Base: validation accuracy; parity: validation reconstruction accuracy.
+    pub validation_accuracy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
+    pub wall_seconds: f64,
+    pub images_per_second: f64,
+}
+
+impl ModelCard {
+    /// The `[channels, height, width]` input this card's networks take.
+    pub fn image_input(&self) -> Option<[usize; 3]> {
+        match self.input.shape.as_slice() {
+            &[c, h, w] => Some([c, h, w]),
+            _ => None,
+        }
+    }
+
+    pub fn is_parity(&self) -> bool {
+        matches!(self.role, Role::Parity { .. })
+    }
+}

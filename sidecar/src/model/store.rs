@@ -1,0 +1,310 @@
+//! Saving and loading a model: `card.json` + `model.safetensors`, with the
+//! weights checked against the card's sha256 and against the architecture.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use super::card::{CARD_FILE, CARD_FORMAT, WEIGHTS_FILE};
+use super::{Model, ModelCard, Network};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a model card: {source}")]
+    Card {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: {reason}")]
+    InvalidCard { path: PathBuf, reason: String },
+    #[error(
+        "weights {path} do not match the card: sha256 is {actual}, the card says {expected} (tampered or wrong file)"
+    )]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("weights {path} do not fit a {arch} network: {reason}")]
+    Mismatch {
+        path: PathBuf,
+        arch: super::Arch,
+        reason: String,
+    },
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Writes the network's weights and its card (with the weights' sha256 and
+/// parameter count filled in) into `dir`, and returns the card's path.
+pub fn save(network: &Network, card: &mut ModelCard, dir: &Path) -> Result<PathBuf, ModelError> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let tensors: HashMap<String, Tensor> = network
+        .varmap()
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    candle_core::safetensors::save(&tensors, &weights)?;
+    let bytes = std::fs::read(&weights).map_err(|source| ModelError::Read {
+        path: weights.clone(),
+        source,
+    })?;
+    card.format = CARD_FORMAT.to_string();
+    card.arch = network.arch();
+    card.weights.uri = WEIGHTS_FILE.to_string();
+    card.weights.sha256 = sha256_hex(&bytes);
+    card.weights.parameters = network.parameter_count();
+    let card_path = dir.join(CARD_FILE);
+    let json = serde_json::to_string_pretty(card).map_err(|source| ModelError::Card {
+        path: card_path.clone(),
+        source,
+    })?;
+    std::fs::write(&card_path, json + "\n").map_err(|source| ModelError::Write {
+        path: card_path.clone(),
+        source,
+    })?;
+    Ok(card_path)
+}
+
+/// Reads a card; `path` may be the card file or the directory holding it.
+pub fn read_card(path: &Path) -> Result<(ModelCard, PathBuf), ModelError> {
+    let card_path = if path.is_dir() {
+        path.join(CARD_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&card_path).map_err(|source| ModelError::Read {
+        path: card_path.clone(),
+        source,
+    })?;
+    let card: ModelCard = serde_json::from_str(&text).map_err(|source| ModelError::Card {
+        path: card_path.clone(),
+        source,
+    })?;
+    let invalid = |reason: String| ModelError::InvalidCard {
+        path: card_path.clone(),
+        reason,
+    };
+    if card.format != CARD_FORMAT {
+        return Err(invalid(format!(
+            "card format {:?} is not {CARD_FORMAT:?}",
+            card.format
+        )));
+    }
+    if card.image_input().is_none() {
+        return Err(invalid(format!(
+            "input shape {:?} is not [channels, height, width]",
+            card.input.shape
+        )));
+    }
+    if card.input.datatype != "FP32" || card.output.datatype != "FP32" {
+        return Err(invalid("only FP32 inputs and outputs are supported".into()));
+    }
+    if card.output.shape != [card.classes.len()] {
+        return Err(invalid(format!(
+            "output shape {:?} does not match {} classes",
+            card.output.shape,
+            card.classes.len()
+        )));
+    }
+    if let super::Role::Parity { k, .. } = card.role
+        && k < crate::coding::MIN_K
+    {
+        return Err(invalid(format!("parity model for k = {k}; k must be ≥ 2")));
+    }
+    Ok((card, card_path))
+}
+
+/// Loads a model from its card (file or directory), checking the weights'
+/// sha256 and that every tensor the architecture needs is there with the
+/// right shape, and nothing else.
+pub fn load(path: &Path) -> Result<Model, ModelError> {
+    let (card, card_path) = read_card(path)?;
+    let base = card_path.parent().unwrap_or(Path::new("."));
+    let weights = base.join(&card.weights.uri);
+    let bytes = std::fs::read(&weights).map_err(|source| ModelError::Read {
+        path: weights.clone(),
+        source,
+    })?;
+    load_from_bytes(card, &bytes, &weights)
+}
+
+/// Builds a model from a card and the bytes of its weights (`origin` names
+/// them in errors).
+pub fn load_from_bytes(card: ModelCard, bytes: &[u8], origin: &Path) -> Result<Model, ModelError> {
+    let actual = sha256_hex(bytes);
+    if !actual.eq_ignore_ascii_case(&card.weights.sha256) {
+        return Err(ModelError::Checksum {
+            path: origin.to_path_buf(),
+            expected: card.weights.sha256.clone(),
+            actual,
+        });
+    }
+    let mismatch = |reason: String| ModelError::Mismatch {
+        path: origin.to_path_buf(),
+        arch: card.arch,
+        reason,
+    };
+    let input = card
+        .image_input()
+        .ok_or_else(|| mismatch("card input is not an image".into()))?;
+    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+        .map_err(|e| mismatch(format!("not a safetensors file: {e}")))?;
+    let network = Network::new(card.arch, input, card.classes.len(), 0)?;
+    {
+        let vars = network
+            .varmap()
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
+        let mut missing: Vec<&String> = vars.keys().filter(|n| !tensors.contains_key(*n)).collect();
+        missing.sort();
+        if !missing.is_empty() {
+            return Err(mismatch(format!("missing tensors {missing:?}")));
+        }
+        let mut extra: Vec<&String> = tensors.keys().filter(|n| !vars.contains_key(*n)).collect();
+        extra.sort();
+        if !extra.is_empty() {
+            return Err(mismatch(format!("unexpected tensors {extra:?}")));
+        }
+        for (name, var) in vars.iter() {
+            let t = &tensors[name];
+            if t.dims() != var.dims() {
+                return Err(mismatch(format!(
+                    "tensor {name} has shape {:?}, the network needs {:?}",
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&t.to_dtype(candle_core::DType::F32)?)?;
+        }
+    }
+    Ok(Model { card, network })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::card::{Role, TensorSpec, WeightsRef};
+    use crate::model::{Arch, argmax};
+
+    pub(crate) fn base_card(arch: Arch) -> ModelCard {
+        ModelCard {
+            format: CARD_FORMAT.into(),
+            name: "test".into(),
+            arch,
+            role: Role::Base,
+            input: TensorSpec {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 28, 28],
+            },
+            output: TensorSpec {
+                name: "logits".into(),
+                datatype: "FP32".into(),
+                shape: vec![10],
+            },
+            classes: (0..10).map(|i| i.to_string()).collect(),
+            weights: WeightsRef {
+                uri: String::new(),
+                sha256: String::new(),
+                parameters: 0,
+            },
+            training: None,
+        }
+    }
+
+    fn saved(arch: Arch) -> (tempfile::TempDir, Network, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Network::new(arch, [1, 28, 28], 10, 3).unwrap();
+        let mut card = base_card(arch);
+        let path = save(&net, &mut card, dir.path()).unwrap();
+        (dir, net, path)
+    }
+
+    #[test]
+    fn save_load_round_trip_gives_the_same_outputs() {
+        for arch in [Arch::Mlp, Arch::Cnn] {
+            let (dir, net, _) = saved(arch);
+            let model = load(dir.path()).unwrap();
+            assert_eq!(model.card.weights.sha256.len(), 64);
+            let xs = Tensor::rand(0f32, 1., (4, 1, 28, 28), &Device::Cpu).unwrap();
+            let a = net.forward(&xs).unwrap();
+            let b = model.network.forward(&xs).unwrap();
+            assert_eq!(argmax(&a).unwrap(), argmax(&b).unwrap());
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        }
+    }
+
+    #[test]
+    fn tampered_weights_are_refused() {
+        let (dir, _, _) = saved(Arch::Mlp);
+        let w = dir.path().join(WEIGHTS_FILE);
+        let mut bytes = std::fs::read(&w).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&w, bytes).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("tampered"), "{err}");
+    }
+
+    #[test]
+    fn weights_of_another_arch_are_refused() {
+        let (dir, _, card_path) = saved(Arch::Mlp);
+        let mut card: ModelCard =
+            serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+        card.arch = Arch::Cnn;
+        std::fs::write(&card_path, serde_json::to_string(&card).unwrap()).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("do not fit a cnn network"), "{err}");
+    }
+
+    #[test]
+    fn bad_cards_are_refused() {
+        let (dir, _, card_path) = saved(Arch::Mlp);
+        std::fs::write(&card_path, "{not json").unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("is not a model card"), "{err}");
+
+        let mut card = base_card(Arch::Mlp);
+        card.role = Role::Parity {
+            k: 1,
+            encoder: crate::coding::EncoderKind::Sum,
+            base_sha256: String::new(),
+            base_name: String::new(),
+        };
+        std::fs::write(&card_path, serde_json::to_string(&card).unwrap()).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("k must be ≥ 2"), "{err}");
+
+        let err = load(&dir.path().join("nope.json"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot read"), "{err}");
+    }
+}
