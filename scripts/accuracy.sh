@@ -24,10 +24,10 @@ rows=()
 # Runs a command, records it and its wall time for the table.
 timed() {
   local start end
-  start=$(date +%s.%N)
-  "$@"
-  end=$(date +%s.%N)
-  echo "$(echo "$end - $start" | bc)"
+  start=$(date +%s)
+  "$@" >&2
+  end=$(date +%s)
+  echo $((end - start))
 }
 
 train_base() { # arch epochs
@@ -35,7 +35,7 @@ train_base() { # arch epochs
   local cmd="coded-sidecar train base --arch $1 --epochs $2 --seed $SEED --out $dir"
   echo "== $cmd" >&2
   t=$(timed $bin train base --arch "$1" --epochs "$2" --seed "$SEED" --out "$dir" --quiet)
-  echo "| base $1 | \`$cmd\` | $2 | $(printf %.0f "$t") s |" >> "$OUT/commands.md"
+  echo "| base $1 | \`$cmd\` | $2 | $t s |" >> "$OUT/commands.md"
 }
 
 pair() { # arch k encoder epochs
@@ -44,7 +44,7 @@ pair() { # arch k encoder epochs
   echo "== $cmd" >&2
   t=$(timed $bin train parity --base "$base" --k "$2" --encoder "$3" --epochs "$4" --seed "$SEED" --out "$par" --quiet)
   $bin eval --base "$base" --parity "$par" --json "$par/eval.json"
-  echo "| parity $1 k=$2 $3 | \`$cmd\` | $4 | $(printf %.0f "$t") s |" >> "$OUT/commands.md"
+  echo "| parity $1 k=$2 $3 | \`$cmd\` | $4 | $t s |" >> "$OUT/commands.md"
   rows+=("$par/eval.json")
 }
 
