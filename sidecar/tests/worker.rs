@@ -304,7 +304,9 @@ async fn bad_requests_get_4xx_with_a_reason() {
     let good_input =
         json!({"name": "input", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]});
 
-    let cases: Vec<(String, Vec<(&str, String)>, Vec<u8>, u16, &str)> = vec![
+    // (url, extra headers, body, expected status, words in the error)
+    type Case<'a> = (String, Vec<(&'a str, String)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (infer.clone(), vec![], b"{not json".to_vec(), 400, "malformed JSON"),
         (infer.clone(), vec![], b"".to_vec(), 400, "malformed JSON"),
         (infer.clone(), vec![], br#"{"inputs": {}}"#.to_vec(), 400, "malformed JSON"),

@@ -11,25 +11,29 @@
 use libfuzzer_sys::fuzz_target;
 
 // The protocol sources themselves, without the rest of coded-sidecar (so
-// candle is not rebuilt with sanitizers).
+// candle is not rebuilt with sanitizers). They refer to each other through
+// `super::`, which is this crate's root here.
 #[allow(dead_code, unused_imports)]
-mod protocol {
-    #[path = "../../../src/protocol/binary.rs"]
-    pub mod binary;
-    #[path = "../../../src/protocol/error.rs"]
-    pub mod error;
-    #[path = "../../../src/protocol/model.rs"]
-    pub mod model;
-    #[path = "../../../src/protocol/v2.rs"]
-    pub mod v2;
-}
+#[path = "../../src/protocol/binary.rs"]
+mod binary;
+#[allow(dead_code, unused_imports)]
+#[path = "../../src/protocol/error.rs"]
+mod error;
+#[allow(dead_code, unused_imports)]
+#[path = "../../src/protocol/model.rs"]
+mod model;
+#[allow(dead_code, unused_imports)]
+#[path = "../../src/protocol/v2.rs"]
+mod v2;
 
-use protocol::binary::{decode_request, decode_response, encode_response, parse_header_length};
-use protocol::model::{ModelInfo, TensorSpec};
-use protocol::binary::{InferResponse, NamedTensor};
+use binary::{InferResponse, NamedTensor};
+use binary::{decode_request, decode_response, encode_response, parse_header_length};
+use model::{ModelInfo, TensorSpec};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let (header, body) = match mode % 3 {
         0 => (Ok(None), rest),
         1 if rest.len() >= 2 => {
@@ -44,7 +48,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(header) = header else { return };
 
     let _ = decode_response(body, header);
-    let Ok(mut request) = decode_request(body, header) else { return };
+    let Ok(mut request) = decode_request(body, header) else {
+        return;
+    };
     for input in &request.inputs {
         assert_eq!(input.data.len(), input.shape.iter().product::<usize>());
     }
@@ -56,7 +62,9 @@ fuzz_target!(|data: &[u8]| {
         input: TensorSpec::fp32("input", vec![4]),
         output: TensorSpec::fp32("logits", vec![3]),
     };
-    let Ok(input) = model.take_input(&mut request) else { return };
+    let Ok(input) = model.take_input(&mut request) else {
+        return;
+    };
     assert_eq!(input.data.len(), input.rows * 4);
     let response = InferResponse {
         model_name: "m".into(),
