@@ -557,3 +557,44 @@ async fn admin_endpoint_sets_the_injected_delay() {
     assert_eq!(status, 200);
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
+
+/// Not a test: loopback latency of one-row calls through the client, to
+/// see what the protocol and server cost around the model. Run with
+/// `cargo test -p coded-sidecar --release --test worker -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn latency_on_loopback() {
+    let mut opts = options();
+    // No waiting for company: a lone caller measures the bare path.
+    opts.max_queue_delay_us = 0;
+    let w = start(opts, Linear::default()).await;
+    let c = Client::new(&w.url, Duration::from_secs(5)).unwrap();
+    for encoding in [Encoding::Binary, Encoding::Json] {
+        let request = InferRequest {
+            inputs: vec![NamedTensor {
+                name: "input".into(),
+                shape: vec![1, 4],
+                data: rows(1, 0),
+            }],
+            outputs: OutputSelection::all(encoding == Encoding::Binary),
+            ..Default::default()
+        };
+        let mut times = Vec::new();
+        for i in 0..2200 {
+            let t = std::time::Instant::now();
+            c.infer("linear", None, &request, encoding).await.unwrap();
+            if i >= 200 {
+                times.push(t.elapsed());
+            }
+        }
+        times.sort();
+        let q = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+        println!(
+            "{encoding:?}: p50 {:?} p90 {:?} p99 {:?} over {} calls",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            times.len()
+        );
+    }
+}

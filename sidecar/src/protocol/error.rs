@@ -37,7 +37,8 @@ pub enum ProtocolError {
     UnknownOutput { name: String, expected: String },
 
     #[error(
-        "input '{name}' has shape {got:?}, the model expects {expected:?} or [N, ...] with a batch dimension"
+        "input '{name}' has shape {got:?}; the model takes {expected:?}, or {} for N rows",
+        batched_shape(expected)
     )]
     WrongShape {
         name: String,
@@ -82,6 +83,14 @@ pub enum ProtocolError {
 
     #[error("unsupported Content-Encoding '{0}': send identity, gzip or deflate")]
     UnsupportedEncoding(String),
+}
+
+/// `[N, d1, d2, ...]`: how a batched shape is written in messages.
+fn batched_shape(shape: &[usize]) -> String {
+    let dims: Vec<String> = std::iter::once("N".to_owned())
+        .chain(shape.iter().map(usize::to_string))
+        .collect();
+    format!("[{}]", dims.join(", "))
 }
 
 impl ProtocolError {
