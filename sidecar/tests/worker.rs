@@ -431,9 +431,16 @@ async fn gzip_and_deflate_requests_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
+    // With a queue delay, and without one (batches form while the model is busy).
+    for delay_us in [5_000, 0] {
+        concurrent_requests(delay_us).await;
+    }
+}
+
+async fn concurrent_requests(delay_us: u64) {
     let mut opts = options();
     opts.max_batch_size = 16;
-    opts.max_queue_delay_us = 5_000;
+    opts.max_queue_delay_us = delay_us;
     let model = Linear {
         call_time: Duration::from_millis(5),
         ..Default::default()
@@ -565,10 +572,20 @@ async fn admin_endpoint_sets_the_injected_delay() {
 #[ignore]
 async fn latency_on_loopback() {
     let mut opts = options();
-    // No waiting for company: a lone caller measures the bare path.
-    opts.max_queue_delay_us = 0;
+    opts.max_queue_delay_us = std::env::var("QUEUE_DELAY_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let w = start(opts, Linear::default()).await;
     let c = Client::new(&w.url, Duration::from_secs(5)).unwrap();
+    let mut times = Vec::new();
+    for _ in 0..1000 {
+        let t = std::time::Instant::now();
+        assert!(c.server_live().await.unwrap());
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!("health: p50 {:?} p99 {:?}", times[500], times[990]);
     for encoding in [Encoding::Binary, Encoding::Json] {
         let request = InferRequest {
             inputs: vec![NamedTensor {
@@ -596,5 +613,17 @@ async fn latency_on_loopback() {
             q(0.99),
             times.len()
         );
+    }
+    let metrics = reqwest::get(format!("{}/metrics", w.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in metrics
+        .lines()
+        .filter(|l| l.contains("_sum") || l.contains("_count"))
+    {
+        println!("{line}");
     }
 }

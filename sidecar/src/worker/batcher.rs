@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
@@ -33,7 +34,8 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_batch_size: 64,
-            max_queue_delay: Duration::from_micros(500),
+            // Batches still form under load; see `ServeOptions::max_queue_delay_us`.
+            max_queue_delay: Duration::ZERO,
             concurrency: 1,
         }
     }
@@ -134,10 +136,18 @@ async fn run(
         let mut rows = first.rows;
         let mut jobs = vec![first];
         while rows < config.max_batch_size {
-            let next = match timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => job,
-                // Timed out, or every handle dropped: run what we have.
-                Ok(None) | Err(_) => break,
+            // Take what is already queued without touching the timer: tokio
+            // timers tick in whole milliseconds, so even an expired deadline
+            // would cost up to a millisecond.
+            let next = match rx.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) if Instant::now() >= deadline => break,
+                Err(TryRecvError::Empty) => match timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(job)) => job,
+                    // Timed out, or every handle dropped: run what we have.
+                    Ok(None) | Err(_) => break,
+                },
             };
             if rows + next.rows > config.max_batch_size {
                 carried = Some(next);

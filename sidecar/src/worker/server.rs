@@ -17,6 +17,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -45,7 +46,11 @@ pub struct ServeOptions {
     #[arg(long, default_value_t = 64)]
     pub max_batch_size: usize,
     /// Longest a request waits for others to share its model call, in µs.
-    #[arg(long, default_value_t = 500)]
+    /// 0 (the default) still batches under load: requests that arrive while
+    /// the model is busy share the next call. Any wait above 0 rounds up to
+    /// tokio's 1 ms timer tick, which measured 79 µs -> 2.2 ms p50 for a lone
+    /// request on loopback.
+    #[arg(long, default_value_t = 0)]
     pub max_queue_delay_us: u64,
     /// Model calls that may run at once.
     #[arg(long, default_value_t = 1)]
@@ -71,7 +76,7 @@ impl Default for ServeOptions {
             host: "127.0.0.1".to_owned(),
             port: 8000,
             max_batch_size: 64,
-            max_queue_delay_us: 500,
+            max_queue_delay_us: 0,
             batch_concurrency: 1,
             max_body_bytes: 64 * 1024 * 1024,
             inject_delay_ms: 0,
@@ -196,6 +201,12 @@ impl Server {
         };
         // Only the router's clones of the state may keep the batcher alive.
         drop(state);
+        // Responses are small and latency is the product: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(signal)
             .await

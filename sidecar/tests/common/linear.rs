@@ -48,7 +48,9 @@ impl Backend for Linear {
         if let Ok(mut b) = self.batches.lock() {
             b.push(shape[0]);
         }
-        std::thread::sleep(self.call_time);
+        if !self.call_time.is_zero() {
+            std::thread::sleep(self.call_time);
+        }
         Ok(data.chunks(INPUTS).flat_map(expected).collect())
     }
 }
