@@ -1,0 +1,347 @@
+//! Dynamic batching: rows of concurrent requests share one model call.
+//!
+//! A request's rows join a queue. The batcher takes the oldest request and
+//! adds whatever else is queued until the batch has `max_batch_size` rows or
+//! `max_queue_delay` has passed since the oldest request arrived, runs the
+//! model once on a blocking thread and hands each request its slice of the
+//! output. Requests that pile up while a batch runs form the next batch
+//! without further waiting, so batches grow with load and a lone request
+//! waits at most the delay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout_at};
+
+use super::backend::Backend;
+use super::metrics::Metrics;
+
+/// How requests are grouped into model calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most rows per model call. A request with more rows runs on its own.
+    pub max_batch_size: usize,
+    /// Longest a request waits for others to join its batch.
+    pub max_queue_delay: Duration,
+    /// Model calls that may run at once (each on its own blocking thread).
+    pub concurrency: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_batch_size: 64,
+            // Batches still form under load; see `ServeOptions::max_queue_delay_us`.
+            max_queue_delay: Duration::ZERO,
+            concurrency: 1,
+        }
+    }
+}
+
+/// Why a request got no output from the batcher.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    #[error("model failed: {0}")]
+    Backend(String),
+    #[error("model returned {got} values for {rows} rows, expected {expected}")]
+    OutputLength {
+        rows: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("model panicked")]
+    Panicked,
+    #[error("worker is shutting down")]
+    Closed,
+}
+
+struct Job {
+    rows: usize,
+    data: Vec<f32>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<f32>, BatchError>>,
+}
+
+/// Handle to submit rows; cheap to clone. The batcher task stops once every
+/// handle is dropped and the queued work is done.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Batcher {
+    /// Starts the batcher task for `backend`. `input_len`/`output_len` are
+    /// the values per row.
+    pub fn spawn(
+        backend: Arc<dyn Backend>,
+        input_shape: Vec<usize>,
+        output_len: usize,
+        config: BatchConfig,
+        metrics: Arc<Metrics>,
+    ) -> (Batcher, JoinHandle<()>) {
+        // Bounded so that a flood of requests waits in their handlers (and
+        // shows in latency) instead of growing memory without limit.
+        let (tx, rx) = mpsc::channel(4096);
+        let config = BatchConfig {
+            max_batch_size: config.max_batch_size.max(1),
+            concurrency: config.concurrency.max(1),
+            ..config
+        };
+        let task = tokio::spawn(run(backend, input_shape, output_len, config, metrics, rx));
+        (Batcher { tx }, task)
+    }
+
+    /// Runs `rows` rows (`data` row-major) through the model and returns
+    /// their outputs.
+    pub async fn infer(&self, rows: usize, data: Vec<f32>) -> Result<Vec<f32>, BatchError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            rows,
+            data,
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.tx.send(job).await.map_err(|_| BatchError::Closed)?;
+        answer.await.unwrap_or(Err(BatchError::Closed))
+    }
+}
+
+async fn run(
+    backend: Arc<dyn Backend>,
+    input_shape: Vec<usize>,
+    output_len: usize,
+    config: BatchConfig,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let mut carried: Option<Job> = None;
+    loop {
+        // Wait for a free model slot first: requests keep queueing meanwhile
+        // and join the next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let deadline = first.enqueued + config.max_queue_delay;
+        let mut rows = first.rows;
+        let mut jobs = vec![first];
+        while rows < config.max_batch_size {
+            // Take what is already queued without touching the timer: tokio
+            // timers tick in whole milliseconds, so even an expired deadline
+            // would cost up to a millisecond.
+            let next = match rx.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) if Instant::now() >= deadline => break,
+                Err(TryRecvError::Empty) => match timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(job)) => job,
+                    // Timed out, or every handle dropped: run what we have.
+                    Ok(None) | Err(_) => break,
+                },
+            };
+            if rows + next.rows > config.max_batch_size {
+                carried = Some(next);
+                break;
+            }
+            rows += next.rows;
+            jobs.push(next);
+        }
+        let backend = backend.clone();
+        let metrics = metrics.clone();
+        let input_shape = input_shape.clone();
+        tokio::spawn(async move {
+            run_batch(backend, &input_shape, output_len, jobs, &metrics).await;
+            drop(slot);
+        });
+    }
+    // Wait for batches still running so that their requests are answered
+    // before the worker reports that it has drained.
+    let _ = slots.acquire_many(config.concurrency as u32).await;
+}
+
+async fn run_batch(
+    backend: Arc<dyn Backend>,
+    input_shape: &[usize],
+    output_len: usize,
+    jobs: Vec<Job>,
+    metrics: &Metrics,
+) {
+    // Callers that went away (client disconnected) need no compute.
+    let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    let rows: usize = jobs.iter().map(|j| j.rows).sum();
+    if jobs.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    for job in &jobs {
+        metrics
+            .queue_duration
+            .observe(started.duration_since(job.enqueued).as_secs_f64());
+    }
+    metrics.batch_size.observe(rows as f64);
+
+    // The first request's buffer becomes the batch: no copy for a lone request.
+    let total: usize = jobs.iter().map(|j| j.data.len()).sum();
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut data = Vec::new();
+    for job in jobs {
+        if data.is_empty() {
+            data = job.data;
+            data.reserve(total - data.len());
+        } else {
+            data.extend_from_slice(&job.data);
+        }
+        replies.push((job.rows, job.reply));
+    }
+    let shape: Vec<usize> = std::iter::once(rows)
+        .chain(input_shape.iter().copied())
+        .collect();
+
+    let outcome = tokio::task::spawn_blocking(move || backend.infer_batch(&shape, &data)).await;
+    let expected = rows * output_len;
+    let output = match outcome {
+        Ok(Ok(out)) if out.len() == expected => Ok(out),
+        Ok(Ok(out)) => Err(BatchError::OutputLength {
+            rows,
+            expected,
+            got: out.len(),
+        }),
+        Ok(Err(e)) => Err(BatchError::Backend(e.to_string())),
+        Err(_) => Err(BatchError::Panicked),
+    };
+    match output {
+        Ok(mut out) => {
+            // From the back, so the first caller gets the buffer itself and
+            // a lone request's output is never copied.
+            for (job_rows, reply) in replies.into_iter().rev() {
+                let n = job_rows * output_len;
+                let part = if n == out.len() {
+                    std::mem::take(&mut out)
+                } else {
+                    out.split_off(out.len() - n)
+                };
+                // A caller that left meanwhile just doesn't get its answer.
+                let _ = reply.send(Ok(part));
+            }
+        }
+        Err(e) => {
+            for (_, reply) in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ModelInfo, TensorSpec};
+    use crate::worker::backend::BackendError;
+    use std::sync::Mutex;
+
+    /// Doubles each of 2 inputs into 1 output (their sum × 2) and records
+    /// the batch sizes it saw.
+    struct Recorder {
+        batches: Mutex<Vec<usize>>,
+        fail: bool,
+    }
+
+    impl Backend for Recorder {
+        fn metadata(&self) -> ModelInfo {
+            ModelInfo {
+                name: "r".into(),
+                versions: vec!["1".into()],
+                platform: "test".into(),
+                input: TensorSpec::fp32("x", vec![2]),
+                output: TensorSpec::fp32("y", vec![1]),
+            }
+        }
+
+        fn infer_batch(&self, shape: &[usize], data: &[f32]) -> Result<Vec<f32>, BackendError> {
+            self.batches.lock().unwrap().push(shape[0]);
+            if self.fail {
+                return Err(BackendError::msg("boom"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(data.chunks(2).map(|r| 2.0 * (r[0] + r[1])).collect())
+        }
+    }
+
+    fn start(fail: bool, config: BatchConfig) -> (Arc<Recorder>, Batcher, JoinHandle<()>) {
+        let backend = Arc::new(Recorder {
+            batches: Mutex::new(Vec::new()),
+            fail,
+        });
+        let metrics = Arc::new(Metrics::new("r").unwrap());
+        let (b, task) = Batcher::spawn(backend.clone(), vec![2], 1, config, metrics);
+        (backend, b, task)
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_batches_and_get_their_own_rows() {
+        let config = BatchConfig {
+            max_batch_size: 8,
+            max_queue_delay: Duration::from_millis(20),
+            concurrency: 1,
+        };
+        let (backend, batcher, task) = start(false, config);
+        let mut handles = Vec::new();
+        for i in 0..20 {
+            let b = batcher.clone();
+            let rows = 1 + i % 3;
+            let data: Vec<f32> = (0..rows * 2).map(|j| (i * 10 + j) as f32).collect();
+            handles.push(tokio::spawn(async move {
+                let out = b.infer(rows, data.clone()).await.unwrap();
+                let want: Vec<f32> = data.chunks(2).map(|r| 2.0 * (r[0] + r[1])).collect();
+                assert_eq!(out, want);
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        drop(batcher);
+        task.await.unwrap();
+        let batches = backend.batches.lock().unwrap().clone();
+        assert!(batches.iter().all(|&b| b <= 8), "{batches:?}");
+        assert!(batches.len() < 20, "no batching happened: {batches:?}");
+        assert_eq!(
+            batches.iter().sum::<usize>(),
+            (0..20usize).map(|i| 1 + i % 3).sum::<usize>()
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_requests_run_alone_and_errors_reach_every_caller() {
+        let (backend, batcher, _task) = start(
+            false,
+            BatchConfig {
+                max_batch_size: 2,
+                ..Default::default()
+            },
+        );
+        let out = batcher.infer(5, vec![1.0; 10]).await.unwrap();
+        assert_eq!(out, vec![4.0; 5]);
+        assert_eq!(*backend.batches.lock().unwrap(), vec![5]);
+
+        let (_, batcher, _task) = start(true, BatchConfig::default());
+        let (a, b) = tokio::join!(
+            batcher.infer(1, vec![0.0; 2]),
+            batcher.infer(1, vec![0.0; 2])
+        );
+        assert!(
+            matches!(a, Err(BatchError::Backend(ref m)) if m == "boom"),
+            "{a:?}"
+        );
+        assert!(b.is_err());
+    }
+}

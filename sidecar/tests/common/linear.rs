@@ -1,0 +1,56 @@
+//! A linear fake model, y = W x with a fixed W, for testing the server
+//! without candle. Shared by the integration tests and the
+//! `linear_worker` example (which the Python client tests run against).
+
+use std::sync::Mutex;
+
+use coded_sidecar::protocol::{ModelInfo, TensorSpec};
+use coded_sidecar::worker::{Backend, BackendError};
+
+pub const INPUTS: usize = 4;
+pub const OUTPUTS: usize = 3;
+
+/// W[o][i] = o + 1 - i / 4: distinct rows, so a mixed-up row shows.
+pub fn weight(o: usize, i: usize) -> f32 {
+    (o + 1) as f32 - i as f32 / 4.0
+}
+
+/// The expected output for one input row.
+pub fn expected(row: &[f32]) -> Vec<f32> {
+    (0..OUTPUTS)
+        .map(|o| row.iter().enumerate().map(|(i, x)| weight(o, i) * x).sum())
+        .collect()
+}
+
+#[derive(Default)]
+pub struct Linear {
+    /// Rows of every model call, to check batching.
+    pub batches: Mutex<Vec<usize>>,
+    /// Time each call takes, to let concurrent requests pile up.
+    pub call_time: std::time::Duration,
+}
+
+impl Backend for Linear {
+    fn metadata(&self) -> ModelInfo {
+        ModelInfo {
+            name: "linear".into(),
+            versions: vec!["1".into()],
+            platform: "test-linear".into(),
+            input: TensorSpec::fp32("input", vec![INPUTS]),
+            output: TensorSpec::fp32("logits", vec![OUTPUTS]),
+        }
+    }
+
+    fn infer_batch(&self, shape: &[usize], data: &[f32]) -> Result<Vec<f32>, BackendError> {
+        if shape.len() != 2 || shape[1] != INPUTS || data.len() != shape[0] * INPUTS {
+            return Err(BackendError::msg(format!("bad batch shape {shape:?}")));
+        }
+        if let Ok(mut b) = self.batches.lock() {
+            b.push(shape[0]);
+        }
+        if !self.call_time.is_zero() {
+            std::thread::sleep(self.call_time);
+        }
+        Ok(data.chunks(INPUTS).flat_map(expected).collect())
+    }
+}
