@@ -1,6 +1,5 @@
-//! Errors of the reconciler. Their variant names label the error metric.
-
-use crate::crd::InvalidSpec;
+//! Errors of the reconciler, retried with backoff. A spec the schema should
+//! have refused is not one: it is reported in the status and not retried.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -11,17 +10,6 @@ pub enum Error {
     /// The resource lacks what every namespaced object has.
     #[error("resource has no {0}")]
     MissingField(&'static str),
-
-    /// The spec breaks a rule the schema should have enforced.
-    #[error("invalid spec: {0}")]
-    InvalidSpec(#[from] InvalidSpec),
-
-    /// Serialising a child object failed.
-    #[error("could not serialise {kind}: {source}")]
-    Serialize {
-        kind: &'static str,
-        source: serde_json::Error,
-    },
 }
 
 impl Error {
@@ -30,8 +18,6 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::MissingField(_) => "missing_field",
-            Error::InvalidSpec(_) => "invalid_spec",
-            Error::Serialize { .. } => "serialize",
         }
     }
 }

@@ -91,3 +91,38 @@ where
     }
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    #[tokio::test]
+    async fn refuses_a_grace_period_that_is_not_shorter_than_the_lease() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let config = LeaderConfig {
+            lease_name: "coded-operator".into(),
+            namespace: "coded-system".into(),
+            identity: "pod-0".into(),
+            duration: Duration::from_secs(5),
+            grace: Duration::from_secs(5),
+        };
+        let metrics = Metrics::new();
+        let ran = std::cell::Cell::new(false);
+        let outcome = run_as_leader(client, &config, &metrics, std::future::pending(), async {
+            ran.set(true)
+        })
+        .await;
+        assert!(
+            matches!(outcome, Err(LeaderError::BadTiming)),
+            "{outcome:?}"
+        );
+        assert!(!ran.get(), "work never runs without the lease");
+        // The client is gone by now: the handle yields None, or times out, but no request.
+        let call = tokio::time::timeout(Duration::from_millis(50), handle.next_request()).await;
+        assert!(!matches!(call, Ok(Some(_))), "no API call was made");
+        assert_eq!(metrics.leader.get(), 0);
+    }
+}

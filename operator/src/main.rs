@@ -70,7 +70,10 @@ async fn main() -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let state = State::new(metrics.clone());
-    let server = tokio::spawn(server::serve(args.metrics_addr, state.clone()));
+    let listener = server::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    let server = tokio::spawn(server::serve(listener, state.clone()));
     state.set_ready(true);
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
 

@@ -57,9 +57,14 @@ async fn readyz(AxumState(state): AxumState<State>) -> impl IntoResponse {
     }
 }
 
+/// Binds the endpoint's address; separate from [`serve`] so that a port in
+/// use stops the process at start-up instead of failing silently later.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
 /// Serves until the process ends.
-pub async fn serve(addr: SocketAddr, state: State) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+pub async fn serve(listener: tokio::net::TcpListener, state: State) -> std::io::Result<()> {
     axum::serve(listener, router(state)).await
 }
 
