@@ -320,7 +320,10 @@ pub struct CodedInferenceServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_latency: Option<String>,
     /// `Ready`, `Degraded` and `SLOMet`.
+    // A map keyed by type, so that server-side apply can give each condition
+    // its own owner (the SLO watcher may own `SLOMet` one day).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -437,6 +440,12 @@ mod tests {
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.versions.len(), 1);
         assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+        let conditions = &schema()["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            conditions["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"])
+        );
         let sub = crd.spec.versions[0]
             .subresources
             .as_ref()
