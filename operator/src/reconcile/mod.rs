@@ -78,7 +78,9 @@ impl Context {
                 .resources
                 .iter()
                 .any(|r| r.name == service_monitor::PLURAL),
-            Err(kube::Error::Api(status)) if status.is_not_found() => false,
+            // An unserved group is a plain-text 404 with no Status reason, which
+            // `is_not_found` does not recognise: go by the code.
+            Err(kube::Error::Api(status)) if status.code == 404 => false,
             Err(e) => return Err(e.into()),
         };
         *cached = Some((Instant::now(), served));
