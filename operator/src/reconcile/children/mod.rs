@@ -298,6 +298,29 @@ mod tests {
     }
 
     #[test]
+    fn longest_allowed_name_gives_valid_child_names() {
+        let name = "a".repeat(crate::crd::MAX_NAME_LEN);
+        let cis = cis(&name);
+        let owner = Owner::new(&cis).expect("owner");
+        // StatefulSet pods carry `controller-revision-hash: <sts>-<10 chars>`, a 63-character label value.
+        for role in [Role::Model, Role::Parity] {
+            assert!(owner.child_name(role).len() <= 52, "{role:?}");
+        }
+        // Service names are DNS labels.
+        for role in [Role::Model, Role::Parity, Role::Frontend] {
+            assert!(owner.child_name(role).len() <= 63, "{role:?}");
+        }
+        // The frontend needs resolvable per-instance names too.
+        let host = worker::endpoints(&owner, Role::Parity, 10)[9].clone();
+        let first_label = host
+            .trim_start_matches("http://")
+            .split('.')
+            .next()
+            .unwrap_or_default();
+        assert!(first_label.len() <= 63);
+    }
+
+    #[test]
     fn owner_needs_a_namespace() {
         let mut cis = cis("demo");
         cis.metadata.namespace = None;
