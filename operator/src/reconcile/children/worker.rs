@@ -51,11 +51,11 @@ pub fn stateful_set(
 ) -> StatefulSet {
     let image = model.image.as_deref().unwrap_or(&settings.sidecar_image);
     let mut container = sidecar_container(image, args(model), model.resources.as_ref());
-    // candle sizes its rayon pool from the CPUs it sees, which on a node are
-    // far more than the pod's limit; the limit (rounded up, or the node's
-    // allocatable when unset) is the right pool size.
+    // Left alone, candle and rayon size their pools from the node's CPUs, far
+    // more than the pod's limit; the sidecar's `--threads` (env CODED_THREADS)
+    // gets the limit instead, rounded up (the node's allocatable when unset).
     container.env = Some(vec![EnvVar {
-        name: "RAYON_NUM_THREADS".to_string(),
+        name: "CODED_THREADS".to_string(),
         value_from: Some(EnvVarSource {
             resource_field_ref: Some(ResourceFieldSelector {
                 resource: "limits.cpu".to_string(),
@@ -232,7 +232,12 @@ mod tests {
         );
         assert_eq!(pod_spec(&c.parity).containers[0].resources, None);
         let env = pod_spec(&c.model).containers[0].env.clone().expect("env");
-        assert_eq!(env[0].name, "RAYON_NUM_THREADS");
+        assert_eq!(env[0].name, "CODED_THREADS");
+        let field = env[0]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.resource_field_ref.as_ref());
+        assert_eq!(field.map(|f| f.resource.as_str()), Some("limits.cpu"));
     }
 
     #[test]
