@@ -79,7 +79,8 @@ pub struct CodedInferenceServiceSpec {
     /// A Prometheus the frontend queries for tail latencies across instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSpec>,
-    /// Where model and parity pods run (GPU nodes, for instance).
+    /// Where model and parity pods run (GPU nodes, for instance); frontend
+    /// pods take its tolerations unless `frontend.scheduling` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<SchedulingSpec>,
 }
@@ -233,6 +234,11 @@ pub struct FrontendSpec {
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// Placement of frontend pods. When unset they take only the
+    /// tolerations of `spec.scheduling`: they may share tainted nodes with
+    /// the workers without being tied to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<SchedulingSpec>,
 }
 
 fn default_frontend_replicas() -> i32 {
@@ -250,6 +256,7 @@ impl Default for FrontendSpec {
             resources: None,
             image: None,
             port: default_port(),
+            scheduling: None,
         }
     }
 }
@@ -283,8 +290,7 @@ pub struct PrometheusSpec {
     pub url: String,
 }
 
-/// Placement of model and parity pods; the frontend needs no accelerator and
-/// is scheduled freely.
+/// Placement of pods: node selector, tolerations and runtime class.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SchedulingSpec {

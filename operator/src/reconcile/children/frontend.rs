@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Owner, PORT_NAME, Role, Settings, sidecar_container, worker};
 use crate::SIDECAR_PORT;
+use crate::crd::SchedulingSpec;
 
 /// The `coded-sidecar frontend` arguments.
 pub fn args(owner: &Owner<'_>) -> Vec<String> {
@@ -47,10 +48,28 @@ pub fn args(owner: &Owner<'_>) -> Vec<String> {
     args
 }
 
+/// Where frontend pods go: `frontend.scheduling`, or else only the workers'
+/// tolerations, since a frontend needs no accelerator.
+pub fn scheduling(owner: &Owner<'_>) -> SchedulingSpec {
+    let spec = &owner.cis.spec;
+    spec.frontend
+        .scheduling
+        .clone()
+        .unwrap_or_else(|| SchedulingSpec {
+            tolerations: spec
+                .scheduling
+                .as_ref()
+                .map(|s| s.tolerations.clone())
+                .unwrap_or_default(),
+            ..SchedulingSpec::default()
+        })
+}
+
 pub fn deployment(owner: &Owner<'_>, settings: &Settings) -> Deployment {
     let spec = &owner.cis.spec.frontend;
     let image = spec.image.as_deref().unwrap_or(&settings.sidecar_image);
     let container = sidecar_container(image, args(owner), spec.resources.as_ref());
+    let scheduling = scheduling(owner);
     Deployment {
         metadata: owner.meta(Role::Frontend),
         spec: Some(DeploymentSpec {
@@ -66,6 +85,11 @@ pub fn deployment(owner: &Owner<'_>, settings: &Settings) -> Deployment {
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    node_selector: (!scheduling.node_selector.is_empty())
+                        .then_some(scheduling.node_selector),
+                    tolerations: (!scheduling.tolerations.is_empty())
+                        .then_some(scheduling.tolerations),
+                    runtime_class_name: scheduling.runtime_class_name,
                     automount_service_account_token: Some(false),
                     ..PodSpec::default()
                 }),
@@ -177,5 +201,41 @@ mod tests {
             pod.node_selector, None,
             "frontend needs no accelerator node"
         );
+    }
+
+    #[test]
+    fn frontend_takes_worker_tolerations_unless_placed_itself() {
+        use k8s_openapi::api::core::v1::Toleration;
+        use std::collections::BTreeMap;
+        let mut cis = cis("demo");
+        let taint = Toleration {
+            key: Some("nvidia.com/gpu".into()),
+            operator: Some("Exists".into()),
+            ..Toleration::default()
+        };
+        cis.spec.scheduling = Some(SchedulingSpec {
+            node_selector: BTreeMap::from([("gpu".into(), "a100".into())]),
+            tolerations: vec![taint.clone()],
+            runtime_class_name: Some("nvidia".into()),
+        });
+        let pod = |cis: &crate::crd::CodedInferenceService| {
+            let owner = Owner::new(cis).expect("owner");
+            deployment(&owner, &Settings::default())
+                .spec
+                .and_then(|s| s.template.spec)
+                .expect("pod")
+        };
+        let inherited = pod(&cis);
+        assert_eq!(inherited.tolerations, Some(vec![taint]));
+        assert_eq!(inherited.node_selector, None, "not tied to GPU nodes");
+        assert_eq!(inherited.runtime_class_name, None);
+
+        cis.spec.frontend.scheduling = Some(SchedulingSpec {
+            node_selector: BTreeMap::from([("pool".into(), "cpu".into())]),
+            ..SchedulingSpec::default()
+        });
+        let own = pod(&cis);
+        assert_eq!(own.tolerations, None);
+        assert_eq!(own.node_selector.expect("selector")["pool"], "cpu");
     }
 }
