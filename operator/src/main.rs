@@ -1,0 +1,151 @@
+//! The `coded-operator` process: the controller, its HTTP endpoint and,
+//! when replicated, leader election.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use coded_operator::crd::CodedInferenceService;
+use coded_operator::leader::{self, LeaderConfig};
+use coded_operator::metrics::Metrics;
+use coded_operator::reconcile::children::Settings;
+use coded_operator::reconcile::{self, Context};
+use coded_operator::server::{self, State};
+use coded_operator::telemetry::{self, LogFormat};
+use coded_operator::{DEFAULT_SIDECAR_IMAGE, FIELD_MANAGER};
+use futures::FutureExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::Reporter;
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Kubernetes operator for CodedInferenceServices")]
+struct Args {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "CODED_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// coded-sidecar image for pods whose resource names none.
+    #[arg(long, env = "CODED_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
+    sidecar_image: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "CODED_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Elect a leader through a Lease; needed when running more than one replica.
+    #[arg(long, env = "CODED_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "CODED_LEASE_NAME", default_value = "coded-operator")]
+    lease_name: String,
+    /// Namespace of the Lease, normally the operator's own.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a lease is valid without renewal.
+    #[arg(long, env = "CODED_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
+    /// Log format.
+    #[arg(long, env = "CODED_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter, used when RUST_LOG is unset.
+    #[arg(long, env = "CODED_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format, &args.log_level)?;
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let all: Api<CodedInferenceService> = Api::all(client.clone());
+    all.list(&ListParams::default().limit(1)).await.context(
+        "listing CodedInferenceServices: is the CRD installed? (crdgen | kubectl apply -f -)",
+    )?;
+
+    let metrics = Arc::new(Metrics::new());
+    let state = State::new(metrics.clone());
+    let listener = server::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    let server = tokio::spawn(server::serve(listener, state.clone()));
+    state.set_ready(true);
+    info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| FIELD_MANAGER.to_string());
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: Some(identity.clone()),
+    };
+    let settings = Settings {
+        sidecar_image: args.sidecar_image.clone(),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        reporter,
+        metrics.clone(),
+        settings,
+    ));
+    let shutdown = shutdown_signal().shared();
+    let controller = reconcile::run(
+        client.clone(),
+        ctx,
+        args.watch_namespace.clone(),
+        shutdown.clone(),
+    );
+
+    let outcome = if args.leader_election {
+        let config = LeaderConfig {
+            lease_name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity,
+            duration: Duration::from_secs(args.lease_duration),
+            grace: Duration::from_secs((args.lease_duration / 3).max(1)),
+        };
+        leader::run_as_leader(client, &config, &metrics, shutdown, controller)
+            .await
+            .map_err(anyhow::Error::from)
+    } else {
+        metrics.leader.set(1);
+        controller.await;
+        Ok(())
+    };
+    server.abort();
+    if let Err(e) = &outcome {
+        error!(error = %e, "stopping");
+    }
+    outcome
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    info!("shutdown signal received");
+}

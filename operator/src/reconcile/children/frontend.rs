@@ -1,0 +1,241 @@
+//! The frontend: a Deployment of `coded-sidecar frontend` processes, each
+//! told every model and parity instance by its stable DNS name, behind a
+//! ClusterIP Service that is the resource's endpoint.
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{Owner, PORT_NAME, Role, Settings, sidecar_container, worker};
+use crate::SIDECAR_PORT;
+use crate::crd::SchedulingSpec;
+
+/// The `coded-sidecar frontend` arguments.
+pub fn args(owner: &Owner<'_>) -> Vec<String> {
+    let spec = &owner.cis.spec;
+    let coding = &spec.coding;
+    let model_endpoints = worker::endpoints(owner, Role::Model, spec.model_replicas()).join(",");
+    let parity_endpoints = worker::endpoints(owner, Role::Parity, spec.parity_replicas()).join(",");
+    let mut args: Vec<String> = [
+        "frontend",
+        "--port",
+        &SIDECAR_PORT.to_string(),
+        "--model-name",
+        &owner.name,
+        "--model-card",
+        &spec.model.uri,
+        "--model-endpoints",
+        &model_endpoints,
+        "--parity-endpoints",
+        &parity_endpoints,
+        "--k",
+        &coding.k.to_string(),
+        "--r",
+        &coding.r.to_string(),
+        "--encoder",
+        coding.encoder.as_arg(),
+        "--decoder",
+        coding.decoder.as_arg(),
+        "--reconstruct-policy",
+        coding.reconstruct_policy.as_arg(),
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(prometheus) = &spec.prometheus {
+        args.extend(["--prometheus-url".to_string(), prometheus.url.clone()]);
+    }
+    args
+}
+
+/// Where frontend pods go: `frontend.scheduling`, or else only the workers'
+/// tolerations, since a frontend needs no accelerator.
+pub fn scheduling(owner: &Owner<'_>) -> SchedulingSpec {
+    let spec = &owner.cis.spec;
+    spec.frontend
+        .scheduling
+        .clone()
+        .unwrap_or_else(|| SchedulingSpec {
+            tolerations: spec
+                .scheduling
+                .as_ref()
+                .map(|s| s.tolerations.clone())
+                .unwrap_or_default(),
+            ..SchedulingSpec::default()
+        })
+}
+
+pub fn deployment(owner: &Owner<'_>, settings: &Settings) -> Deployment {
+    let spec = &owner.cis.spec.frontend;
+    let image = spec.image.as_deref().unwrap_or(&settings.sidecar_image);
+    let container = sidecar_container(image, args(owner), spec.resources.as_ref());
+    let scheduling = scheduling(owner);
+    Deployment {
+        metadata: owner.meta(Role::Frontend),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(owner.selector_labels(Role::Frontend)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(owner.labels(Role::Frontend)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    node_selector: (!scheduling.node_selector.is_empty())
+                        .then_some(scheduling.node_selector),
+                    tolerations: (!scheduling.tolerations.is_empty())
+                        .then_some(scheduling.tolerations),
+                    runtime_class_name: scheduling.runtime_class_name,
+                    automount_service_account_token: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+pub fn service(owner: &Owner<'_>) -> Service {
+    Service {
+        metadata: owner.meta(Role::Frontend),
+        spec: Some(ServiceSpec {
+            selector: Some(owner.selector_labels(Role::Frontend)),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.to_string()),
+                port: owner.cis.spec.frontend.port,
+                target_port: Some(IntOrString::String(PORT_NAME.to_string())),
+                protocol: Some("TCP".to_string()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Encoder, PrometheusSpec, ReconstructPolicy};
+    use crate::fixtures::cis;
+
+    fn arg_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).map(String::as_str)
+    }
+
+    #[test]
+    fn args_carry_the_code_and_every_instance() {
+        let mut cis = cis("demo");
+        cis.spec.coding.k = 3;
+        cis.spec.coding.encoder = Encoder::Concat;
+        cis.spec.coding.reconstruct_policy = ReconstructPolicy::Deadline;
+        cis.spec.model.replicas = Some(4);
+        let owner = Owner::new(&cis).expect("owner");
+        let args = args(&owner);
+        assert_eq!(args[0], "frontend");
+        assert_eq!(arg_after(&args, "--port"), Some("8080"));
+        assert_eq!(arg_after(&args, "--model-name"), Some("demo"));
+        assert_eq!(arg_after(&args, "--model-card"), Some("file:///models/mlp"));
+        let models: Vec<&str> = arg_after(&args, "--model-endpoints")
+            .expect("models")
+            .split(',')
+            .collect();
+        assert_eq!(models.len(), 4);
+        assert_eq!(models[3], "http://demo-model-3.demo-model.ns1.svc:8080");
+        assert_eq!(
+            arg_after(&args, "--parity-endpoints"),
+            Some("http://demo-parity-0.demo-parity.ns1.svc:8080")
+        );
+        assert_eq!(arg_after(&args, "--k"), Some("3"));
+        assert_eq!(arg_after(&args, "--r"), Some("1"));
+        assert_eq!(arg_after(&args, "--encoder"), Some("concat"));
+        assert_eq!(arg_after(&args, "--decoder"), Some("subtract"));
+        assert_eq!(arg_after(&args, "--reconstruct-policy"), Some("deadline"));
+        assert!(!args.contains(&"--prometheus-url".to_string()));
+    }
+
+    #[test]
+    fn prometheus_url_is_passed_only_when_set() {
+        let mut cis = cis("demo");
+        cis.spec.prometheus = Some(PrometheusSpec {
+            url: "http://prom.monitoring.svc:9090".into(),
+        });
+        let owner = Owner::new(&cis).expect("owner");
+        assert_eq!(
+            arg_after(&args(&owner), "--prometheus-url"),
+            Some("http://prom.monitoring.svc:9090")
+        );
+    }
+
+    #[test]
+    fn service_exposes_the_spec_port_and_selects_frontends() {
+        let mut cis = cis("demo");
+        cis.spec.frontend.port = 80;
+        cis.spec.frontend.replicas = 3;
+        let owner = Owner::new(&cis).expect("owner");
+        let svc = service(&owner);
+        let spec = svc.spec.expect("spec");
+        let port = &spec.ports.expect("ports")[0];
+        assert_eq!(port.port, 80);
+        assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+        assert_eq!(
+            spec.selector.expect("selector")["coded.dev/role"],
+            "frontend"
+        );
+        assert_eq!(svc.metadata.name.as_deref(), Some("demo-frontend"));
+        let deploy = deployment(&owner, &Settings::default());
+        let dspec = deploy.spec.expect("spec");
+        assert_eq!(dspec.replicas, Some(3));
+        let pod = dspec.template.spec.expect("pod");
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some(crate::DEFAULT_SIDECAR_IMAGE)
+        );
+        assert_eq!(
+            pod.node_selector, None,
+            "frontend needs no accelerator node"
+        );
+    }
+
+    #[test]
+    fn frontend_takes_worker_tolerations_unless_placed_itself() {
+        use k8s_openapi::api::core::v1::Toleration;
+        use std::collections::BTreeMap;
+        let mut cis = cis("demo");
+        let taint = Toleration {
+            key: Some("nvidia.com/gpu".into()),
+            operator: Some("Exists".into()),
+            ..Toleration::default()
+        };
+        cis.spec.scheduling = Some(SchedulingSpec {
+            node_selector: BTreeMap::from([("gpu".into(), "a100".into())]),
+            tolerations: vec![taint.clone()],
+            runtime_class_name: Some("nvidia".into()),
+        });
+        let pod = |cis: &crate::crd::CodedInferenceService| {
+            let owner = Owner::new(cis).expect("owner");
+            deployment(&owner, &Settings::default())
+                .spec
+                .and_then(|s| s.template.spec)
+                .expect("pod")
+        };
+        let inherited = pod(&cis);
+        assert_eq!(inherited.tolerations, Some(vec![taint]));
+        assert_eq!(inherited.node_selector, None, "not tied to GPU nodes");
+        assert_eq!(inherited.runtime_class_name, None);
+
+        cis.spec.frontend.scheduling = Some(SchedulingSpec {
+            node_selector: BTreeMap::from([("pool".into(), "cpu".into())]),
+            ..SchedulingSpec::default()
+        });
+        let own = pod(&cis);
+        assert_eq!(own.tolerations, None);
+        assert_eq!(own.node_selector.expect("selector")["pool"], "cpu");
+    }
+}

@@ -1,0 +1,366 @@
+//! The objects a `CodedInferenceService` owns, built as plain values from its
+//! spec. Nothing here talks to the API server, so every field that matters is
+//! unit-tested; [`super`] applies them.
+
+pub mod frontend;
+pub mod pdb;
+pub mod service_monitor;
+pub mod worker;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, HTTPGetAction, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::CodedInferenceService;
+use crate::{Error, Result, SIDECAR_PORT};
+
+/// Label naming the `CodedInferenceService` an object belongs to.
+pub const SERVICE_LABEL: &str = "coded.dev/service";
+/// Label naming the role of a pod: `model`, `parity` or `frontend`.
+pub const ROLE_LABEL: &str = "coded.dev/role";
+/// Label the operator's watches filter children by.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Name of the container port every sidecar serves on.
+pub const PORT_NAME: &str = "http";
+
+/// The three kinds of pods of a coded service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Model,
+    Parity,
+    Frontend,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Model => "model",
+            Role::Parity => "parity",
+            Role::Frontend => "frontend",
+        }
+    }
+}
+
+/// Operator-wide settings the children depend on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Image of `coded-sidecar` used when the resource names none.
+    pub sidecar_image: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            sidecar_image: crate::DEFAULT_SIDECAR_IMAGE.to_string(),
+        }
+    }
+}
+
+/// The resource being reconciled, with what every child needs from it.
+pub struct Owner<'a> {
+    pub cis: &'a CodedInferenceService,
+    pub name: String,
+    pub namespace: String,
+    owner_ref: OwnerReference,
+}
+
+impl<'a> Owner<'a> {
+    pub fn new(cis: &'a CodedInferenceService) -> Result<Self> {
+        let namespace = cis.namespace().ok_or(Error::MissingField("namespace"))?;
+        // controller_owner_ref is None only without a uid, i.e. never for an object read from the API.
+        let owner_ref = cis
+            .controller_owner_ref(&())
+            .ok_or(Error::MissingField("uid"))?;
+        Ok(Self {
+            cis,
+            name: cis.name_any(),
+            namespace,
+            owner_ref,
+        })
+    }
+
+    /// Name of the children of one role, e.g. `<name>-model`.
+    pub fn child_name(&self, role: Role) -> String {
+        format!("{}-{}", self.name, role.as_str())
+    }
+
+    /// Labels every pod of a role carries; also the selector of its workload.
+    pub fn selector_labels(&self, role: Role) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (SERVICE_LABEL.to_string(), self.name.clone()),
+            (ROLE_LABEL.to_string(), role.as_str().to_string()),
+        ])
+    }
+
+    /// Labels of every child regardless of role.
+    pub fn common_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (SERVICE_LABEL.to_string(), self.name.clone()),
+            (
+                "app.kubernetes.io/name".to_string(),
+                "coded-serving".to_string(),
+            ),
+            ("app.kubernetes.io/instance".to_string(), self.name.clone()),
+            (
+                MANAGED_BY_LABEL.to_string(),
+                crate::FIELD_MANAGER.to_string(),
+            ),
+        ])
+    }
+
+    /// Selector labels plus the recommended `app.kubernetes.io` ones.
+    pub fn labels(&self, role: Role) -> BTreeMap<String, String> {
+        let mut labels = self.common_labels();
+        labels.extend(self.selector_labels(role));
+        labels.insert(
+            "app.kubernetes.io/component".to_string(),
+            role.as_str().to_string(),
+        );
+        labels
+    }
+
+    /// Metadata of a child of one role: name, namespace, labels and the
+    /// controller owner reference.
+    pub fn meta(&self, role: Role) -> ObjectMeta {
+        self.meta_with(self.child_name(role), self.labels(role))
+    }
+
+    /// Metadata of a child with the given name and labels.
+    pub fn meta_with(&self, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![self.owner_ref.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// URL of the frontend Service.
+    pub fn endpoint(&self) -> String {
+        format!(
+            "http://{}.{}.svc:{}",
+            self.child_name(Role::Frontend),
+            self.namespace,
+            self.cis.spec.frontend.port
+        )
+    }
+}
+
+/// A `coded-sidecar` container: the shared port, probes and hardening.
+pub fn sidecar_container(
+    image: &str,
+    args: Vec<String>,
+    resources: Option<&ResourceRequirements>,
+) -> Container {
+    let http_get = |path: &str| HTTPGetAction {
+        path: Some(path.to_string()),
+        port: IntOrString::String(PORT_NAME.to_string()),
+        ..HTTPGetAction::default()
+    };
+    Container {
+        name: "sidecar".to_string(),
+        image: Some(image.to_string()),
+        command: Some(vec!["coded-sidecar".to_string()]),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.to_string()),
+            container_port: SIDECAR_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }]),
+        resources: resources.cloned(),
+        readiness_probe: Some(Probe {
+            http_get: Some(http_get("/v2/health/ready")),
+            period_seconds: Some(5),
+            failure_threshold: Some(2),
+            ..Probe::default()
+        }),
+        liveness_probe: Some(Probe {
+            http_get: Some(http_get("/v2/health/live")),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        // Weights may take minutes to download; liveness starts only after this succeeds.
+        startup_probe: Some(Probe {
+            http_get: Some(http_get("/v2/health/live")),
+            period_seconds: Some(5),
+            failure_threshold: Some(60),
+            ..Probe::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_string(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// Everything one `CodedInferenceService` owns.
+pub struct Children {
+    pub model: StatefulSet,
+    pub model_service: Service,
+    pub parity: StatefulSet,
+    pub parity_service: Service,
+    pub frontend: Deployment,
+    pub frontend_service: Service,
+    pub pdbs: Vec<PodDisruptionBudget>,
+    /// Applied only where the Prometheus operator's CRD exists.
+    pub service_monitor: DynamicObject,
+}
+
+impl Children {
+    pub fn build(owner: &Owner<'_>, settings: &Settings) -> Children {
+        let spec = &owner.cis.spec;
+        Children {
+            model: worker::stateful_set(
+                owner,
+                Role::Model,
+                &spec.model,
+                spec.model_replicas(),
+                settings,
+            ),
+            model_service: worker::headless_service(owner, Role::Model),
+            parity: worker::stateful_set(
+                owner,
+                Role::Parity,
+                &spec.parity_model,
+                spec.parity_replicas(),
+                settings,
+            ),
+            parity_service: worker::headless_service(owner, Role::Parity),
+            frontend: frontend::deployment(owner, settings),
+            frontend_service: frontend::service(owner),
+            pdbs: [Role::Model, Role::Parity, Role::Frontend]
+                .into_iter()
+                .map(|role| pdb::pod_disruption_budget(owner, role))
+                .collect(),
+            service_monitor: service_monitor::service_monitor(owner),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::cis;
+
+    #[test]
+    fn every_child_is_owned_by_the_resource_as_controller() {
+        let cis = cis("demo");
+        let owner = Owner::new(&cis).expect("owner");
+        let c = Children::build(&owner, &Settings::default());
+        let metas = [
+            &c.model.metadata,
+            &c.model_service.metadata,
+            &c.parity.metadata,
+            &c.parity_service.metadata,
+            &c.frontend.metadata,
+            &c.frontend_service.metadata,
+            &c.pdbs[0].metadata,
+            &c.pdbs[1].metadata,
+            &c.pdbs[2].metadata,
+            &c.service_monitor.metadata,
+        ];
+        for meta in metas {
+            let refs = meta.owner_references.as_ref().expect("owner refs");
+            assert_eq!(refs.len(), 1);
+            let r = &refs[0];
+            assert_eq!(r.kind, "CodedInferenceService");
+            assert_eq!(r.api_version, "coded.dev/v1alpha1");
+            assert_eq!(r.name, "demo");
+            assert_eq!(r.uid, "uid-demo");
+            assert_eq!(r.controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("ns1"));
+            let labels = meta.labels.as_ref().expect("labels");
+            assert_eq!(labels[SERVICE_LABEL], "demo");
+            assert_eq!(labels[MANAGED_BY_LABEL], "coded-operator");
+        }
+    }
+
+    #[test]
+    fn longest_allowed_name_gives_valid_child_names() {
+        let name = "a".repeat(crate::crd::MAX_NAME_LEN);
+        let cis = cis(&name);
+        let owner = Owner::new(&cis).expect("owner");
+        // StatefulSet pods carry `controller-revision-hash: <sts>-<10 chars>`, a 63-character label value.
+        for role in [Role::Model, Role::Parity] {
+            assert!(owner.child_name(role).len() <= 52, "{role:?}");
+        }
+        // Service names are DNS labels.
+        for role in [Role::Model, Role::Parity, Role::Frontend] {
+            assert!(owner.child_name(role).len() <= 63, "{role:?}");
+        }
+        // The frontend needs resolvable per-instance names too.
+        let host = worker::endpoints(&owner, Role::Parity, 10)[9].clone();
+        let first_label = host
+            .trim_start_matches("http://")
+            .split('.')
+            .next()
+            .unwrap_or_default();
+        assert!(first_label.len() <= 63);
+    }
+
+    #[test]
+    fn owner_needs_a_namespace() {
+        let mut cis = cis("demo");
+        cis.metadata.namespace = None;
+        assert!(matches!(
+            Owner::new(&cis),
+            Err(Error::MissingField("namespace"))
+        ));
+    }
+
+    #[test]
+    fn endpoint_names_the_frontend_service_and_port() {
+        let mut cis = cis("demo");
+        assert_eq!(
+            Owner::new(&cis).expect("owner").endpoint(),
+            "http://demo-frontend.ns1.svc:8080"
+        );
+        cis.spec.frontend.port = 80;
+        assert_eq!(
+            Owner::new(&cis).expect("owner").endpoint(),
+            "http://demo-frontend.ns1.svc:80"
+        );
+    }
+
+    #[test]
+    fn sidecar_probes_use_the_v2_health_endpoints() {
+        let c = sidecar_container("img", vec![], None);
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        assert_eq!(
+            path(&c.readiness_probe).as_deref(),
+            Some("/v2/health/ready")
+        );
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/v2/health/live"));
+        assert_eq!(c.ports.as_ref().expect("ports")[0].container_port, 8080);
+        assert_eq!(c.command, Some(vec!["coded-sidecar".to_string()]));
+        let sc = c.security_context.expect("hardened");
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+    }
+}
