@@ -21,6 +21,8 @@ enum Command {
     Train(cmd::train::TrainCommand),
     /// Measure available and degraded-mode accuracy of a base + parity pair.
     Eval(cmd::eval::EvalArgs),
+    /// Serve a model card (base or parity) over the KServe v2 protocol.
+    Worker(cmd::worker::WorkerArgs),
     /// Draw figures from saved reports.
     #[command(subcommand)]
     Plot(cmd::plot::PlotCommand),
@@ -28,11 +30,18 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     coded_sidecar::runtime::init_compute(cli.threads);
     let result = match cli.command {
         Command::Train(c) => cmd::train::run(c),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Plot(c) => cmd::plot::run(c),
+        Command::Worker(a) => cmd::worker::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 pub mod eval;
 pub mod plot;
 pub mod train;
+pub mod worker;
 
 use std::path::PathBuf;
 

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod candle;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;
