@@ -72,7 +72,7 @@ etcd_ok() { built_from "$BIN_DIR/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 kwok_ok() { built_from "$BIN_DIR/kwok" sigs.k8s.io/kwok "$KWOK_VERSION"; }
 STAGES="$SHARE_DIR/kwok-stages.yaml"
 stages_ok() { [[ -s $STAGES ]] && grep -qx "# kwok $KWOK_VERSION" "$STAGES"; }
-helm_ok() { built_from "$BIN_DIR/helm" helm.sh/helm/v3 "$HELM_VERSION" && "$BIN_DIR/helm" version --short 2>/dev/null | grep -q "^${HELM_VERSION}+"; }
+helm_ok() { built_from "$BIN_DIR/helm" helm.sh/helm/v3 "$HELM_VERSION" && "$BIN_DIR/helm" version --short 2>/dev/null | grep -Eq "^${HELM_VERSION//./\\.}(\+|$)"; }
 
 timed() { # NAME CMD...  run CMD, log how long it took
   local name=$1; shift
@@ -203,9 +203,17 @@ install_stages() {
 }
 
 build_helm() {
-  GOBIN="$BIN_DIR" "${NICE[@]}" go install -trimpath \
-    -ldflags "-s -w -X 'helm.sh/helm/v3/internal/version.version=$HELM_VERSION' -X 'helm.sh/helm/v3/internal/version.gitTreeState=clean'" \
-    helm.sh/helm/v3/cmd/helm@"$HELM_VERSION"
+  # what helm's Makefile sets: its version, and the Kubernetes minor of the
+  # client-go it is built with (default .Capabilities.KubeVersion, lint rules)
+  local gomod kminor v ld
+  gomod=$(go mod download -json helm.sh/helm/v3@"$HELM_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
+  kminor=$(awk '$1 == "k8s.io/client-go" {split($2, a, "."); print a[2]}' "$gomod")
+  [[ $kminor =~ ^[0-9]+$ ]] || die "cannot read helm's client-go version from $gomod"
+  ld="-s -w -X 'helm.sh/helm/v3/internal/version.version=$HELM_VERSION' -X 'helm.sh/helm/v3/internal/version.gitTreeState=clean'"
+  for v in pkg/lint/rules pkg/chartutil; do
+    ld+=" -X 'helm.sh/helm/v3/$v.k8sVersionMajor=1' -X 'helm.sh/helm/v3/$v.k8sVersionMinor=$kminor'"
+  done
+  GOBIN="$BIN_DIR" "${NICE[@]}" go install -trimpath -ldflags "$ld" helm.sh/helm/v3/cmd/helm@"$HELM_VERSION"
 }
 
 # ---- main ------------------------------------------------------------------------
