@@ -51,24 +51,39 @@ start() { # NAME ARGS...   (binary = $BIN/NAME) in its own session, logs in $DIR
   echo $! >"$DIR/pids/$name.pid"
 }
 
-stop_all() {
-  [[ -d $DIR/pids ]] || return 0
-  local name pid i alive
-  local -a pids=()
-  # reverse start order: kwok and the controllers first, etcd last
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    name=${COMPONENTS[i]}
-    if pid=$(ours "$name"); then kill -TERM "$pid" 2>/dev/null || true; pids+=("$pid"); fi
+gone() { # PID: exited (a zombie waiting to be reaped counts as exited)
+  local st
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
+  [[ -z $st || $st == Z ]]
+}
+
+stop() { # GRACE_SECONDS NAME...: TERM, wait up to GRACE, then KILL
+  local grace=$1; shift
+  local name pid i left
+  local -A pids=()
+  for name in "$@"; do
+    if pid=$(ours "$name"); then kill -TERM "$pid" 2>/dev/null || true; pids[$name]=$pid; fi
   done
-  for ((i = 0; i < 100; i++)); do          # up to 10 s for a clean exit
-    alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    ((alive)) || break
+  for ((i = 0; i < grace * 10; i++)); do
+    left=0
+    for name in "${!pids[@]}"; do gone "${pids[$name]}" || left=1; done
+    ((left)) || return 0
     sleep 0.1
   done
-  for name in "${COMPONENTS[@]}"; do
-    if pid=$(ours "$name"); then log "$name ($pid) did not stop on TERM: KILL"; kill -KILL "$pid" 2>/dev/null || true; fi
+  for name in "${!pids[@]}"; do
+    gone "${pids[$name]}" && continue
+    log "$name (${pids[$name]}) still running ${grace}s after TERM: KILL"
+    kill -KILL "${pids[$name]}" 2>/dev/null || true
   done
+}
+
+stop_all() {
+  [[ -d $DIR/pids ]] || return 0
+  # clients first, then the API server (while etcd is still there for its
+  # graceful shutdown), etcd last
+  stop 5 kwok kube-scheduler kube-controller-manager
+  stop 10 kube-apiserver
+  stop 5 etcd
 }
 
 wait_until() { # SECONDS DESCRIPTION CMD...
@@ -122,6 +137,18 @@ extendedKeyUsage=clientAuth"
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    # aggregation layer (front proxy): its own CA, as kubeadm does; without it
+    # every delegating authenticator (controller-manager, scheduler, and
+    # later any webhook/extension server) logs a missing requestheader CA
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -keyout front-proxy-ca.key -out front-proxy-ca.crt -subj "/CN=coded-e2e-front-proxy-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout front-proxy-client.key \
+      -out front-proxy-client.csr -subj "/CN=front-proxy-client" 2>/dev/null
+    printf '%s\n' "$client" >front-proxy-client.ext
+    openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial \
+      -days 2 -out front-proxy-client.crt -extfile front-proxy-client.ext 2>/dev/null
+    rm -f front-proxy-client.csr front-proxy-client.ext
     cert admin "/O=system:masters/CN=coded-e2e-admin" "$client"
     cert kube-controller-manager "/CN=system:kube-controller-manager" "$client"
     cert kube-scheduler "/CN=system:kube-scheduler" "$client"
@@ -200,6 +227,10 @@ EOF
     --cert-dir="$DIR/apiserver" \
     --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
     --client-ca-file="$P/ca.crt" \
+    --requestheader-client-ca-file="$P/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$P/front-proxy-client.crt" --proxy-client-key-file="$P/front-proxy-client.key" \
     --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \

@@ -6,7 +6,8 @@
 #     (kube-controller-manager's garbage collector);
 #  3. a ServiceAccount token from TokenRequest (`kubectl create token`)
 #     authenticates, and RBAC answers `kubectl auth can-i` for it — the way
-#     the operator will run, as the chart's ServiceAccount.
+#     the operator will run, as the chart's ServiceAccount;
+#  4. the real helm installs (--wait) and uninstalls a chart.
 set -euo pipefail
 
 : "${KUBECONFIG:?run: eval \"\$(e2e/cluster.sh env)\"}"
@@ -19,7 +20,7 @@ ok() { PASS=$((PASS + 1)); log "ok: $*"; }
 fail() { FAIL=$((FAIL + 1)); log "FAIL: $*"; }
 check() { # DESCRIPTION CMD...
   local what=$1; shift
-  if "$@"; then ok "$what"; else fail "$what"; fi
+  if "$@" >&2; then ok "$what"; else fail "$what"; fi
 }
 finish() {
   local rc=$?
@@ -33,6 +34,8 @@ finish() {
 trap finish EXIT
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/coded-smoke.XXXXXX")
 
+# a namespace left by an earlier run on the same cluster goes first
+kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=90s >/dev/null
 kubectl create namespace "$NS" >/dev/null
 # the namespace's default ServiceAccount comes from the SA controller
 for _ in $(seq 100); do kubectl -n "$NS" get sa default >/dev/null 2>&1 && break; sleep 0.2; done
@@ -117,3 +120,16 @@ check "can-i list secrets in kube-system: no" test "$(sa auth can-i list secrets
 check "the token lists pods for real" sa -n "$NS" get pods
 check "RBAC forbids the token to list nodes" bash -c "KUBECONFIG='$SA_KC' kubectl get nodes 2>&1 | grep -q Forbidden"
 check "a garbled token is rejected (401)" bash -c "KUBECONFIG='$SA_KC' kubectl --token='${token}x' get pods -n '$NS' 2>&1 | grep -qi unauthorized"
+
+# ---- 4. helm installs a chart into this cluster --------------------------------------
+# (the operator's chart is installed the same way by the Rust e2e tests)
+export HELM_CACHE_HOME="$TMP/helm/cache" HELM_CONFIG_HOME="$TMP/helm/config" HELM_DATA_HOME="$TMP/helm/data"
+helm create "$TMP/smoke-chart" >/dev/null
+check "helm install --wait (chart's Deployment Ready on kwok nodes)" \
+  helm install smoke-chart "$TMP/smoke-chart" -n "$NS" --wait --timeout 90s \
+    --set image.repository=registry.invalid/never-pulled --set image.tag=1 \
+    --set nodeSelector.type=kwok \
+    --set 'tolerations[0].key=kwok.x-k8s.io/node' --set 'tolerations[0].operator=Exists' --set 'tolerations[0].effect=NoSchedule'
+check "helm list shows the release deployed" \
+  test "$(helm list -n "$NS" --deployed -q)" = smoke-chart
+check "helm uninstall" helm uninstall smoke-chart -n "$NS" --wait --timeout 60s
