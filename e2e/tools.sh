@@ -53,26 +53,35 @@ STAGING_VERSION="v0.${K8S_MINOR}.${K8S_VERSION##*.}"   # v1.37.2 -> v0.37.2
 # ---- version checks (cheap: build info embedded by the Go linker) -------------
 # `go version -m BIN` lists the module versions a binary was built from, so a
 # cached binary is accepted only if it was built from the pinned module.
+# (Output is captured, then matched: `cmd | grep -q` under pipefail fails at
+# random when grep exits early and cmd dies of SIGPIPE on its next line.)
 built_from() { # BIN MODULE VERSION
-  local bin=$1 mod=$2 ver=$3
+  local bin=$1 mod=$2 ver=$3 info
   [[ -x $bin ]] || return 1
-  go version -m "$bin" 2>/dev/null | awk -v m="$mod" -v v="$ver" '($1=="mod"||$1=="dep") && $2==m && $3==v {ok=1} END {exit !ok}'
+  info=$(go version -m "$bin" 2>/dev/null) || return 1
+  awk -v m="$mod" -v v="$ver" '($1=="mod"||$1=="dep") && $2==m && $3==v {ok=1} END {exit !ok}' <<<"$info"
 }
+says() { # PATTERN(grep -E, whole line) CMD...: CMD succeeds and prints a matching line
+  local pat=$1 out; shift
+  out=$("$@" 2>/dev/null) || return 1
+  grep -Eqx -- "$pat" <<<"$out"
+}
+re() { printf '%s' "$1" | sed 's/[.+]/\\&/g'; }   # escape a version for grep -E
 
 k8s_ok() {
   local b
   for b in kube-apiserver kube-controller-manager kube-scheduler; do
     built_from "$BIN_DIR/$b" k8s.io/kubernetes "$K8S_VERSION" || return 1
-    "$BIN_DIR/$b" --version 2>/dev/null | grep -qx "Kubernetes $K8S_VERSION" || return 1
+    says "Kubernetes $(re "$K8S_VERSION")" "$BIN_DIR/$b" --version || return 1
   done
   built_from "$BIN_DIR/kubectl" k8s.io/kubernetes "$K8S_VERSION" || return 1
-  "$BIN_DIR/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $K8S_VERSION" || return 1
+  says "Client Version: $(re "$K8S_VERSION")" "$BIN_DIR/kubectl" version --client
 }
-etcd_ok() { built_from "$BIN_DIR/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" && "$BIN_DIR/etcd" --version 2>/dev/null | grep -q "etcd Version: ${ETCD_VERSION#v}"; }
-kwok_ok() { built_from "$BIN_DIR/kwok" sigs.k8s.io/kwok "$KWOK_VERSION"; }
+etcd_ok() { built_from "$BIN_DIR/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" && says "etcd Version: $(re "${ETCD_VERSION#v}")" "$BIN_DIR/etcd" --version; }
+kwok_ok() { built_from "$BIN_DIR/kwok" sigs.k8s.io/kwok "$KWOK_VERSION" && says "kwok version v?$(re "${KWOK_VERSION#v}") .*" "$BIN_DIR/kwok" --version; }
 STAGES="$SHARE_DIR/kwok-stages.yaml"
 stages_ok() { [[ -s $STAGES ]] && grep -qx "# kwok $KWOK_VERSION" "$STAGES"; }
-helm_ok() { built_from "$BIN_DIR/helm" helm.sh/helm/v3 "$HELM_VERSION" && "$BIN_DIR/helm" version --short 2>/dev/null | grep -Eq "^${HELM_VERSION//./\\.}(\+|$)"; }
+helm_ok() { built_from "$BIN_DIR/helm" helm.sh/helm/v3 "$HELM_VERSION" && says "$(re "$HELM_VERSION")(\+.*)?" "$BIN_DIR/helm" version --short; }
 
 timed() { # NAME CMD...  run CMD, log how long it took
   local name=$1; shift
