@@ -15,13 +15,27 @@ export CODED_E2E_CLUSTER=${CODED_E2E_CLUSTER:-run-$$}
 log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 T0=$SECONDS
 
-t=$SECONDS
-"$HERE/tools.sh" >/dev/null
-log "tools ready in $((SECONDS - t))s"
+# Steps run in the background, each in a process group of its own, and are
+# waited for: a TERM/INT to this script is handled at once (bash defers traps
+# until a foreground child ends), and cleanup stops the step's whole tree
+# (e.g. a `go build` under tools.sh) before tearing the cluster down.
+CHILD=""
+step() {
+  setsid "$@" &
+  CHILD=$!
+  local rc=0
+  wait "$CHILD" || rc=$?
+  CHILD=""
+  return "$rc"
+}
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if [[ -n $CHILD ]] && kill -0 "$CHILD" 2>/dev/null; then
+    kill -TERM -- "-$CHILD" 2>/dev/null || kill -TERM "$CHILD" 2>/dev/null || true
+    wait "$CHILD" 2>/dev/null || true
+  fi
   "$HERE/cluster.sh" down || true
   log "finished in $((SECONDS - T0))s (exit $rc)"
   exit "$rc"
@@ -31,14 +45,18 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 t=$SECONDS
-"$HERE/cluster.sh" up
+step "$HERE/tools.sh" >/dev/null
+log "tools ready in $((SECONDS - t))s"
+
+t=$SECONDS
+step "$HERE/cluster.sh" up
 log "cluster up in $((SECONDS - t))s"
 eval "$("$HERE/cluster.sh" env)"
 
-"$HERE/smoke.sh"
+step "$HERE/smoke.sh"
 
 # Hook for the Rust e2e tests (issue 5, item 2): they read KUBECONFIG and find
 # kubectl/helm on PATH, both set above from `cluster.sh env`.
 if [[ ${CODED_E2E_TESTS:-0} == 1 ]]; then
-  (cd "$ROOT" && cargo test -p coded-operator --test e2e -- --test-threads=1)
+  step bash -c 'cd "$1" && exec cargo test -p coded-operator --test e2e -- --test-threads=1' _ "$ROOT"
 fi

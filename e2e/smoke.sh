@@ -32,6 +32,8 @@ finish() {
   ((FAIL == 0))
 }
 trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/coded-smoke.XXXXXX")
 
 # a namespace left by an earlier run on the same cluster goes first

@@ -95,6 +95,8 @@ timed() { # NAME CMD...  run CMD, log how long it took
 WORK=""
 cleanup() { [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"; return 0; }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 workdir() { [[ -n $WORK ]] || WORK=$(mktemp -d "${TMPDIR:-/tmp}/coded-e2e-tools.XXXXXX"); }
 
 build_k8s() {
