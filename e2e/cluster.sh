@@ -23,6 +23,7 @@ NAME=${CODED_E2E_CLUSTER:-default}
 [[ $NAME =~ ^[A-Za-z0-9._-]+$ ]] || { echo "bad CODED_E2E_CLUSTER name: $NAME" >&2; exit 2; }
 DIR="${TMPDIR:-/tmp}/coded-e2e-$NAME"
 NODES=${CODED_E2E_NODES:-3}
+[[ $NODES =~ ^[1-9][0-9]*$ ]] || { echo "CODED_E2E_NODES must be a positive number, not '$NODES'" >&2; exit 2; }
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -319,6 +320,8 @@ EOF
 export KUBECONFIG="$DIR/admin.kubeconfig"
 export PATH="$BIN:\$PATH"
 export CODED_E2E_CLUSTER_DIR="$DIR"
+export CODED_E2E_SERVER="https://127.0.0.1:$API_PORT"
+export CODED_E2E_CA="$DIR/pki/ca.crt"
 EOF
   trap - EXIT INT TERM
   log "up in $((SECONDS - t0))s: eval \"\$($0 env)\" to use it"
