@@ -46,6 +46,9 @@ die() { log "ERROR: $*"; exit 1; }
 
 command -v go >/dev/null || die "go is not on PATH (Go >= 1.26 is needed to build Kubernetes ${K8S_VERSION})"
 mkdir -p "$BIN_DIR" "$SHARE_DIR"
+# one build at a time per cache (parallel runs from several worktrees/CI)
+exec 9>"$CACHE_ROOT/.lock"
+if ! flock -n 9; then log "another tools.sh is building into $CACHE_ROOT: waiting"; flock 9; fi
 
 K8S_MINOR=${K8S_VERSION#v1.}; K8S_MINOR=${K8S_MINOR%%.*}
 STAGING_VERSION="v0.${K8S_MINOR}.${K8S_VERSION##*.}"   # v1.37.2 -> v0.37.2
