@@ -186,7 +186,7 @@ up() {
   [[ -f $stages ]] || die "$stages is missing: run e2e/tools.sh first"
 
   mkdir -p "$DIR"/{logs,pids,etcd}
-  chmod 700 "$DIR"
+  chmod 700 "$DIR" "$DIR/etcd"
   # any failure (or Ctrl-C) from here on: show the logs and tear down
   trap 'up_exit $?' EXIT
   trap 'exit 130' INT

@@ -58,5 +58,6 @@ step "$HERE/smoke.sh"
 # Hook for the Rust e2e tests (issue 5, item 2): they read KUBECONFIG and find
 # kubectl/helm on PATH, both set above from `cluster.sh env`.
 if [[ ${CODED_E2E_TESTS:-0} == 1 ]]; then
+  # shellcheck disable=SC2016 # $1 expands in the child shell
   step bash -c 'cd "$1" && exec cargo test -p coded-operator --test e2e -- --test-threads=1' _ "$ROOT"
 fi

@@ -20,9 +20,9 @@ set -euo pipefail
 # published staging module (k8s.io/api v0.37.1, ...) download through the proxy
 # (v1.37.2 is listed, but its module zip is refused: 403 "not available").
 K8S_VERSION=v1.37.1
-# etcd 3.6 (the server line Kubernetes 1.37 is validated against; its client
-# libraries are 3.7 which talk to 3.6 servers).
-ETCD_VERSION=v3.6.16
+# etcd: the 3.7 line, which Kubernetes 1.37 itself pins (hack/lib/etcd.sh,
+# build/dependencies.yaml: 3.7.0; its client libraries are 3.7), newest patch.
+ETCD_VERSION=v3.7.3
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 
