@@ -101,14 +101,16 @@ alive_or_die() { local n; for n in "$@"; do ours "$n" >/dev/null || { tail -n 30
 
 # ---- ports ----------------------------------------------------------------------------
 declare -A TAKEN=()
-free_port() {
+free_port() { # VAR: set VAR to a TCP port nobody listens on (nor picked before)
   local p used
   used=$(ss -Htan 2>/dev/null | awk '{print $4}' | sed 's/.*://' | sort -u)
   for _ in $(seq 200); do
     p=$((20000 + RANDOM % 40000))
     [[ -z ${TAKEN[$p]:-} ]] || continue
     grep -qx "$p" <<<"$used" && continue
-    TAKEN[$p]=1; echo "$p"; return 0
+    TAKEN[$p]=1
+    printf -v "$1" '%s' "$p"
+    return 0
   done
   die "no free port found"
 }
@@ -192,9 +194,8 @@ up() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
 
-  ETCD_PORT=$(free_port); ETCD_PEER_PORT=$(free_port)
-  API_PORT=${CODED_E2E_API_PORT:-$(free_port)}; TAKEN[$API_PORT]=1
-  KCM_PORT=$(free_port); SCHED_PORT=$(free_port); KWOK_PORT=$(free_port)
+  if [[ -n ${CODED_E2E_API_PORT:-} ]]; then API_PORT=$CODED_E2E_API_PORT; TAKEN[$API_PORT]=1; else free_port API_PORT; fi
+  free_port ETCD_PORT; free_port ETCD_PEER_PORT; free_port KCM_PORT; free_port SCHED_PORT; free_port KWOK_PORT
   cat >"$DIR/ports" <<EOF
 ETCD_PORT=$ETCD_PORT
 API_PORT=$API_PORT
