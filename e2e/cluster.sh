@@ -14,7 +14,8 @@
 #   ${TMPDIR:-/tmp}/coded-e2e-${CODED_E2E_CLUSTER:-default}
 # so several clusters can run side by side under different names. Ports are
 # free high ports picked at `up` (override: CODED_E2E_API_PORT).
-# Knobs: CODED_E2E_NODES (fake nodes, default 3), CODED_E2E_KEEP_ON_FAILURE=1
+# Knobs: CODED_E2E_NODES (fake nodes, default 3), CODED_E2E_NODE_CPU/_MEMORY/_PODS
+# (each node's capacity, default 1000 / 4Ti / 2000), CODED_E2E_KEEP_ON_FAILURE=1
 # (leave a failed `up` running to debug it).
 set -euo pipefail
 
@@ -24,6 +25,10 @@ NAME=${CODED_E2E_CLUSTER:-default}
 DIR="${TMPDIR:-/tmp}/coded-e2e-$NAME"
 NODES=${CODED_E2E_NODES:-3}
 [[ $NODES =~ ^[1-9][0-9]*$ ]] || { echo "CODED_E2E_NODES must be a positive number, not '$NODES'" >&2; exit 2; }
+# Fake nodes are big so the scale benchmark (1,000 resources) fits on 3 of them.
+NODE_CPU=${CODED_E2E_NODE_CPU:-1000}
+NODE_MEMORY=${CODED_E2E_NODE_MEMORY:-4Ti}
+NODE_PODS=${CODED_E2E_NODE_PODS:-2000}
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -139,7 +144,7 @@ extendedKeyUsage=clientAuth"
     cert apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     # aggregation layer (front proxy): its own CA, as kubeadm does; without it
     # every delegating authenticator (controller-manager, scheduler, and
     # later any webhook/extension server) logs a missing requestheader CA
@@ -237,7 +242,7 @@ EOF
     --enable-admission-plugins=NodeRestriction \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range=10.96.0.0/12 \
     --endpoint-reconciler-type=none \
     --allow-privileged=true \
     --enable-priority-and-fairness=true \
@@ -259,7 +264,7 @@ EOF
     --service-account-private-key-file="$P/sa.key" \
     --root-ca-file="$P/ca.crt" \
     --cluster-signing-cert-file="$P/ca.crt" --cluster-signing-key-file="$P/ca.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range=10.96.0.0/12 \
     --profiling=false --v=1
   start kube-scheduler \
     --kubeconfig="$DIR/kube-scheduler.kubeconfig" \
@@ -309,8 +314,8 @@ spec:
     value: fake
     effect: NoSchedule
 status:
-  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
-  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  allocatable: {cpu: "$NODE_CPU", memory: $NODE_MEMORY, pods: "$NODE_PODS"}
+  capacity: {cpu: "$NODE_CPU", memory: $NODE_MEMORY, pods: "$NODE_PODS"}
 EOF
     done
   } | "$k" apply -f - >/dev/null
