@@ -29,7 +29,8 @@ finish() {
   ((rc == 0 && FAIL == 0)) || { ((FAIL > 0)) || FAIL=$((FAIL + 1)); }
   log "done in $((SECONDS - T0))s"
   echo "smoke: $PASS passed, $FAIL failed"
-  ((FAIL == 0))
+  ((FAIL == 0)) || exit 1   # (an EXIT trap's own status is not the script's)
+  exit 0
 }
 trap finish EXIT
 trap 'exit 130' INT
