@@ -82,6 +82,9 @@ kubectl -n "$NS" delete deployment smoke --cascade=background --wait=true >/dev/
 check "ReplicaSet $rs garbage-collected" kubectl -n "$NS" wait --for=delete "rs/$rs" --timeout=60s
 # shellcheck disable=SC2086
 check "its 3 Pods garbage-collected" kubectl -n "$NS" wait --for=delete $pods --timeout=60s
+# --use-service-account-credentials: each controller has its own ServiceAccount
+check "controllers run as their own ServiceAccounts (generic-garbage-collector, replicaset-controller)" \
+  kubectl -n kube-system get serviceaccount generic-garbage-collector replicaset-controller
 
 # ---- 3. ServiceAccount token (TokenRequest) + RBAC --------------------------------
 kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
