@@ -43,6 +43,13 @@ kubectl create namespace "$NS" >/dev/null
 # the namespace's default ServiceAccount comes from the SA controller
 for _ in $(seq 100); do kubectl -n "$NS" get sa default >/dev/null 2>&1 && break; sleep 0.2; done
 
+# ---- 0. the server is the pinned build ---------------------------------------------
+client_version=$(kubectl version --client -o json | sed -n 's/^ *"gitVersion": "\(.*\)",$/\1/p' | head -n 1)
+server_version=$(kubectl get --raw /version | sed -n 's/^ *"gitVersion": "\(.*\)",$/\1/p')
+log "kubectl $client_version, API server $server_version"
+check "API server /version ($server_version) = kubectl's build ($client_version)" \
+  test -n "$server_version" -a "$server_version" = "$client_version"
+
 # ---- 1. pods on kwok nodes become Running and Ready ----------------------------
 kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
 apiVersion: apps/v1

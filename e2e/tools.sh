@@ -44,6 +44,8 @@ NICE=(nice -n 19)
 log() { printf '[tools %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# (a non-login shell, e.g. CI's, may not have Go's default install dir on PATH)
+command -v go >/dev/null || { [[ -x /usr/local/go/bin/go ]] && PATH="/usr/local/go/bin:$PATH"; }
 command -v go >/dev/null || die "go is not on PATH (Go >= 1.26 is needed to build Kubernetes ${K8S_VERSION})"
 mkdir -p "$BIN_DIR" "$SHARE_DIR"
 # one build at a time per cache (parallel runs from several worktrees/CI)
