@@ -30,6 +30,7 @@ NODE_CPU=${CODED_E2E_NODE_CPU:-1000}
 NODE_MEMORY=${CODED_E2E_NODE_MEMORY:-4Ti}
 NODE_PODS=${CODED_E2E_NODE_PODS:-2000}
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+STARTED=()
 
 log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -55,6 +56,10 @@ start() { # NAME ARGS...   (binary = $BIN/NAME) in its own session, logs in $DIR
   readlink -f "$exe" >"$DIR/pids/$name.exe"
   setsid "$exe" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/pids/$name.pid"
+  STARTED+=("$name")
+  # until setsid has exec'd, /proc/PID/exe is not the binary yet
+  local i
+  for ((i = 0; i < 50; i++)); do ours "$name" >/dev/null && break; sleep 0.02; done
 }
 
 gone() { # PID: exited (a zombie waiting to be reaped counts as exited)
@@ -92,11 +97,14 @@ stop_all() {
   stop 5 etcd
 }
 
-wait_until() { # SECONDS DESCRIPTION CMD...
+wait_until() { # SECONDS DESCRIPTION CMD...  (gives up early if a component died)
   local limit=$1 what=$2; shift 2
-  local t0=$SECONDS
+  local t0=$SECONDS n
   until "$@" >/dev/null 2>&1; do
     ((SECONDS - t0 < limit)) || { log "timed out after ${limit}s waiting for $what"; return 1; }
+    for n in "${STARTED[@]}"; do
+      ours "$n" >/dev/null || { log "$n exited while waiting for $what"; return 1; }
+    done
     sleep 0.2
   done
   log "$what ($((SECONDS - t0))s)"
