@@ -102,7 +102,13 @@ cleanup() { [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"; return 0; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-workdir() { [[ -n $WORK ]] || WORK=$(mktemp -d "${TMPDIR:-/tmp}/coded-e2e-tools.XXXXXX"); }
+workdir() {
+  [[ -z $WORK ]] || return 0
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/coded-e2e-tools.XXXXXX")
+  # go's own temp dirs too, so an interrupted build leaves no /tmp/go-build*
+  mkdir -p "$WORK/gotmp"
+  export GOTMPDIR="$WORK/gotmp"
+}
 
 build_k8s() {
   workdir
@@ -194,6 +200,7 @@ EOF
 }
 
 build_kwok() {
+  workdir
   GOBIN="$BIN_DIR" "${NICE[@]}" go install -trimpath \
     -ldflags "-s -w -X 'sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}'" \
     sigs.k8s.io/kwok/cmd/kwok@"$KWOK_VERSION"
@@ -225,6 +232,7 @@ build_helm() {
   gomod=$(go mod download -json helm.sh/helm/v3@"$HELM_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
   kminor=$(awk '$1 == "k8s.io/client-go" {split($2, a, "."); print a[2]}' "$gomod")
   [[ $kminor =~ ^[0-9]+$ ]] || die "cannot read helm's client-go version from $gomod"
+  workdir
   ld="-s -w -X 'helm.sh/helm/v3/internal/version.version=$HELM_VERSION' -X 'helm.sh/helm/v3/internal/version.gitTreeState=clean'"
   for v in pkg/lint/rules pkg/chartutil; do
     ld+=" -X 'helm.sh/helm/v3/$v.k8sVersionMajor=1' -X 'helm.sh/helm/v3/$v.k8sVersionMinor=$kminor'"
