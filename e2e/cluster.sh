@@ -57,15 +57,25 @@ start() { # NAME ARGS...   (binary = $BIN/NAME) in its own session, logs in $DIR
   setsid "$exe" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/pids/$name.pid"
   STARTED+=("$name")
-  # until setsid has exec'd, /proc/PID/exe is not the binary yet
+  # wait (max 10 s) until setsid has exec'd the binary, so `ours` (and so
+  # `down`) recognises the process from here on
   local i
-  for ((i = 0; i < 50; i++)); do ours "$name" >/dev/null && break; sleep 0.02; done
+  for ((i = 0; i < 500; i++)); do
+    ours "$name" >/dev/null || exited "$name" && break
+    sleep 0.02
+  done
 }
 
 gone() { # PID: exited (a zombie waiting to be reaped counts as exited)
   local st
   st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
   [[ -z $st || $st == Z ]]
+}
+
+exited() { # NAME: the process `start` launched is gone (pid file = our own child's pid)
+  local pid
+  pid=$(<"$DIR/pids/$1.pid") || return 0
+  gone "$pid"
 }
 
 stop() { # GRACE_SECONDS NAME...: TERM, wait up to GRACE, then KILL
@@ -103,7 +113,7 @@ wait_until() { # SECONDS DESCRIPTION CMD...  (gives up early if a component died
   until "$@" >/dev/null 2>&1; do
     ((SECONDS - t0 < limit)) || { log "timed out after ${limit}s waiting for $what"; return 1; }
     for n in "${STARTED[@]}"; do
-      ours "$n" >/dev/null || { log "$n exited while waiting for $what"; return 1; }
+      exited "$n" && { log "$n exited while waiting for $what"; return 1; }
     done
     sleep 0.2
   done
