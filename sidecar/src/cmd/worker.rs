@@ -33,8 +33,12 @@ pub fn local_path(uri: &str) -> anyhow::Result<PathBuf> {
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let path = local_path(&args.model)?;
-    let model = crate::model::load(&path).with_context(|| format!("loading the model {}", args.model))?;
-    let name = args.model_name.clone().unwrap_or_else(|| model.card.name.clone());
+    let model =
+        crate::model::load(&path).with_context(|| format!("loading the model {}", args.model))?;
+    let name = args
+        .model_name
+        .clone()
+        .unwrap_or_else(|| model.card.name.clone());
     let backend = CandleBackend::new(name.clone(), model);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
