@@ -18,7 +18,7 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-$bin train base --arch mlp --epochs 1 --limit 2000 --quiet --out "$work/model"
+CODED_THREADS=1 $bin train base --arch mlp --epochs 1 --limit 2000 --quiet --out "$work/model"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 $bin worker --model "$work/model" --model-name fashion-mlp --port "$port" > "$work/worker.log" 2>&1 &
 pid=$!

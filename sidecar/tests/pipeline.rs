@@ -10,7 +10,7 @@ use serde_json::Value;
 fn sidecar(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coded-sidecar"))
         .args(args)
-        .env("CODED_THREADS", "2")
+        .env("CODED_THREADS", "1")
         .output()
         .expect("run coded-sidecar")
 }
