@@ -27,15 +27,7 @@ impl Decoder {
     /// Rebuilds one output per group from the parity output `[groups, ...out]`
     /// and the k−1 outputs that did arrive, `[groups, k−1, ...out]`.
     pub fn decode(&self, parity: &Tensor, others: &Tensor) -> Result<Tensor, CodingError> {
-        if others.rank() != parity.rank() + 1
-            || others.dim(0)? != parity.dim(0)?
-            || others.dims()[2..] != parity.dims()[1..]
-        {
-            return Err(CodingError::OutputShape {
-                expected: parity.dims().to_vec(),
-                found: others.dims().to_vec(),
-            });
-        }
+        check_shapes(parity, others)?;
         Ok((parity - others.sum(1)?)?)
     }
 
@@ -43,19 +35,25 @@ impl Decoder {
     /// `[groups, k, ...out]`, element `[g, i]` of the result is what the
     /// decoder gives for query i of group g when that query is the lost one.
     pub fn decode_each(&self, parity: &Tensor, outputs: &Tensor) -> Result<Tensor, CodingError> {
-        if outputs.rank() != parity.rank() + 1
-            || outputs.dim(0)? != parity.dim(0)?
-            || outputs.dims()[2..] != parity.dims()[1..]
-        {
-            return Err(CodingError::OutputShape {
-                expected: parity.dims().to_vec(),
-                found: outputs.dims().to_vec(),
-            });
-        }
+        check_shapes(parity, outputs)?;
         // parity − (total − out_i) for each i.
         let rest = parity.sub(&outputs.sum(1)?)?.unsqueeze(1)?;
         Ok(outputs.broadcast_add(&rest)?)
     }
+}
+
+/// `outputs` must be `[groups, n, ...out]` for a parity output `[groups, ...out]`.
+fn check_shapes(parity: &Tensor, outputs: &Tensor) -> Result<(), CodingError> {
+    if outputs.rank() != parity.rank() + 1
+        || outputs.dim(0)? != parity.dim(0)?
+        || outputs.dims()[2..] != parity.dims()[1..]
+    {
+        return Err(CodingError::OutputShape {
+            expected: parity.dims().to_vec(),
+            found: outputs.dims().to_vec(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
