@@ -3,11 +3,11 @@
 //! ClusterIP Service that is the resource's endpoint.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Owner, PORT_NAME, Role, Settings, sidecar_container, worker};
+use super::{Owner, PORT_NAME, Role, Settings, pod_template, sidecar_container, worker};
 use crate::SIDECAR_PORT;
 use crate::crd::SchedulingSpec;
 
@@ -78,22 +78,7 @@ pub fn deployment(owner: &Owner<'_>, settings: &Settings) -> Deployment {
                 match_labels: Some(owner.selector_labels(Role::Frontend)),
                 ..LabelSelector::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(owner.labels(Role::Frontend)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    node_selector: (!scheduling.node_selector.is_empty())
-                        .then_some(scheduling.node_selector),
-                    tolerations: (!scheduling.tolerations.is_empty())
-                        .then_some(scheduling.tolerations),
-                    runtime_class_name: scheduling.runtime_class_name,
-                    automount_service_account_token: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
+            template: pod_template(owner.labels(Role::Frontend), container, scheduling),
             ..DeploymentSpec::default()
         }),
         status: None,

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Service,
+    Capabilities, Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -157,6 +157,31 @@ impl<'a> Owner<'a> {
 }
 
 /// A `coded-sidecar` container: the shared port, probes and hardening.
+/// The pod template of every sidecar pod: its labels, the one container and
+/// where it may be scheduled; service-account tokens are not mounted (the
+/// sidecar never calls the API server).
+pub fn pod_template(
+    labels: BTreeMap<String, String>,
+    container: Container,
+    scheduling: crate::crd::SchedulingSpec,
+) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            node_selector: (!scheduling.node_selector.is_empty())
+                .then_some(scheduling.node_selector),
+            tolerations: (!scheduling.tolerations.is_empty()).then_some(scheduling.tolerations),
+            runtime_class_name: scheduling.runtime_class_name,
+            automount_service_account_token: Some(false),
+            ..PodSpec::default()
+        }),
+    }
+}
+
 pub fn sidecar_container(
     image: &str,
     args: Vec<String>,

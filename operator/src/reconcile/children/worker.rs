@@ -4,14 +4,13 @@
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, ResourceFieldSelector, Service, ServicePort,
-    ServiceSpec,
+    EnvVar, EnvVarSource, ResourceFieldSelector, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Owner, PORT_NAME, Role, Settings, sidecar_container};
+use super::{Owner, PORT_NAME, Role, Settings, pod_template, sidecar_container};
 use crate::SIDECAR_PORT;
 use crate::crd::ModelSpec;
 
@@ -78,22 +77,7 @@ pub fn stateful_set(
                 match_labels: Some(owner.selector_labels(role)),
                 ..LabelSelector::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(owner.labels(role)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    node_selector: (!scheduling.node_selector.is_empty())
-                        .then_some(scheduling.node_selector),
-                    tolerations: (!scheduling.tolerations.is_empty())
-                        .then_some(scheduling.tolerations),
-                    runtime_class_name: scheduling.runtime_class_name,
-                    automount_service_account_token: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
+            template: pod_template(owner.labels(role), container, scheduling),
             ..StatefulSetSpec::default()
         }),
         status: None,
@@ -130,6 +114,7 @@ mod tests {
     use crate::crd::SchedulingSpec;
     use crate::fixtures::cis;
     use crate::reconcile::children::{Children, ROLE_LABEL, SERVICE_LABEL};
+    use k8s_openapi::api::core::v1::PodSpec;
     use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
     use std::collections::BTreeMap;
 
