@@ -19,6 +19,8 @@ pub fn args(owner: &Owner<'_>) -> Vec<String> {
     let parity_endpoints = worker::endpoints(owner, Role::Parity, spec.parity_replicas()).join(",");
     let mut args: Vec<String> = [
         "frontend",
+        "--host",
+        "0.0.0.0",
         "--port",
         &SIDECAR_PORT.to_string(),
         "--model-name",
@@ -124,6 +126,7 @@ mod tests {
         let owner = Owner::new(&cis).expect("owner");
         let args = args(&owner);
         assert_eq!(args[0], "frontend");
+        assert_eq!(arg_after(&args, "--host"), Some("0.0.0.0"));
         assert_eq!(arg_after(&args, "--port"), Some("8080"));
         assert_eq!(arg_after(&args, "--model-name"), Some("demo"));
         assert_eq!(arg_after(&args, "--model-card"), Some("file:///models/mlp"));

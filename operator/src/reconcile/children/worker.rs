@@ -14,12 +14,27 @@ use super::{Owner, PORT_NAME, Role, Settings, pod_template, sidecar_container};
 use crate::SIDECAR_PORT;
 use crate::crd::ModelSpec;
 
-/// The `coded-sidecar worker` arguments for one model.
-pub fn args(model: &ModelSpec) -> Vec<String> {
+/// The name a pool's workers serve their model under: the resource's name
+/// for the model pool, `<name>-parity` for the parity pool. The frontend
+/// derives the same names from its own `--model-name`.
+pub fn served_name(owner: &Owner<'_>, role: Role) -> String {
+    match role {
+        Role::Parity => format!("{}-parity", owner.name),
+        _ => owner.name.clone(),
+    }
+}
+
+/// The `coded-sidecar worker` arguments for one model. Pods listen on every
+/// interface (the worker's own default is loopback only).
+pub fn args(owner: &Owner<'_>, role: Role, model: &ModelSpec) -> Vec<String> {
     [
         "worker",
         "--model",
         &model.uri,
+        "--model-name",
+        &served_name(owner, role),
+        "--host",
+        "0.0.0.0",
         "--port",
         &SIDECAR_PORT.to_string(),
     ]
@@ -49,7 +64,8 @@ pub fn stateful_set(
     settings: &Settings,
 ) -> StatefulSet {
     let image = model.image.as_deref().unwrap_or(&settings.sidecar_image);
-    let mut container = sidecar_container(image, args(model), model.resources.as_ref());
+    let mut container =
+        sidecar_container(image, args(owner, role, model), model.resources.as_ref());
     // Left alone, candle and rayon size their pools from the node's CPUs, far
     // more than the pod's limit; the sidecar's `--threads` (env CODED_THREADS)
     // gets the limit instead, rounded up (the node's allocatable when unset).
@@ -133,7 +149,17 @@ mod tests {
         let model_args = pod_spec(&c.model).containers[0].args.clone().expect("args");
         assert_eq!(
             model_args,
-            ["worker", "--model", "file:///models/mlp", "--port", "8080"]
+            [
+                "worker",
+                "--model",
+                "file:///models/mlp",
+                "--model-name",
+                "demo",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "8080"
+            ]
         );
         let parity_args = pod_spec(&c.parity).containers[0]
             .args
@@ -145,6 +171,10 @@ mod tests {
                 "worker",
                 "--model",
                 "file:///models/mlp-parity-k2",
+                "--model-name",
+                "demo-parity",
+                "--host",
+                "0.0.0.0",
                 "--port",
                 "8080"
             ]
