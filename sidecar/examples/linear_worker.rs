@@ -9,7 +9,8 @@
 mod linear;
 
 use clap::Parser;
-use coded_sidecar::worker::{ServeOptions, Server, shutdown};
+use coded_sidecar::http::shutdown;
+use coded_sidecar::worker::{ServeOptions, Server};
 
 #[derive(Parser)]
 struct Cli {

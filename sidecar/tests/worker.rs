@@ -297,7 +297,7 @@ async fn client_binary_and_json_agree() {
 #[tokio::test]
 async fn bad_requests_get_4xx_with_a_reason() {
     let mut opts = options();
-    opts.max_body_bytes = 4096;
+    opts.http.max_body_bytes = 4096;
     let w = start(opts, Linear::default()).await;
     let http = reqwest::Client::new();
     let infer = format!("{}/v2/models/linear/infer", w.url);
@@ -488,7 +488,7 @@ async fn concurrent_requests(delay_us: u64) {
 async fn drain_finishes_in_flight_requests_then_stops() {
     let mut opts = options();
     opts.inject_delay_ms = 300;
-    opts.drain_delay_ms = 100;
+    opts.http.drain_delay_ms = 100;
     let mut w = start(opts, Linear::default()).await;
     let c = Client::new(&w.url, Duration::from_secs(5)).unwrap();
     let data = rows(2, 9);

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use crate::http::shutdown;
 use crate::worker::candle::CandleBackend;
-use crate::worker::{ServeOptions, Server, shutdown};
+use crate::worker::{ServeOptions, Server};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {

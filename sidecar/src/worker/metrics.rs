@@ -5,32 +5,20 @@
 //! `model` label so that Prometheus can tell base and parity workers apart
 //! when the frontend's watcher asks for their latency quantiles.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, Registry};
 
-/// Latency buckets from 50 µs (an MLP forward pass is ~30 µs) to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
-];
+use crate::http::metrics::{LATENCY_BUCKETS, RequestMetrics, render};
 
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 pub struct Metrics {
-    registry: Registry,
-    /// Successful infer requests, from arrival to response built.
-    pub request_duration: Histogram,
-    /// Infer requests, answered or not.
-    pub requests: IntCounter,
-    /// Failed infer requests by `reason` (see `ProtocolError::reason`).
-    pub errors: IntCounterVec,
+    pub registry: Registry,
+    /// `coded_worker_requests_total`, errors, latency, in flight.
+    pub request: RequestMetrics,
     /// Rows per model call.
     pub batch_size: Histogram,
     /// Time a request waits in the batcher's queue before its batch starts.
     pub queue_duration: Histogram,
-    pub inflight: IntGauge,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,29 +28,12 @@ pub struct MetricsError(#[from] prometheus::Error);
 impl Metrics {
     pub fn new(model: &str) -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("model", model);
+        let request = RequestMetrics::register(&registry, "coded_worker", model)?;
         let hist = |name: &str, help: &str, buckets: &[f64]| {
             HistogramOpts::new(name, help)
                 .const_label("model", model)
                 .buckets(buckets.to_vec())
         };
-
-        let request_duration = Histogram::with_opts(hist(
-            "coded_worker_request_duration_seconds",
-            "Time to answer a successful infer request, from arrival to response",
-            LATENCY_BUCKETS,
-        ))?;
-        let requests = IntCounter::with_opts(opts(
-            "coded_worker_requests_total",
-            "Infer requests received",
-        ))?;
-        let errors = IntCounterVec::new(
-            opts(
-                "coded_worker_request_errors_total",
-                "Infer requests answered with an error",
-            ),
-            &["reason"],
-        )?;
         let batch_size = Histogram::with_opts(hist(
             "coded_worker_batch_size",
             "Rows per model call after dynamic batching",
@@ -73,40 +44,19 @@ impl Metrics {
             "Time a request waits for its batch to start",
             LATENCY_BUCKETS,
         ))?;
-        let inflight = IntGauge::with_opts(opts(
-            "coded_worker_inflight_requests",
-            "Infer requests being answered",
-        ))?;
-
-        registry.register(Box::new(request_duration.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(queue_duration.clone()))?;
-        registry.register(Box::new(inflight.clone()))?;
-
         Ok(Metrics {
             registry,
-            request_duration,
-            requests,
-            errors,
+            request,
             batch_size,
             queue_duration,
-            inflight,
         })
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding gathered families into a Vec cannot fail.
-        if TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .is_err()
-        {
-            return String::new();
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        render(&self.registry)
     }
 }
 
@@ -117,9 +67,9 @@ mod tests {
     #[test]
     fn renders_every_metric_with_the_model_label() {
         let m = Metrics::new("mlp").unwrap();
-        m.requests.inc();
-        m.errors.with_label_values(&["bad_shape"]).inc();
-        m.request_duration.observe(0.00004);
+        m.request.requests.inc();
+        m.request.errors.with_label_values(&["bad_shape"]).inc();
+        m.request.request_duration.observe(0.00004);
         m.batch_size.observe(3.0);
         m.queue_duration.observe(0.0001);
         let text = m.render();

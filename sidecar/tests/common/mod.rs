@@ -32,11 +32,9 @@ impl Running {
 }
 
 pub fn options() -> ServeOptions {
-    ServeOptions {
-        host: "127.0.0.1".into(),
-        port: 0,
-        ..ServeOptions::default()
-    }
+    let mut options = ServeOptions::default();
+    options.http.port = 0;
+    options
 }
 
 pub async fn start(options: ServeOptions, model: Linear) -> Running {

@@ -1,0 +1,81 @@
+//! Request metrics of a v2 server (`<prefix>_requests_total`, errors by
+//! reason, latency histogram, in-flight gauge), registered on the server's
+//! own registry so that tests can run many servers in one process.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets from 50 µs (an MLP forward pass is ~30 µs) to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+#[derive(Clone)]
+pub struct RequestMetrics {
+    /// Successful infer requests, from arrival to response built.
+    pub request_duration: Histogram,
+    /// Infer requests, answered or not.
+    pub requests: IntCounter,
+    /// Failed infer requests by `reason`.
+    pub errors: IntCounterVec,
+    pub inflight: IntGauge,
+}
+
+impl RequestMetrics {
+    /// Registers `<prefix>_request_duration_seconds`, `<prefix>_requests_total`,
+    /// `<prefix>_request_errors_total{reason}` and `<prefix>_inflight_requests`,
+    /// each with a constant `model` label.
+    pub fn register(
+        registry: &Registry,
+        prefix: &str,
+        model: &str,
+    ) -> Result<Self, prometheus::Error> {
+        let opts = |name: &str, help: &str| {
+            Opts::new(format!("{prefix}_{name}"), help).const_label("model", model)
+        };
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                format!("{prefix}_request_duration_seconds"),
+                "Time to answer a successful infer request, from arrival to response",
+            )
+            .const_label("model", model)
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let requests = IntCounter::with_opts(opts("requests_total", "Infer requests received"))?;
+        let errors = IntCounterVec::new(
+            opts(
+                "request_errors_total",
+                "Infer requests answered with an error",
+            ),
+            &["reason"],
+        )?;
+        let inflight =
+            IntGauge::with_opts(opts("inflight_requests", "Infer requests being answered"))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(inflight.clone()))?;
+        Ok(RequestMetrics {
+            request_duration,
+            requests,
+            errors,
+            inflight,
+        })
+    }
+}
+
+/// The Prometheus text exposition of every metric in `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    // Encoding gathered families into a Vec cannot fail.
+    if TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

@@ -1,0 +1,13 @@
+//! The KServe v2 HTTP surface shared by the worker and the frontend: routes,
+//! request/response encoding, request metrics, readiness and graceful drain.
+//! What answers an infer request is an [`Engine`]: the worker's batcher in
+//! front of a model, or the frontend's coder in front of many workers.
+
+pub mod engine;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+
+pub use engine::{Answer, Engine, EngineError};
+pub use metrics::{RequestMetrics, render};
+pub use server::{HttpError, HttpOptions, V2Server};

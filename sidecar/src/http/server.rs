@@ -1,0 +1,406 @@
+//! The v2 routes over axum, generic over the [`Engine`] that answers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use prometheus::Registry;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::engine::{Engine, EngineError};
+use super::metrics::{RequestMetrics, render};
+use crate::protocol::binary::{self, EncodedBody, HEADER_LENGTH};
+use crate::protocol::body::read_body;
+use crate::protocol::v2::{ErrorBody, ServerMetadata};
+use crate::protocol::{InferResponse, NamedTensor, ProtocolError};
+
+/// Where and how a v2 server listens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpOptions {
+    /// Address to listen on (0.0.0.0 in a pod).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Largest request body accepted, in bytes; bigger ones get a 413.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// After SIGTERM, report not ready for this long before closing the
+    /// listener, so load balancers stop sending first.
+    #[arg(long, default_value_t = 0)]
+    pub drain_delay_ms: u64,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            host: "127.0.0.1".to_owned(),
+            port: 8000,
+            max_body_bytes: 64 * 1024 * 1024,
+            drain_delay_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+struct AppState<E> {
+    engine: Arc<E>,
+    metrics: RequestMetrics,
+    registry: Registry,
+    draining: Arc<AtomicBool>,
+    max_body_bytes: usize,
+}
+
+/// A bound v2 server; `run` serves until the shutdown future resolves, then
+/// drains and waits for its background tasks.
+pub struct V2Server {
+    listener: TcpListener,
+    app: Router,
+    draining: Arc<AtomicBool>,
+    background: Vec<JoinHandle<()>>,
+    drain_delay: Duration,
+    name: String,
+}
+
+impl V2Server {
+    /// Binds the listener. `extra` routes (e.g. the worker's admin API) are
+    /// merged in; `registry` is what `GET /metrics` shows and must hold
+    /// `metrics`.
+    pub async fn bind<E: Engine>(
+        engine: Arc<E>,
+        metrics: RequestMetrics,
+        registry: Registry,
+        options: &HttpOptions,
+        extra: Router,
+    ) -> Result<V2Server, HttpError> {
+        let name = engine.info().name.clone();
+        let draining = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(AppState {
+            engine,
+            metrics,
+            registry,
+            draining: draining.clone(),
+            max_body_bytes: options.max_body_bytes,
+        });
+        let app = router(state).merge(extra);
+        let addr = format!("{}:{}", options.host, options.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| HttpError::Bind { addr, source })?;
+        Ok(V2Server {
+            listener,
+            app,
+            draining,
+            background: Vec::new(),
+            drain_delay: Duration::from_millis(options.drain_delay_ms),
+            name,
+        })
+    }
+
+    /// A task to wait for after the last connection closed (e.g. a batcher
+    /// that finishes its queue).
+    pub fn with_background(mut self, task: JoinHandle<()>) -> Self {
+        self.background.push(task);
+        self
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), HttpError> {
+        let V2Server {
+            listener,
+            app,
+            draining,
+            background,
+            drain_delay,
+            name,
+        } = self;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(model = %name, %addr, "serving v2");
+        }
+        let signal = async move {
+            shutdown.await;
+            draining.store(true, Ordering::SeqCst);
+            tokio::time::sleep(drain_delay).await;
+            tracing::info!("stops accepting connections");
+        };
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await
+            .map_err(HttpError::Serve)?;
+        for task in background {
+            let _ = task.await;
+        }
+        tracing::info!("drained");
+        Ok(())
+    }
+}
+
+fn router<E: Engine>(state: Arc<AppState<E>>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready::<E>))
+        .route("/v2/models/{name}", get(model_metadata::<E>))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata::<E>),
+        )
+        .route("/v2/models/{name}/ready", get(model_ready::<E>))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready::<E>),
+        )
+        .route("/v2/models/{name}/infer", post(infer::<E>))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer::<E>),
+        )
+        .route("/metrics", get(metrics::<E>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Protocol(e) => e.status(),
+            ApiError::Engine(e) => e.status,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            ApiError::Protocol(e) => e.reason(),
+            ApiError::Engine(e) => e.reason,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(self.status(), self.to_string())
+    }
+}
+
+/// `{"error": ...}` with a status, the protocol's error shape.
+pub fn error_response(status: StatusCode, error: String) -> Response {
+    (status, Json(ErrorBody { error })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ModelPath {
+    name: String,
+    version: Option<String>,
+}
+
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "coded-sidecar".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        extensions: vec!["binary_tensor_data".to_owned()],
+    })
+}
+
+async fn live() -> Response {
+    (StatusCode::OK, Json(serde_json::json!({"live": true}))).into_response()
+}
+
+fn readiness<E: Engine>(s: &AppState<E>) -> Response {
+    let ready = !s.draining.load(Ordering::SeqCst) && s.engine.ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(serde_json::json!({"ready": ready}))).into_response()
+}
+
+async fn ready<E: Engine>(State(s): State<Arc<AppState<E>>>) -> Response {
+    readiness(&s)
+}
+
+async fn model_ready<E: Engine>(
+    State(s): State<Arc<AppState<E>>>,
+    Path(p): Path<ModelPath>,
+) -> Response {
+    match s.engine.info().resolve(&p.name, p.version.as_deref()) {
+        Ok(_) => readiness(&s),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn model_metadata<E: Engine>(
+    State(s): State<Arc<AppState<E>>>,
+    Path(p): Path<ModelPath>,
+) -> Response {
+    let info = s.engine.info();
+    match info.resolve(&p.name, p.version.as_deref()) {
+        Ok(_) => Json(info.metadata()).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn metrics<E: Engine>(State(s): State<Arc<AppState<E>>>) -> Response {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        render(&s.registry),
+    )
+        .into_response()
+}
+
+struct InFlight<'a>(&'a RequestMetrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a RequestMetrics) -> Self {
+        metrics.inflight.inc();
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
+async fn infer<E: Engine>(
+    State(s): State<Arc<AppState<E>>>,
+    Path(p): Path<ModelPath>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    s.metrics.requests.inc();
+    let _inflight = InFlight::enter(&s.metrics);
+    match answer(&s, p, &headers, body).await {
+        Ok(response) => {
+            s.metrics
+                .request_duration
+                .observe(started.elapsed().as_secs_f64());
+            response
+        }
+        Err(e) => {
+            s.metrics.errors.with_label_values(&[e.reason()]).inc();
+            if e.status().is_server_error() {
+                tracing::warn!("infer failed: {e}");
+            } else {
+                tracing::debug!("bad infer request: {e}");
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn answer<E: Engine>(
+    s: &AppState<E>,
+    p: ModelPath,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = s.engine.info();
+    let version = info.resolve(&p.name, p.version.as_deref())?;
+    let raw = read_body(body, headers, s.max_body_bytes).await?;
+    let header_length =
+        binary::parse_header_length(headers.get(HEADER_LENGTH).map(|v| v.as_bytes()))?;
+    let mut request = binary::decode_request(&raw, header_length)?;
+    drop(raw);
+    let input = info.take_input(&mut request)?;
+    let (rows, batched) = (input.rows, input.batched);
+
+    let answer = if rows == 0 {
+        super::Answer::default()
+    } else {
+        s.engine.infer(input).await?
+    };
+    let response = InferResponse {
+        model_name: info.name.clone(),
+        model_version: Some(version),
+        id: request.id,
+        parameters: answer.parameters,
+        outputs: vec![NamedTensor {
+            name: info.output.name.clone(),
+            shape: info.output_shape(rows, batched),
+            data: answer.data,
+        }],
+    };
+    Ok(body_response(binary::encode_response(
+        &response,
+        &request.outputs,
+    )))
+}
+
+fn body_response(encoded: EncodedBody) -> Response {
+    let mut response = Response::new(Body::from(encoded.body));
+    let headers = response.headers_mut();
+    match encoded.header_length {
+        Some(n) => {
+            headers.insert(HeaderName::from_static(HEADER_LENGTH), HeaderValue::from(n));
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+        }
+        None => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    response
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {uri}"),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {uri}"),
+    )
+}
