@@ -9,6 +9,7 @@ pub mod cmd;
 pub mod coding;
 pub mod data;
 pub mod eval;
+pub mod frontend;
 pub mod http;
 pub mod model;
 pub mod protocol;

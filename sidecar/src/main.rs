@@ -26,6 +26,9 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Serve a model card (base or parity) over the KServe v2 protocol.
     Worker(cmd::worker::WorkerArgs),
+    /// Serve a model with coded resilience: groups queries, sends them to
+    /// model and parity instances, rebuilds answers of slow or failed ones.
+    Frontend(coded_sidecar::frontend::FrontendOptions),
     /// Draw figures from saved reports.
     #[command(subcommand)]
     Plot(cmd::plot::PlotCommand),
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Plot(c) => cmd::plot::run(c),
         Command::Worker(a) => cmd::worker::run(a),
+        Command::Frontend(o) => cmd::frontend::run(o),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

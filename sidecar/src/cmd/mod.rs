@@ -1,6 +1,7 @@
 //! One module per `coded-sidecar` subcommand: its flags and its run function.
 
 pub mod eval;
+pub mod frontend;
 pub mod plot;
 pub mod train;
 pub mod worker;

@@ -1,0 +1,222 @@
+//! Which instances get a coding batch's calls. Instances are ranked: usable
+//! ones first (fewest calls in flight, ties rotated), then stragglers, then
+//! those marked down. A batch needs k distinct model instances; when fewer
+//! are usable it reuses usable ones rather than feed a straggler or a dead
+//! instance (the parity still covers one loss per group).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use super::instance::{Instance, Role};
+
+/// What the watcher last concluded (see `watcher.rs`).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The `deadline` policy waits this long for a real answer.
+    pub reconstruct_after: Duration,
+    /// An undecodable slot is sent again after this long.
+    pub retry_after: Duration,
+    /// Calls in flight this long with none finishing mark a straggler.
+    pub stall_after: Duration,
+    /// Per model instance, then per parity instance: slow enough to avoid.
+    pub slow_models: Vec<bool>,
+    pub slow_parities: Vec<bool>,
+}
+
+impl Snapshot {
+    pub fn initial(models: usize, parities: usize) -> Self {
+        Snapshot {
+            reconstruct_after: Duration::from_millis(10),
+            retry_after: Duration::from_millis(50),
+            stall_after: Duration::from_millis(50),
+            slow_models: vec![false; models],
+            slow_parities: vec![false; parities],
+        }
+    }
+}
+
+pub struct Pool {
+    pub models: Vec<Arc<Instance>>,
+    pub parities: Vec<Arc<Instance>>,
+    snapshot: RwLock<Snapshot>,
+    turn: AtomicUsize,
+}
+
+/// How usable an instance is right now; lower is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    Usable,
+    Straggler,
+    Down,
+}
+
+impl Pool {
+    pub fn new(models: Vec<Arc<Instance>>, parities: Vec<Arc<Instance>>) -> Self {
+        let snapshot = Snapshot::initial(models.len(), parities.len());
+        Pool {
+            models,
+            parities,
+            snapshot: RwLock::new(snapshot),
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        match self.snapshot.read() {
+            Ok(s) => s.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
+    pub fn set_snapshot(&self, snapshot: Snapshot) {
+        match self.snapshot.write() {
+            Ok(mut s) => *s = snapshot,
+            Err(e) => *e.into_inner() = snapshot,
+        }
+    }
+
+    fn instances(&self, role: Role) -> &[Arc<Instance>] {
+        match role {
+            Role::Model => &self.models,
+            Role::Parity => &self.parities,
+        }
+    }
+
+    pub fn standing(&self, instance: &Instance, snapshot: &Snapshot, now: Instant) -> Standing {
+        if instance.is_down(now) {
+            return Standing::Down;
+        }
+        let slow = match instance.role {
+            Role::Model => &snapshot.slow_models,
+            Role::Parity => &snapshot.slow_parities,
+        };
+        if slow.get(instance.index).copied().unwrap_or(false)
+            || instance.stalled_for(now) > snapshot.stall_after
+        {
+            Standing::Straggler
+        } else {
+            Standing::Usable
+        }
+    }
+
+    /// `n` instances of `role` for one batch, best first, preferring ones
+    /// not in `avoid` (instances a retried slot already tried).
+    pub fn pick(&self, role: Role, n: usize, avoid: &[usize]) -> Vec<Arc<Instance>> {
+        let all = self.instances(role);
+        if all.is_empty() || n == 0 {
+            return Vec::new();
+        }
+        let snapshot = self.snapshot();
+        let now = Instant::now();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut ranked: Vec<(bool, Standing, usize, usize, &Arc<Instance>)> = all
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| {
+                (
+                    avoid.contains(&inst.index),
+                    self.standing(inst, &snapshot, now),
+                    inst.inflight(),
+                    (i + all.len() - turn % all.len()) % all.len(),
+                    inst,
+                )
+            })
+            .collect();
+        ranked.sort_by_key(|&(avoided, standing, inflight, rotation, _)| {
+            (standing, avoided, inflight, rotation)
+        });
+        let usable: Vec<&Arc<Instance>> = ranked
+            .iter()
+            .filter(|r| r.1 == Standing::Usable)
+            .map(|r| r.4)
+            .collect();
+        if usable.len() >= n || usable.is_empty() {
+            // Enough usable ones, or none at all: take the best n, cycling
+            // when there are fewer instances than calls.
+            return (0..n).map(|i| ranked[i % ranked.len()].4.clone()).collect();
+        }
+        (0..n).map(|i| usable[i % usable.len()].clone()).collect()
+    }
+
+    /// Whether at least one model instance could answer now.
+    pub fn any_model_usable(&self) -> bool {
+        let now = Instant::now();
+        self.models.iter().any(|m| !m.is_down(now) && m.probe_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontend::instance::InstanceSpec;
+    use prometheus::{Histogram, HistogramOpts, IntCounter};
+
+    fn instance(index: usize, role: Role) -> Arc<Instance> {
+        let spec = InstanceSpec {
+            index,
+            role,
+            url: format!("http://127.0.0.1:{}", 1 + index),
+            model: "m".into(),
+            input_name: "input".into(),
+            output_name: "logits".into(),
+            duration: Histogram::with_opts(HistogramOpts::new("d", "d")).unwrap(),
+            errors: IntCounter::new("e", "e").unwrap(),
+        };
+        Arc::new(Instance::new(spec, Instant::now(), Duration::from_secs(1)).unwrap())
+    }
+
+    fn pool(models: usize) -> Pool {
+        Pool::new(
+            (0..models).map(|i| instance(i, Role::Model)).collect(),
+            vec![instance(0, Role::Parity)],
+        )
+    }
+
+    fn indices(v: &[Arc<Instance>]) -> Vec<usize> {
+        v.iter().map(|i| i.index).collect()
+    }
+
+    #[test]
+    fn picks_distinct_instances_and_rotates() {
+        let p = pool(3);
+        let a = indices(&p.pick(Role::Model, 2, &[]));
+        let b = indices(&p.pick(Role::Model, 2, &[]));
+        assert_eq!(a.len(), 2);
+        assert_ne!(a[0], a[1]);
+        assert_ne!(a, b, "consecutive batches rotate over the instances");
+    }
+
+    #[test]
+    fn slow_instances_are_avoided_by_reusing_usable_ones() {
+        let p = pool(2);
+        let mut s = p.snapshot();
+        s.slow_models[1] = true;
+        p.set_snapshot(s);
+        for _ in 0..4 {
+            assert_eq!(indices(&p.pick(Role::Model, 2, &[])), vec![0, 0]);
+        }
+    }
+
+    #[test]
+    fn with_nothing_usable_every_instance_is_still_tried() {
+        let p = pool(2);
+        let mut s = p.snapshot();
+        s.slow_models = vec![true, true];
+        p.set_snapshot(s);
+        let picked = indices(&p.pick(Role::Model, 2, &[]));
+        assert_eq!(picked.len(), 2);
+        assert_ne!(picked[0], picked[1]);
+    }
+
+    #[test]
+    fn retries_prefer_instances_not_yet_tried() {
+        let p = pool(3);
+        for _ in 0..3 {
+            let picked = indices(&p.pick(Role::Model, 1, &[0, 1]));
+            assert_eq!(picked, vec![2]);
+        }
+        // With every instance tried, one is still returned.
+        assert_eq!(p.pick(Role::Model, 1, &[0, 1, 2]).len(), 1);
+    }
+}

@@ -1,0 +1,330 @@
+//! The frontend as a v2 engine: rows of a request become queries, queries
+//! become coding groups, and the answers (real or rebuilt) go back in row
+//! order, with `parameters.reconstructed` set when any row was rebuilt.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::http::StatusCode;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::batch::BatchContext;
+use super::dispatch::Pool;
+use super::group::{self, GroupConfig, Query, QueryError};
+use super::instance::{Instance, InstanceSpec, Role};
+use super::metrics::Metrics;
+use super::options::FrontendOptions;
+use super::watcher::{self, WatchConfig};
+use crate::coding::encoder;
+use crate::http::{Answer, Engine, EngineError};
+use crate::protocol::client::Client;
+use crate::protocol::v2::{Datatype, TensorMetadata};
+use crate::protocol::{ModelInfo, ModelInput, TensorSpec};
+
+pub struct Frontend {
+    info: ModelInfo,
+    queue: mpsc::Sender<Query>,
+    ctx: Arc<BatchContext>,
+}
+
+/// A started frontend: the engine, its metrics, and the assembler task
+/// that finishes once the engine is dropped and the queue is empty.
+pub struct Started {
+    pub engine: Arc<Frontend>,
+    pub metrics: Arc<Metrics>,
+    pub assembler: JoinHandle<()>,
+}
+
+impl Frontend {
+    /// Reads the model's metadata, sets up the instances and starts the
+    /// watcher, the zero-output task and the assembler.
+    pub async fn start(options: &FrontendOptions) -> anyhow::Result<Started> {
+        if options.r != 1 {
+            bail!(
+                "--r {} is not supported yet: parity models are trained for one parity per group (r = 1)",
+                options.r
+            );
+        }
+        if options.model_endpoints.is_empty() || options.parity_endpoints.is_empty() {
+            bail!("--model-endpoints and --parity-endpoints each need at least one URL");
+        }
+        let timeout = options.timeout();
+        let (mut info, card_name) = model_info(options, timeout).await?;
+        let name = options
+            .model_name
+            .clone()
+            .or(card_name)
+            .unwrap_or_else(|| info.name.clone());
+        info.name = name.clone();
+        info.platform = "coded-sidecar-frontend".to_owned();
+        let instance_model = options.instance_model.clone().unwrap_or(name.clone());
+        let parity_model = options
+            .parity_model
+            .clone()
+            .unwrap_or_else(|| format!("{name}-parity"));
+        let code = encoder(options.encoder, options.k, &info.input.shape)
+            .context("setting up the encoder")?;
+        if options.model_endpoints.len() < options.k {
+            tracing::warn!(
+                models = options.model_endpoints.len(),
+                k = options.k,
+                "fewer model instances than k: slots share instances, and one slow instance can cost two answers of a group"
+            );
+        }
+
+        let metrics = Arc::new(Metrics::new(&name, options.k).context("setting up metrics")?);
+        let epoch = std::time::Instant::now();
+        let make = |role: Role, urls: &[String], model: &str| {
+            urls.iter()
+                .enumerate()
+                .map(|(index, url)| {
+                    let labels = [role.as_str(), url.as_str()];
+                    let spec = InstanceSpec {
+                        index,
+                        role,
+                        url: url.clone(),
+                        model: model.to_owned(),
+                        input_name: info.input.name.clone(),
+                        output_name: info.output.name.clone(),
+                        duration: metrics.instance_duration.with_label_values(&labels),
+                        errors: metrics.instance_errors.with_label_values(&labels),
+                    };
+                    Instance::new(spec, epoch, timeout)
+                        .map(Arc::new)
+                        .with_context(|| format!("instance {url}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let pool = Arc::new(Pool::new(
+            make(Role::Model, &options.model_endpoints, &instance_model)?,
+            make(Role::Parity, &options.parity_endpoints, &parity_model)?,
+        ));
+        let ctx = Arc::new(BatchContext {
+            k: options.k,
+            item_shape: info.input.shape.clone(),
+            in_len: info.input.row_len(),
+            out_len: info.output.row_len(),
+            encoder: code,
+            decoder: options.decoder,
+            policy: options.reconstruct_policy,
+            timeout,
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            zero: OnceLock::new(),
+        });
+
+        let watch = WatchConfig {
+            quantile: options.deadline_quantile,
+            ..WatchConfig::default()
+        };
+        tokio::spawn(watcher::run(Arc::downgrade(&pool), metrics.clone(), watch));
+        tokio::spawn(learn_zero_output(Arc::downgrade(&ctx)));
+        let (queue, inbox) = mpsc::channel(options.max_queued.max(1));
+        let assembler = tokio::spawn(group::assemble(
+            ctx.clone(),
+            inbox,
+            GroupConfig {
+                linger: Duration::from_micros(options.linger_us),
+                max_groups: options.max_groups,
+                max_inflight: options.max_inflight_batches,
+            },
+        ));
+        tracing::info!(
+            model = %name,
+            k = options.k,
+            encoder = %options.encoder,
+            policy = ?options.reconstruct_policy,
+            models = options.model_endpoints.len(),
+            parities = options.parity_endpoints.len(),
+            "frontend ready to code"
+        );
+        Ok(Started {
+            engine: Arc::new(Frontend { info, queue, ctx }),
+            metrics,
+            assembler,
+        })
+    }
+}
+
+impl Engine for Frontend {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn ready(&self) -> bool {
+        self.ctx.pool.any_model_usable()
+    }
+
+    async fn infer(&self, input: ModelInput) -> Result<Answer, EngineError> {
+        let ctx = &self.ctx;
+        ctx.metrics.queries.inc_by(input.rows as u64);
+        let deadline = Instant::now() + ctx.timeout;
+        let mut answers = Vec::with_capacity(input.rows);
+        for row in input.data.chunks(ctx.in_len) {
+            let (reply, answer) = oneshot::channel();
+            let query = Query {
+                row: row.to_vec(),
+                deadline,
+                reply,
+            };
+            self.queue.try_send(query).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => EngineError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many queries waiting for a coding batch; retry later",
+                ),
+                mpsc::error::TrySendError::Closed(_) => closed(),
+            })?;
+            answers.push(answer);
+        }
+        let mut data = Vec::with_capacity(input.rows * ctx.out_len);
+        let mut rebuilt = Vec::new();
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer.await {
+                Ok(Ok(row)) => {
+                    data.extend_from_slice(&row.output);
+                    if row.reconstructed {
+                        rebuilt.push(i);
+                    }
+                }
+                Ok(Err(e @ QueryError::Deadline { .. })) => {
+                    return Err(EngineError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "deadline",
+                        e.to_string(),
+                    ));
+                }
+                Ok(Err(QueryError::Closed)) | Err(_) => return Err(closed()),
+            }
+        }
+        let mut answer = Answer::new(data);
+        answer
+            .parameters
+            .insert("reconstructed".into(), (!rebuilt.is_empty()).into());
+        if input.rows > 1 && !rebuilt.is_empty() {
+            answer
+                .parameters
+                .insert("reconstructed_rows".into(), rebuilt.into());
+        }
+        Ok(answer)
+    }
+}
+
+fn closed() -> EngineError {
+    EngineError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the frontend is shutting down",
+    )
+}
+
+/// The served metadata: from the card when given, else from the first model
+/// instance that answers. Also returns the card's name.
+async fn model_info(
+    options: &FrontendOptions,
+    timeout: Duration,
+) -> anyhow::Result<(ModelInfo, Option<String>)> {
+    if let Some(uri) = &options.model_card {
+        let path = crate::cmd::worker::local_path(uri)?;
+        let (card, _) = crate::model::store::read_card(&path)
+            .with_context(|| format!("reading the model card {uri}"))?;
+        let info = ModelInfo {
+            name: card.name.clone(),
+            versions: vec!["1".into()],
+            platform: String::new(),
+            input: TensorSpec::fp32(card.input.name.clone(), card.input.shape.clone()),
+            output: TensorSpec::fp32(card.output.name.clone(), card.output.shape.clone()),
+        };
+        return Ok((info, Some(card.name)));
+    }
+    let Some(name) = options
+        .instance_model
+        .clone()
+        .or(options.model_name.clone())
+    else {
+        bail!(
+            "without --model-card, give --model-name (or --instance-model) to read the metadata from a model instance"
+        );
+    };
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        for url in &options.model_endpoints {
+            let client = Client::new(url, timeout.min(Duration::from_secs(2)))?;
+            match client.model_metadata(&name, None).await {
+                Ok(m) => {
+                    let tensor = |t: Option<&TensorMetadata>, what: &str| {
+                        let t = t.with_context(|| format!("{url} lists no {what} for {name}"))?;
+                        if t.datatype != Datatype::Fp32.as_str() {
+                            bail!(
+                                "{url}: {what} {} is {}, the frontend codes FP32 tensors",
+                                t.name,
+                                t.datatype
+                            );
+                        }
+                        let shape = t
+                            .shape
+                            .iter()
+                            .skip(1)
+                            .map(|&d| {
+                                usize::try_from(d).with_context(|| {
+                                    format!(
+                                        "{url}: {what} {} has a variable dimension {:?}",
+                                        t.name, t.shape
+                                    )
+                                })
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()?;
+                        Ok(TensorSpec::fp32(t.name.clone(), shape))
+                    };
+                    let info = ModelInfo {
+                        name: m.name.clone(),
+                        versions: vec!["1".into()],
+                        platform: String::new(),
+                        input: tensor(m.inputs.first(), "input")?,
+                        output: tensor(m.outputs.first(), "output")?,
+                    };
+                    return Ok((info, None));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("no model instance gave the metadata of {name} within 60 s: {last}")
+}
+
+/// Asks model instances for F(0) until one answers; padded groups need it.
+async fn learn_zero_output(ctx: std::sync::Weak<BatchContext>) {
+    loop {
+        let Some(ctx) = ctx.upgrade() else { return };
+        if ctx.zero.get().is_some() {
+            return;
+        }
+        for instance in ctx.pool.pick(Role::Model, ctx.pool.models.len(), &[]) {
+            let zero = vec![0f32; ctx.in_len];
+            match instance
+                .infer(
+                    1,
+                    &ctx.item_shape,
+                    zero,
+                    ctx.out_len,
+                    Duration::from_secs(2),
+                )
+                .await
+            {
+                Ok(output) => {
+                    let _ = ctx.zero.set(output);
+                    tracing::debug!(instance = %instance.url, "learned F(0) for padding");
+                    return;
+                }
+                Err(e) => tracing::debug!("F(0) not known yet: {e}"),
+            }
+        }
+        drop(ctx);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

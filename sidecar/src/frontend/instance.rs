@@ -1,0 +1,299 @@
+//! One model or parity instance as the frontend sees it: a v2 client plus
+//! what its calls have shown (recent latencies, calls in flight, when it
+//! last made progress, whether it is down).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, IntCounter};
+
+use crate::protocol::client::{Client, ClientError, Encoding};
+use crate::protocol::{InferRequest, NamedTensor, OutputSelection};
+
+/// Latencies kept per instance, and how long one stays relevant.
+const WINDOW: usize = 256;
+const WINDOW_AGE: Duration = Duration::from_secs(5);
+/// Longest an instance is skipped after failures, before it is tried again.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Model,
+    Parity,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Model => "model",
+            Role::Parity => "parity",
+        }
+    }
+}
+
+/// Why a call gave no usable output.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{url} answered {got} values for {rows} rows of {row_len}")]
+    OutputLength {
+        url: String,
+        rows: usize,
+        row_len: usize,
+        got: usize,
+    },
+}
+
+pub struct Instance {
+    pub index: usize,
+    pub role: Role,
+    pub url: String,
+    /// Name of the model at this instance.
+    pub model: String,
+    input_name: String,
+    output_name: String,
+    client: Client,
+    /// Clock origin for the atomics below (µs since `epoch`).
+    epoch: Instant,
+    inflight: AtomicUsize,
+    /// Last time a call finished, or the first call started after an idle
+    /// spell: a paused instance stops moving it.
+    progress_at: AtomicU64,
+    down_until: AtomicU64,
+    failures: AtomicU64,
+    /// The last health probe's answer.
+    probe_ok: AtomicBool,
+    samples: Mutex<VecDeque<(u64, f32)>>,
+    duration: Histogram,
+    errors: IntCounter,
+}
+
+/// What the watcher reads of an instance.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InstanceStats {
+    pub samples: usize,
+    pub p50: Option<Duration>,
+    pub inflight: usize,
+    /// How long calls have been in flight with none finishing.
+    pub stalled_for: Duration,
+    pub down: bool,
+}
+
+pub struct InstanceSpec {
+    pub index: usize,
+    pub role: Role,
+    pub url: String,
+    pub model: String,
+    pub input_name: String,
+    pub output_name: String,
+    pub duration: Histogram,
+    pub errors: IntCounter,
+}
+
+impl Instance {
+    pub fn new(spec: InstanceSpec, epoch: Instant, timeout: Duration) -> Result<Self, ClientError> {
+        Ok(Instance {
+            client: Client::new(&spec.url, timeout)?,
+            index: spec.index,
+            role: spec.role,
+            url: spec.url,
+            model: spec.model,
+            input_name: spec.input_name,
+            output_name: spec.output_name,
+            epoch,
+            inflight: AtomicUsize::new(0),
+            progress_at: AtomicU64::new(0),
+            down_until: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            probe_ok: AtomicBool::new(true),
+            samples: Mutex::new(VecDeque::with_capacity(WINDOW)),
+            duration: spec.duration,
+            errors: spec.errors,
+        })
+    }
+
+    fn micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// Runs `rows` rows (`row_shape` each) through the instance's model and
+    /// returns `rows × out_len` outputs, recording what the call showed.
+    pub async fn infer(
+        &self,
+        rows: usize,
+        row_shape: &[usize],
+        data: Vec<f32>,
+        out_len: usize,
+        timeout: Duration,
+    ) -> Result<Vec<f32>, CallError> {
+        let started = Instant::now();
+        if self.inflight.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.progress_at
+                .store(self.micros(started), Ordering::SeqCst);
+        }
+        let request = InferRequest {
+            id: None,
+            parameters: Default::default(),
+            inputs: vec![NamedTensor {
+                name: self.input_name.clone(),
+                shape: std::iter::once(rows)
+                    .chain(row_shape.iter().copied())
+                    .collect(),
+                data,
+            }],
+            outputs: OutputSelection::all(true),
+        };
+        let result = self
+            .client
+            .infer_with_timeout(&self.model, None, &request, Encoding::Binary, timeout)
+            .await
+            .map_err(CallError::from)
+            .and_then(|response| {
+                let output = response
+                    .output(&self.output_name)
+                    .or(response.outputs.first())
+                    .map(|t| t.data.clone())
+                    .unwrap_or_default();
+                if output.len() == rows * out_len {
+                    Ok(output)
+                } else {
+                    Err(CallError::OutputLength {
+                        url: self.url.clone(),
+                        rows,
+                        row_len: out_len,
+                        got: output.len(),
+                    })
+                }
+            });
+        let done = Instant::now();
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.progress_at.store(self.micros(done), Ordering::SeqCst);
+        match &result {
+            Ok(_) => self.record_success(done, done - started),
+            Err(_) => self.record_failure(done),
+        }
+        result
+    }
+
+    fn record_success(&self, at: Instant, latency: Duration) {
+        self.duration.observe(latency.as_secs_f64());
+        self.failures.store(0, Ordering::SeqCst);
+        self.down_until.store(0, Ordering::SeqCst);
+        if let Ok(mut samples) = self.samples.lock() {
+            if samples.len() == WINDOW {
+                samples.pop_front();
+            }
+            samples.push_back((self.micros(at), latency.as_secs_f32()));
+        }
+    }
+
+    /// Failed calls put the instance aside for a backoff that doubles with
+    /// each consecutive failure; it is tried again afterwards.
+    fn record_failure(&self, at: Instant) {
+        self.errors.inc();
+        let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << failures.min(16).saturating_sub(1))
+            .min(MAX_BACKOFF);
+        self.down_until
+            .store(self.micros(at + backoff), Ordering::SeqCst);
+    }
+
+    /// Asks the instance whether it is ready; a failed probe marks it down
+    /// like a failed call, a good one clears a down mark.
+    pub async fn probe(&self) -> bool {
+        let ok = matches!(self.client.model_ready(&self.model, None).await, Ok(true));
+        self.probe_ok.store(ok, Ordering::SeqCst);
+        let now = Instant::now();
+        if ok {
+            if self.down_until.load(Ordering::SeqCst) != 0 && self.inflight() == 0 {
+                self.failures.store(0, Ordering::SeqCst);
+                self.down_until.store(0, Ordering::SeqCst);
+            }
+        } else {
+            self.record_failure(now);
+        }
+        ok
+    }
+
+    /// A probe that got no answer in time counts as a failed one.
+    pub fn probe_timed_out(&self) {
+        self.probe_ok.store(false, Ordering::SeqCst);
+        self.record_failure(Instant::now());
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    pub fn is_down(&self, now: Instant) -> bool {
+        self.micros(now) < self.down_until.load(Ordering::SeqCst)
+    }
+
+    pub fn probe_ok(&self) -> bool {
+        self.probe_ok.load(Ordering::SeqCst)
+    }
+
+    /// How long calls have been in flight without any finishing.
+    pub fn stalled_for(&self, now: Instant) -> Duration {
+        if self.inflight() == 0 {
+            return Duration::ZERO;
+        }
+        let since = self.progress_at.load(Ordering::SeqCst);
+        Duration::from_micros(self.micros(now).saturating_sub(since))
+    }
+
+    /// Latencies of successful calls in the last few seconds.
+    pub fn recent_latencies(&self, now: Instant) -> Vec<f32> {
+        let oldest = self
+            .micros(now)
+            .saturating_sub(WINDOW_AGE.as_micros() as u64);
+        match self.samples.lock() {
+            Ok(samples) => samples
+                .iter()
+                .filter(|(at, _)| *at >= oldest)
+                .map(|&(_, l)| l)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn stats(&self, now: Instant) -> InstanceStats {
+        let mut recent = self.recent_latencies(now);
+        InstanceStats {
+            samples: recent.len(),
+            p50: quantile(&mut recent, 0.5).map(Duration::from_secs_f32),
+            inflight: self.inflight(),
+            stalled_for: self.stalled_for(now),
+            down: self.is_down(now),
+        }
+    }
+}
+
+/// The `q` quantile (nearest rank) of `values`, which it sorts.
+pub fn quantile(values: &mut [f32], q: f64) -> Option<f32> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f32::total_cmp);
+    let rank = ((q.clamp(0.0, 1.0) * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    Some(values[rank - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_is_nearest_rank() {
+        let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(quantile(&mut v, 0.5), Some(3.0));
+        assert_eq!(quantile(&mut v, 0.99), Some(5.0));
+        assert_eq!(quantile(&mut v, 0.0), Some(1.0));
+        assert_eq!(quantile(&mut [], 0.5), None);
+    }
+}

@@ -1,0 +1,40 @@
+//! `coded-sidecar frontend`: the encoder/decoder in front of model and
+//! parity instances, serving the same v2 surface as a worker.
+//!
+//! A request's rows become queries ([`engine`]); queries form coding groups
+//! of k ([`group`]); each coding batch sends slot j of every group to one
+//! model instance and the encoded groups to a parity instance, and answers
+//! every query with its real output or a decoded one ([`batch`]). Which
+//! instances get calls is [`dispatch`]'s choice, informed by what each
+//! [`instance`]'s calls showed and by the [`watcher`]'s conclusions.
+
+pub mod batch;
+pub mod dispatch;
+pub mod engine;
+pub mod group;
+pub mod instance;
+pub mod metrics;
+pub mod options;
+pub mod watcher;
+
+pub use batch::ReconstructPolicy;
+pub use engine::{Frontend, Started};
+pub use options::FrontendOptions;
+
+use crate::http::{HttpError, V2Server};
+
+/// Starts a frontend and binds its server (not yet serving).
+pub async fn bind(options: &FrontendOptions) -> anyhow::Result<V2Server> {
+    let started = Frontend::start(options).await?;
+    let server = V2Server::bind(
+        started.engine,
+        started.metrics.request.clone(),
+        started.metrics.registry.clone(),
+        &options.http,
+        axum::Router::new(),
+    )
+    .await
+    .map_err(|e: HttpError| anyhow::anyhow!(e))?
+    .with_background(started.assembler);
+    Ok(server)
+}

@@ -1,0 +1,106 @@
+//! Flags of `coded-sidecar frontend`.
+
+use std::time::Duration;
+
+use super::batch::ReconstructPolicy;
+use crate::coding::{Decoder, EncoderKind};
+use crate::http::HttpOptions;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FrontendOptions {
+    #[command(flatten)]
+    pub http: HttpOptions,
+    /// Name clients call the model by [default: the model card's name, or
+    /// the model instances' model].
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// The base model's card (a card.json, its directory, or file://), for
+    /// the served metadata. Without it the metadata is read from a model
+    /// instance, so any v2 server (Triton, MLServer) can be fronted.
+    #[arg(long)]
+    pub model_card: Option<String>,
+    /// Base URLs of the model instances, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub model_endpoints: Vec<String>,
+    /// Base URLs of the parity-model instances, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub parity_endpoints: Vec<String>,
+    /// The model's name at the model instances [default: --model-name].
+    #[arg(long)]
+    pub instance_model: Option<String>,
+    /// The parity model's name at the parity instances [default: the model
+    /// name + "-parity"].
+    #[arg(long)]
+    pub parity_model: Option<String>,
+    /// Queries per coding group.
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    /// Parity models per group; r = 1 (one loss per group rebuilt) is what
+    /// the parity models are trained for today.
+    #[arg(long, default_value_t = 1)]
+    pub r: usize,
+    /// How a group is encoded; must match the parity model's training.
+    #[arg(long, value_enum, default_value_t = EncoderKind::Sum)]
+    pub encoder: EncoderKind,
+    #[arg(long, value_enum, default_value_t = Decoder::Subtract)]
+    pub decoder: Decoder,
+    /// `eager` answers from the parity as soon as it can; `deadline` waits
+    /// for the real answer until the observed latency quantile.
+    #[arg(long, value_enum, default_value_t = ReconstructPolicy::Eager)]
+    pub reconstruct_policy: ReconstructPolicy,
+    /// Latency quantile (of model calls) that the `deadline` policy waits.
+    #[arg(long, default_value_t = 0.99)]
+    pub deadline_quantile: f64,
+    /// A query not answered after this many ms gets a 504.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// How long an incomplete group waits for more queries before it is
+    /// padded with zero queries, in µs. Zero pads at once: protection never
+    /// waits for traffic (tokio rounds other values up to ~1 ms).
+    #[arg(long, default_value_t = 0)]
+    pub linger_us: u64,
+    /// Most coding groups in one batch of calls.
+    #[arg(long, default_value_t = 32)]
+    pub max_groups: usize,
+    /// Coding batches in flight at once; more queries wait and batch up.
+    #[arg(long, default_value_t = 16)]
+    pub max_inflight_batches: usize,
+    /// Queries waiting for a batch before new requests get a 503.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_queued: usize,
+    /// Prometheus to read worker latency from (not used yet: the watcher
+    /// reads the frontend's own latency windows).
+    #[arg(long)]
+    pub prometheus_url: Option<String>,
+}
+
+impl FrontendOptions {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[derive(clap::Parser)]
+struct Standalone {
+    #[command(flatten)]
+    options: FrontendOptions,
+}
+
+impl FrontendOptions {
+    /// The defaults of every flag, for these endpoints (tests, `local`).
+    pub fn new(model_endpoints: &[String], parity_endpoints: &[String]) -> Self {
+        use clap::Parser;
+        let args = [
+            "frontend".to_owned(),
+            "--model-endpoints".to_owned(),
+            model_endpoints.join(","),
+            "--parity-endpoints".to_owned(),
+            parity_endpoints.join(","),
+        ];
+        match Standalone::try_parse_from(args) {
+            Ok(s) => s.options,
+            // Only an empty endpoint list can fail, and callers pass some.
+            Err(e) => panic!("frontend defaults: {e}"),
+        }
+    }
+}

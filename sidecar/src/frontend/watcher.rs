@@ -1,0 +1,146 @@
+//! The tail-latency watcher: every tick it turns what the calls showed into
+//! decisions (which instances are stragglers, how long the `deadline`
+//! policy waits, when an undecodable slot is retried), and every probe
+//! interval it asks each instance whether it is ready. For now it reads the
+//! frontend's own latency windows; Prometheus comes with the watcher issue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::dispatch::{Pool, Snapshot, Standing};
+use super::instance::{Instance, quantile};
+use super::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy)]
+pub struct WatchConfig {
+    /// Quantile of model-call latency the `deadline` policy waits for.
+    pub quantile: f64,
+    /// An instance whose median latency exceeds this many times the pool's
+    /// median is a straggler.
+    pub slow_factor: f64,
+    pub tick: Duration,
+    pub probe_every: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            quantile: 0.99,
+            slow_factor: 3.0,
+            tick: Duration::from_millis(100),
+            probe_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Lower bounds, so that sub-millisecond loopback latencies do not turn
+/// ordinary jitter into retries and stragglers.
+const MIN_RECONSTRUCT_AFTER: Duration = Duration::from_micros(500);
+const MIN_RETRY_AFTER: Duration = Duration::from_millis(20);
+const MIN_STALL_AFTER: Duration = Duration::from_millis(20);
+/// Samples an instance needs before its median is trusted.
+const MIN_SAMPLES: usize = 8;
+
+/// Computes a snapshot from the pool's instances as they are at `now`.
+pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
+    let mut pooled: Vec<f32> = Vec::new();
+    let mut medians: Vec<Option<f32>> = Vec::new();
+    for m in &pool.models {
+        let mut recent = m.recent_latencies(now);
+        pooled.extend_from_slice(&recent);
+        medians.push(if recent.len() >= MIN_SAMPLES {
+            quantile(&mut recent, 0.5)
+        } else {
+            None
+        });
+    }
+    let tail = quantile(&mut pooled, config.quantile).map(Duration::from_secs_f32);
+    let p99 = quantile(&mut pooled, 0.99).map(Duration::from_secs_f32);
+    let mut known: Vec<f32> = medians.iter().flatten().copied().collect();
+    let typical = quantile(&mut known, 0.5);
+    let slow = |median: Option<f32>| match (median, typical) {
+        (Some(m), Some(t)) => f64::from(m) > config.slow_factor * f64::from(t),
+        _ => false,
+    };
+    let parity_slow = pool
+        .parities
+        .iter()
+        .map(|p| {
+            let mut recent = p.recent_latencies(now);
+            let median = if recent.len() >= MIN_SAMPLES {
+                quantile(&mut recent, 0.5)
+            } else {
+                None
+            };
+            slow(median)
+        })
+        .collect();
+    let initial = Snapshot::initial(0, 0);
+    Snapshot {
+        reconstruct_after: tail
+            .map(|t| t.max(MIN_RECONSTRUCT_AFTER))
+            .unwrap_or(initial.reconstruct_after),
+        retry_after: p99
+            .map(|t| (t * 4).max(MIN_RETRY_AFTER))
+            .unwrap_or(initial.retry_after),
+        stall_after: p99
+            .map(|t| (t * 4).max(MIN_STALL_AFTER))
+            .unwrap_or(initial.stall_after),
+        slow_models: medians.into_iter().map(slow).collect(),
+        slow_parities: parity_slow,
+    }
+}
+
+/// Runs until the pool is dropped by everyone else. Probes run in their
+/// own task so that a paused instance cannot hold up the snapshots.
+pub async fn run(pool: std::sync::Weak<Pool>, metrics: Arc<Metrics>, config: WatchConfig) {
+    tokio::spawn(probe_loop(pool.clone(), config.probe_every));
+    let mut tick = tokio::time::interval(config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let now = Instant::now();
+        let snapshot = assess(&pool, &config, now);
+        metrics
+            .reconstruct_after_us
+            .set(snapshot.reconstruct_after.as_micros() as i64);
+        for inst in pool.models.iter().chain(&pool.parities) {
+            let standing = pool.standing(inst, &snapshot, now);
+            metrics
+                .instance_straggler
+                .with_label_values(&[inst.role.as_str(), &inst.url])
+                .set(i64::from(standing != Standing::Usable));
+        }
+        pool.set_snapshot(snapshot);
+    }
+}
+
+async fn probe_loop(pool: std::sync::Weak<Pool>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let instances: Vec<Arc<Instance>> =
+            pool.models.iter().chain(&pool.parities).cloned().collect();
+        drop(pool);
+        // All at once, each bounded by the probe interval.
+        let probes = instances.into_iter().map(|inst| {
+            tokio::spawn(async move {
+                let ok = tokio::time::timeout(every, inst.probe())
+                    .await
+                    .unwrap_or_else(|_| {
+                        inst.probe_timed_out();
+                        false
+                    });
+                if !ok {
+                    tracing::debug!(instance = %inst.url, role = inst.role.as_str(), "not ready");
+                }
+            })
+        });
+        for p in probes.collect::<Vec<_>>() {
+            let _ = p.await;
+        }
+    }
+}
