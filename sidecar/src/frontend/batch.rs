@@ -2,8 +2,9 @@
 //! to one model instance in one call, the encoded groups to a parity
 //! instance in one call (k + 1 calls for the whole batch). Each query is
 //! answered by its own output if that comes first, or decoded from the
-//! parity output and the other k − 1 outputs of its group: at once
-//! (`eager`) or once the observed latency quantile has passed (`deadline`).
+//! parity output and the other k − 1 outputs of its group once its own call
+//! is late: later than 9 calls in 10 (`eager`), or than the configured
+//! latency quantile (`deadline`); at once if its own call failed.
 //! A query that cannot be rebuilt is sent again to another instance until
 //! its deadline, then answered with an error. Late real answers are
 //! dropped and counted; nothing is answered twice.
@@ -24,10 +25,12 @@ use crate::coding::{CodingError, Decoder, Encoder};
 /// When a decodable query is rebuilt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ReconstructPolicy {
-    /// As soon as the parity output and the other k − 1 outputs are in.
+    /// As soon as the parity output and the other k − 1 outputs are in and
+    /// the query's own call is later than the pool's p90.
     #[default]
     Eager,
-    /// After waiting for the real answer until the observed latency quantile.
+    /// Once the query's own call is later than the configured latency
+    /// quantile (`--deadline-quantile`, p99 by default).
     Deadline,
 }
 
@@ -111,7 +114,6 @@ struct Batch {
     slots: Vec<Slot>,
     parity: Option<Vec<f32>>,
     parity_pending: bool,
-    started: Instant,
     deadline: Instant,
     events: mpsc::UnboundedSender<Event>,
     last_error: Option<String>,
@@ -153,7 +155,6 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         slots,
         parity: None,
         parity_pending: false,
-        started,
         deadline,
         events,
         last_error: None,
@@ -348,9 +349,7 @@ impl Batch {
             return;
         };
         let slot = &self.slots[m];
-        let gave_up = slot.pending == 0;
-        let waited = now >= self.started + self.ctx.pool.snapshot().reconstruct_after;
-        if self.ctx.policy == ReconstructPolicy::Deadline && !gave_up && !waited {
+        if slot.pending > 0 && now < slot.last_sent + self.wait_before_rebuilding() {
             return;
         }
         let (k, out_len) = (self.ctx.k, self.ctx.out_len);
@@ -408,6 +407,15 @@ impl Batch {
         }
     }
 
+    /// How long a decodable query's own call may be out before it is rebuilt.
+    fn wait_before_rebuilding(&self) -> Duration {
+        let snapshot = self.ctx.pool.snapshot();
+        match self.ctx.policy {
+            ReconstructPolicy::Eager => snapshot.eager_after,
+            ReconstructPolicy::Deadline => snapshot.reconstruct_after,
+        }
+    }
+
     /// Whether some query in `slot` waits and only its own call can help.
     fn stuck(&self, j: usize, decodable: Option<usize>) -> bool {
         let slot = &self.slots[j];
@@ -448,10 +456,9 @@ impl Batch {
         let mut wake = self.deadline;
         let decodable = self.decodable_slot();
         if let Some(m) = decodable
-            && self.ctx.policy == ReconstructPolicy::Deadline
             && self.slots[m].pending > 0
         {
-            wake = wake.min(self.started + self.ctx.pool.snapshot().reconstruct_after);
+            wake = wake.min(self.slots[m].last_sent + self.wait_before_rebuilding());
         }
         for j in 0..self.slots.len() {
             if self.stuck(j, decodable) {

@@ -13,6 +13,10 @@ use super::instance::{Instance, Role};
 /// What the watcher last concluded (see `watcher.rs`).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The `eager` policy rebuilds a decodable query once its own call has
+    /// been out this long (the pool's p90): a real answer that is merely
+    /// last of k + 1 concurrent calls is not late, and is worth its accuracy.
+    pub eager_after: Duration,
     /// The `deadline` policy waits this long for a real answer.
     pub reconstruct_after: Duration,
     /// An undecodable slot is sent again after this long.
@@ -27,6 +31,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn initial(models: usize, parities: usize) -> Self {
         Snapshot {
+            eager_after: Duration::from_millis(1),
             reconstruct_after: Duration::from_millis(10),
             retry_after: Duration::from_millis(50),
             stall_after: Duration::from_millis(50),

@@ -35,6 +35,7 @@ impl Default for WatchConfig {
 
 /// Lower bounds, so that sub-millisecond loopback latencies do not turn
 /// ordinary jitter into retries and stragglers.
+const MIN_EAGER_AFTER: Duration = Duration::from_micros(200);
 const MIN_RECONSTRUCT_AFTER: Duration = Duration::from_micros(500);
 const MIN_RETRY_AFTER: Duration = Duration::from_millis(20);
 const MIN_STALL_AFTER: Duration = Duration::from_millis(20);
@@ -56,6 +57,7 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
     }
     let tail = quantile(&mut pooled, config.quantile).map(Duration::from_secs_f32);
     let p99 = quantile(&mut pooled, 0.99).map(Duration::from_secs_f32);
+    let p90 = quantile(&mut pooled, 0.9).map(Duration::from_secs_f32);
     let mut known: Vec<f32> = medians.iter().flatten().copied().collect();
     let typical = quantile(&mut known, 0.5);
     let slow = |median: Option<f32>| match (median, typical) {
@@ -77,6 +79,9 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
         .collect();
     let initial = Snapshot::initial(0, 0);
     Snapshot {
+        eager_after: p90
+            .map(|t| t.max(MIN_EAGER_AFTER))
+            .unwrap_or(initial.eager_after),
         reconstruct_after: tail
             .map(|t| t.max(MIN_RECONSTRUCT_AFTER))
             .unwrap_or(initial.reconstruct_after),

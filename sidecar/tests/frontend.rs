@@ -1,0 +1,300 @@
+//! The coding frontend over real HTTP on 127.0.0.1, in front of workers
+//! serving the linear fake model. For a linear F the sum code is exact
+//! (F(X₁ + X₂) = F(X₁) + F(X₂)), so the same linear model serves as the
+//! parity model and reconstructed answers must equal the real ones.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use coded_sidecar::frontend::{self, FrontendOptions, ReconstructPolicy};
+use coded_sidecar::protocol::client::{Client, ClientError, Encoding};
+use coded_sidecar::protocol::{InferRequest, InferResponse, NamedTensor, OutputSelection};
+use common::linear::{INPUTS, OUTPUTS, expected};
+use common::{Linear, Running, options, start};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+struct Setup {
+    models: Vec<Running>,
+    parity: Running,
+    url: String,
+    _frontend: JoinHandle<()>,
+}
+
+async fn setup(models: usize, tweak: impl FnOnce(&mut FrontendOptions)) -> Setup {
+    let mut admin = options();
+    admin.admin = true;
+    let mut workers = Vec::new();
+    for _ in 0..models {
+        workers.push(start(admin.clone(), Linear::default()).await);
+    }
+    let parity = start(admin, Linear::default()).await;
+    let mut o = FrontendOptions::new(
+        &workers.iter().map(|w| w.url.clone()).collect::<Vec<_>>(),
+        std::slice::from_ref(&parity.url),
+    );
+    o.http.port = 0;
+    o.model_name = Some("linear".into());
+    o.parity_model = Some("linear".into());
+    tweak(&mut o);
+    let server = frontend::bind(&o).await.expect("frontend starts");
+    let url = format!("http://{}", server.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = server.run(std::future::pending()).await;
+    });
+    Setup {
+        models: workers,
+        parity,
+        url,
+        _frontend: task,
+    }
+}
+
+fn rows(n: usize, seed: usize) -> Vec<f32> {
+    (0..n * INPUTS)
+        .map(|i| ((i * 7 + seed * 13) % 17) as f32 / 4.0 - 2.0)
+        .collect()
+}
+
+fn request(data: Vec<f32>) -> InferRequest {
+    InferRequest {
+        id: Some("q".into()),
+        parameters: Default::default(),
+        inputs: vec![NamedTensor {
+            name: "input".into(),
+            shape: vec![data.len() / INPUTS, INPUTS],
+            data,
+        }],
+        outputs: OutputSelection::default(),
+    }
+}
+
+async fn infer(c: &Client, data: Vec<f32>) -> Result<InferResponse, ClientError> {
+    c.infer("linear", None, &request(data), Encoding::Binary)
+        .await
+}
+
+fn assert_exact(data: &[f32], output: &[f32]) {
+    let want: Vec<f32> = data.chunks(INPUTS).flat_map(expected).collect();
+    assert_eq!(want.len(), output.len());
+    for (w, g) in want.iter().zip(output) {
+        assert!((w - g).abs() < 1e-3, "want {want:?}\n got {output:?}");
+    }
+}
+
+fn reconstructed(r: &InferResponse) -> bool {
+    r.parameters.get("reconstructed") == Some(&Value::Bool(true))
+}
+
+async fn set_delay(url: &str, ms: u64) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/admin/delay"))
+        .json(&json!({ "delay_ms": ms }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn answers_match_the_workers_when_nothing_fails() {
+    let s = setup(2, |_| {}).await;
+    let front = Client::new(&s.url, Duration::from_secs(5)).unwrap();
+    let direct = Client::new(&s.models[0].url, Duration::from_secs(5)).unwrap();
+    let meta = front.model_metadata("linear", None).await.unwrap();
+    assert_eq!(meta.inputs[0].shape, vec![-1, INPUTS as i64]);
+    assert_eq!(meta.outputs[0].shape, vec![-1, OUTPUTS as i64]);
+    for n in [1, 2, 3, 7] {
+        let data = rows(n, n);
+        for encoding in [Encoding::Binary, Encoding::Json] {
+            let via = front
+                .infer("linear", None, &request(data.clone()), encoding)
+                .await
+                .unwrap();
+            let own = direct
+                .infer("linear", None, &request(data.clone()), encoding)
+                .await
+                .unwrap();
+            assert_eq!(via.outputs[0].shape, own.outputs[0].shape);
+            assert_exact(&data, &via.outputs[0].data);
+            assert_exact(&data, &own.outputs[0].data);
+            assert_eq!(via.id.as_deref(), Some("q"));
+        }
+    }
+    // Concurrent single-row requests share coding groups and still get
+    // their own answers.
+    let calls = (0..40).map(|i| {
+        let front = front.clone();
+        tokio::spawn(async move {
+            let data = rows(1, i);
+            let r = infer(&front, data.clone()).await.unwrap();
+            assert_exact(&data, &r.outputs[0].data);
+        })
+    });
+    for c in calls.collect::<Vec<_>>() {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        metric(&s.url, "coded_frontend_queries_total").await,
+        1.0 * (1 + 2 + 3 + 7) as f64 * 2.0 + 40.0
+    );
+    assert_eq!(metric(&s.url, "coded_frontend_timeouts_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_straggler_is_reconstructed_exactly_and_then_avoided() {
+    let s = setup(2, |_| {}).await;
+    set_delay(&s.models[1].url, 400).await;
+    let front = Client::new(&s.url, Duration::from_secs(5)).unwrap();
+    let mut rebuilt = 0;
+    let started = Instant::now();
+    for i in 0..30 {
+        let data = rows(2, i);
+        let r = infer(&front, data.clone()).await.unwrap();
+        assert_exact(&data, &r.outputs[0].data);
+        if reconstructed(&r) {
+            rebuilt += 1;
+            assert_eq!(
+                r.parameters["reconstructed_rows"].as_array().unwrap().len(),
+                1
+            );
+        }
+    }
+    // 30 requests in far less than one straggler delay each.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(rebuilt >= 1, "the slow instance's queries are rebuilt");
+    assert!(rebuilt < 30, "dispatch stops sending to the straggler");
+    assert_eq!(
+        metric(&s.url, "coded_frontend_reconstructions_total").await,
+        rebuilt as f64
+    );
+}
+
+#[tokio::test]
+async fn deadline_policy_waits_for_the_real_answer_first() {
+    let s = setup(2, |o| o.reconstruct_policy = ReconstructPolicy::Deadline).await;
+    let front = Client::new(&s.url, Duration::from_secs(5)).unwrap();
+    // Warm the latency windows with fast calls: none is rebuilt.
+    for i in 0..20 {
+        let data = rows(2, i);
+        let r = infer(&front, data.clone()).await.unwrap();
+        assert!(!reconstructed(&r));
+        assert_exact(&data, &r.outputs[0].data);
+    }
+    // One instance turns slow: its row is rebuilt once the observed p99
+    // has passed, long before its own answer would come.
+    set_delay(&s.models[0].url, 1000).await;
+    let started = Instant::now();
+    let data = rows(2, 99);
+    let r = infer(&front, data.clone()).await.unwrap();
+    assert_exact(&data, &r.outputs[0].data);
+    assert!(
+        reconstructed(&r),
+        "the slow instance's row is rebuilt after the deadline"
+    );
+    assert!(started.elapsed() < Duration::from_millis(1000));
+}
+
+#[tokio::test]
+async fn a_dead_worker_loses_no_query() {
+    let mut s = setup(2, |_| {}).await;
+    s.models[1].stop();
+    s.models[1].task.abort();
+    let front = Client::new(&s.url, Duration::from_secs(5)).unwrap();
+    for i in 0..30 {
+        let data = rows(1 + i % 3, i);
+        let r = infer(&front, data.clone()).await.unwrap();
+        assert_exact(&data, &r.outputs[0].data);
+    }
+    assert_eq!(metric(&s.url, "coded_frontend_timeouts_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn two_losses_in_a_group_are_retried_elsewhere() {
+    let s = setup(2, |o| o.timeout_ms = 3000).await;
+    let front = Client::new(&s.url, Duration::from_secs(5)).unwrap();
+    for i in 0..10 {
+        infer(&front, rows(2, i)).await.unwrap();
+    }
+    // Parity and one model instance turn slow at once: the group's slot on
+    // the slow instance cannot be decoded, so it is sent to the other one.
+    set_delay(&s.parity.url, 2500).await;
+    set_delay(&s.models[0].url, 2500).await;
+    let started = Instant::now();
+    let data = rows(2, 42);
+    let r = infer(&front, data.clone()).await.unwrap();
+    assert_exact(&data, &r.outputs[0].data);
+    assert!(!reconstructed(&r));
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    assert!(metric(&s.url, "coded_frontend_retries_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn with_every_model_instance_gone_the_query_gets_a_clear_504() {
+    let mut s = setup(2, |o| o.timeout_ms = 800).await;
+    for m in &mut s.models {
+        m.stop();
+        m.task.abort();
+    }
+    let front = Client::new(&s.url, Duration::from_secs(5)).unwrap();
+    let started = Instant::now();
+    let err = infer(&front, rows(2, 1)).await.unwrap_err();
+    let waited = started.elapsed();
+    match err {
+        ClientError::Status {
+            status, message, ..
+        } => {
+            assert_eq!(status.as_u16(), 504);
+            assert!(message.contains("deadline"), "{message}");
+        }
+        other => panic!("expected a 504, got {other}"),
+    }
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    assert!(metric(&s.url, "coded_frontend_timeouts_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn bad_requests_get_4xx_errors_through_the_frontend() {
+    let s = setup(2, |_| {}).await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(format!("{}{path}", s.url)).json(&body).send();
+    let r = post(
+        "/v2/models/linear/infer",
+        json!({"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [1,2,3,4,5]}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("shape"));
+    let r = post("/v2/models/other/infer", json!({"inputs": []}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .post(format!("{}/v2/models/linear/infer", s.url))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("error"));
+}
