@@ -11,6 +11,7 @@ pub mod data;
 pub mod eval;
 pub mod frontend;
 pub mod http;
+pub mod local;
 pub mod model;
 pub mod protocol;
 pub mod runtime;

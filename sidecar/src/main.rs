@@ -29,6 +29,10 @@ enum Command {
     /// Serve a model with coded resilience: groups queries, sends them to
     /// model and parity instances, rebuilds answers of slow or failed ones.
     Frontend(coded_sidecar::frontend::FrontendOptions),
+    /// Coded serving on this machine: trains or loads the models, starts
+    /// workers, parity workers and a frontend on loopback (the default way
+    /// to try it).
+    Local(cmd::local::LocalArgs),
     /// Draw figures from saved reports.
     #[command(subcommand)]
     Plot(cmd::plot::PlotCommand),
@@ -49,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Plot(c) => cmd::plot::run(c),
         Command::Worker(a) => cmd::worker::run(a),
         Command::Frontend(o) => cmd::frontend::run(o),
+        Command::Local(a) => cmd::local::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

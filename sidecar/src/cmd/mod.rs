@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod frontend;
+pub mod local;
 pub mod plot;
 pub mod train;
 pub mod worker;

@@ -14,8 +14,9 @@ use super::instance::{Instance, Role};
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The `eager` policy rebuilds a decodable query once its own call has
-    /// been out this long (the pool's p90): a real answer that is merely
-    /// last of k + 1 concurrent calls is not late, and is worth its accuracy.
+    /// been out this long (twice the typical instance's median latency): a
+    /// real answer that is merely last of k + 1 concurrent calls is not
+    /// late, and is worth its accuracy.
     pub eager_after: Duration,
     /// The `deadline` policy waits this long for a real answer.
     pub reconstruct_after: Duration,

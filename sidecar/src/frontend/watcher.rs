@@ -57,7 +57,6 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
     }
     let tail = quantile(&mut pooled, config.quantile).map(Duration::from_secs_f32);
     let p99 = quantile(&mut pooled, 0.99).map(Duration::from_secs_f32);
-    let p90 = quantile(&mut pooled, 0.9).map(Duration::from_secs_f32);
     let mut known: Vec<f32> = medians.iter().flatten().copied().collect();
     let typical = quantile(&mut known, 0.5);
     let slow = |median: Option<f32>| match (median, typical) {
@@ -79,8 +78,8 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
         .collect();
     let initial = Snapshot::initial(0, 0);
     Snapshot {
-        eager_after: p90
-            .map(|t| t.max(MIN_EAGER_AFTER))
+        eager_after: typical
+            .map(|t| Duration::from_secs_f32(2.0 * t).max(MIN_EAGER_AFTER))
             .unwrap_or(initial.eager_after),
         reconstruct_after: tail
             .map(|t| t.max(MIN_RECONSTRUCT_AFTER))

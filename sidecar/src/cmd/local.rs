@@ -1,0 +1,274 @@
+//! `coded-sidecar local`: the embedded default, everything on loopback.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::DataArgs;
+use crate::coding::EncoderKind;
+use crate::frontend::ReconstructPolicy;
+use crate::http::shutdown;
+use crate::local::{Child, ModelPlan, default_cache_dir, stop_all};
+use crate::model::Arch;
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Base model architecture.
+    #[arg(long, value_enum, default_value_t = Arch::Mlp)]
+    pub arch: Arch,
+    /// Queries per coding group.
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    #[arg(long, value_enum, default_value_t = EncoderKind::Sum)]
+    pub encoder: EncoderKind,
+    #[arg(long, value_enum, default_value_t = ReconstructPolicy::Eager)]
+    pub reconstruct_policy: ReconstructPolicy,
+    /// Model worker processes [default: k].
+    #[arg(long)]
+    pub models: Option<usize>,
+    /// Parity worker processes.
+    #[arg(long, default_value_t = 1)]
+    pub parities: usize,
+    /// Address the frontend listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port the frontend listens on (workers take free ports).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Make model worker 1 a straggler (every answer delayed by
+    /// --straggle-ms), to watch reconstructions happen.
+    #[arg(long)]
+    pub straggle: bool,
+    #[arg(long, default_value_t = 200)]
+    pub straggle_ms: u64,
+    /// Base model training epochs (when not cached).
+    #[arg(long, default_value_t = 10)]
+    pub base_epochs: usize,
+    /// Parity model training epochs (when not cached).
+    #[arg(long, default_value_t = 40)]
+    pub parity_epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where trained models are kept between runs
+    /// [default: ~/.cache/coded-serving/models].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Log level of the child processes (RUST_LOG overrides it).
+    #[arg(long, default_value = "warn")]
+    pub child_log: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+pub fn run(args: LocalArgs) -> anyhow::Result<()> {
+    if args.k < crate::coding::MIN_K {
+        anyhow::bail!("--k {} is not a code: k must be at least 2", args.k);
+    }
+    let models = args.models.unwrap_or(args.k);
+    if models == 0 || args.parities == 0 {
+        anyhow::bail!("--models and --parities must be at least 1");
+    }
+    let plan = ModelPlan {
+        arch: args.arch,
+        k: args.k,
+        encoder: args.encoder,
+        base_epochs: args.base_epochs,
+        parity_epochs: args.parity_epochs,
+        seed: args.seed,
+        cache: args.cache_dir.clone().unwrap_or_else(default_cache_dir),
+    };
+    let dirs = plan.ensure(&|| args.data.load())?;
+    let card = crate::model::store::read_card(&dirs.base)
+        .context("reading the base model card")?
+        .0;
+    let name = card.name.clone();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut children = Vec::new();
+        let started = start(&args, &dirs, &name, models, &mut children).await;
+        let result = match started {
+            Ok(frontend) => {
+                banner(
+                    &frontend,
+                    &name,
+                    &card.input.name,
+                    &card.input.shape,
+                    models,
+                    &args,
+                );
+                supervise(&mut children).await
+            }
+            Err(e) => Err(e),
+        };
+        eprintln!("stopping {} processes", children.len());
+        stop_all(children).await;
+        result
+    })
+}
+
+/// Starts workers then the frontend; pushes each child as it starts so a
+/// failure part-way still stops the ones already running.
+async fn start(
+    args: &LocalArgs,
+    dirs: &crate::local::ModelDirs,
+    name: &str,
+    models: usize,
+    children: &mut Vec<Child>,
+) -> anyhow::Result<String> {
+    let worker = |dir: &std::path::Path, served: &str, extra: &[String]| {
+        let mut a: Vec<String> = [
+            "worker",
+            "--model",
+            &dir.display().to_string(),
+            "--model-name",
+            served,
+            "--port",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend_from_slice(extra);
+        a
+    };
+    let parity_name = format!("{name}-parity");
+    let mut model_urls = Vec::new();
+    for i in 0..models {
+        let extra = if args.straggle && i == 1.min(models - 1) {
+            vec![
+                "--admin".to_owned(),
+                "--inject-delay-ms".to_owned(),
+                args.straggle_ms.to_string(),
+            ]
+        } else {
+            vec!["--admin".to_owned()]
+        };
+        let child = Child::spawn(
+            &format!("model-{i}"),
+            &worker(&dirs.base, name, &extra),
+            &args.child_log,
+        )
+        .await?;
+        model_urls.push(child.url.clone());
+        children.push(child);
+    }
+    let mut parity_urls = Vec::new();
+    for i in 0..args.parities {
+        let child = Child::spawn(
+            &format!("parity-{i}"),
+            &worker(&dirs.parity, &parity_name, &["--admin".to_owned()]),
+            &args.child_log,
+        )
+        .await?;
+        parity_urls.push(child.url.clone());
+        children.push(child);
+    }
+    let frontend: Vec<String> = vec![
+        "frontend".into(),
+        "--host".into(),
+        args.host.clone(),
+        "--port".into(),
+        args.port.to_string(),
+        "--model-name".into(),
+        name.to_owned(),
+        "--model-card".into(),
+        dirs.base.display().to_string(),
+        "--model-endpoints".into(),
+        model_urls.join(","),
+        "--parity-endpoints".into(),
+        parity_urls.join(","),
+        "--k".into(),
+        args.k.to_string(),
+        "--encoder".into(),
+        args.encoder.to_string(),
+        "--reconstruct-policy".into(),
+        match args.reconstruct_policy {
+            ReconstructPolicy::Eager => "eager".into(),
+            ReconstructPolicy::Deadline => "deadline".into(),
+        },
+    ];
+    let child = Child::spawn("frontend", &frontend, &args.child_log)
+        .await
+        .with_context(|| format!("starting the frontend on {}:{}", args.host, args.port))?;
+    let url = child.url.clone();
+    children.push(child);
+    Ok(url)
+}
+
+fn banner(url: &str, name: &str, input: &str, shape: &[usize], models: usize, args: &LocalArgs) {
+    let row_len: usize = shape.iter().product();
+    let dims = shape
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let host_port = url.trim_start_matches("http://");
+    println!();
+    println!(
+        "coded serving of {name} at {url}: {models} model worker(s), {} parity worker(s), k = {}, {} encoder, {:?} reconstruction{}",
+        args.parities,
+        args.k,
+        args.encoder,
+        args.reconstruct_policy,
+        if args.straggle {
+            format!("; model-1 straggles by {} ms", args.straggle_ms)
+        } else {
+            String::new()
+        }
+    );
+    println!();
+    println!(
+        "  python3 -c 'import json; print(json.dumps({{\"inputs\": [{{\"name\": \"{input}\", \"shape\": [1, {dims}], \"datatype\": \"FP32\", \"data\": [0.5] * {row_len}}}]}}))' \\"
+    );
+    println!(
+        "    | curl -s {url}/v2/models/{name}/infer -H 'Content-Type: application/json' -d @-"
+    );
+    println!();
+    println!("  python3 -c '");
+    println!("import numpy as np, tritonclient.http as http");
+    println!("c = http.InferenceServerClient(\"{host_port}\")");
+    println!(
+        "x = http.InferInput(\"{input}\", [1, {dims}], \"FP32\"); x.set_data_from_numpy(np.full((1, {dims}), 0.5, np.float32))"
+    );
+    println!(
+        "r = c.infer(\"{name}\", [x]); print(r.as_numpy(r.get_response()[\"outputs\"][0][\"name\"]), r.get_response().get(\"parameters\"))'"
+    );
+    println!();
+    println!("  metrics: {url}/metrics (coded_frontend_reconstructions_total, ...)");
+    println!("  Ctrl-C stops everything.");
+}
+
+/// Waits for Ctrl-C/SIGTERM; reports workers that exit (the frontend
+/// carries on without them) and stops if the frontend exits.
+async fn supervise(children: &mut [Child]) -> anyhow::Result<()> {
+    let stop = shutdown::signal();
+    tokio::pin!(stop);
+    let mut reported = vec![false; children.len()];
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        for (i, child) in children.iter_mut().enumerate() {
+            if reported[i] {
+                continue;
+            }
+            if let Some(status) = child.exited() {
+                reported[i] = true;
+                if child.name == "frontend" {
+                    anyhow::bail!("the frontend exited ({status})");
+                }
+                eprintln!(
+                    "{} exited ({status}); the frontend rebuilds or reroutes its queries",
+                    child.name
+                );
+            }
+        }
+    }
+}

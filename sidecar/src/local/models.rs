@@ -1,0 +1,142 @@
+//! The models `local` serves: trained once, then loaded from a cache dir
+//! keyed by everything that changes the weights.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::coding::EncoderKind;
+use crate::data::FashionMnist;
+use crate::model::card::Role;
+use crate::model::{Arch, Model};
+use crate::train::{TrainOptions, parity::default_groups_per_batch, train_base, train_parity};
+
+#[derive(Debug, Clone)]
+pub struct ModelPlan {
+    pub arch: Arch,
+    pub k: usize,
+    pub encoder: EncoderKind,
+    pub base_epochs: usize,
+    pub parity_epochs: usize,
+    pub seed: u64,
+    pub cache: PathBuf,
+}
+
+/// Where the base and parity model directories live.
+pub struct ModelDirs {
+    pub base: PathBuf,
+    pub parity: PathBuf,
+}
+
+/// `$XDG_CACHE_HOME/coded-serving/models`, or under `~/.cache`.
+pub fn default_cache_dir() -> PathBuf {
+    let root = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    root.join("coded-serving").join("models")
+}
+
+impl ModelPlan {
+    pub fn dirs(&self) -> ModelDirs {
+        let base = format!("{}-e{}-s{}", self.arch, self.base_epochs, self.seed);
+        let parity = format!(
+            "{base}-parity-k{}-{}-e{}",
+            self.k, self.encoder, self.parity_epochs
+        );
+        ModelDirs {
+            base: self.cache.join(base),
+            parity: self.cache.join(parity),
+        }
+    }
+
+    /// Loads both models from the cache, training whichever is missing or
+    /// does not verify (progress bars while training). `load` reads the
+    /// dataset, only if something needs training.
+    pub fn ensure(
+        &self,
+        load: &dyn Fn() -> anyhow::Result<FashionMnist>,
+    ) -> anyhow::Result<ModelDirs> {
+        let dirs = self.dirs();
+        let opts = |epochs| TrainOptions {
+            epochs,
+            seed: self.seed,
+            limit: None,
+            quiet: false,
+        };
+        let mut data = None;
+        let base = match cached(&dirs.base) {
+            Some(model) => model,
+            None => {
+                eprintln!(
+                    "training the base model ({}, {} epochs) into {}",
+                    self.arch,
+                    self.base_epochs,
+                    dirs.base.display()
+                );
+                let d = dataset(&mut data, load)?;
+                train_base(
+                    d,
+                    self.arch,
+                    crate::train::base::BASE_BATCH,
+                    &opts(self.base_epochs),
+                    &dirs.base,
+                )
+                .context("training the base model")?;
+                crate::model::load(&dirs.base).context("loading the trained base model")?
+            }
+        };
+        if let Some(parity) = cached(&dirs.parity)
+            && matches!(&parity.card.role, Role::Parity { base_sha256, .. } if *base_sha256 == base.card.weights.sha256)
+        {
+            return Ok(dirs);
+        }
+        eprintln!(
+            "training the parity model (k = {}, {}, {} epochs) into {}",
+            self.k,
+            self.encoder,
+            self.parity_epochs,
+            dirs.parity.display()
+        );
+        train_parity(
+            dataset(&mut data, load)?,
+            &base,
+            self.k,
+            self.encoder,
+            default_groups_per_batch(self.k),
+            &opts(self.parity_epochs),
+            &dirs.parity,
+        )
+        .context("training the parity model")?;
+        Ok(dirs)
+    }
+}
+
+fn dataset<'a>(
+    slot: &'a mut Option<FashionMnist>,
+    load: &dyn Fn() -> anyhow::Result<FashionMnist>,
+) -> anyhow::Result<&'a FashionMnist> {
+    if slot.is_none() {
+        *slot = Some(load()?);
+    }
+    slot.as_ref().context("the dataset is not loaded")
+}
+
+fn cached(dir: &Path) -> Option<Model> {
+    if !dir.join(crate::model::card::CARD_FILE).exists() {
+        return None;
+    }
+    match crate::model::load(dir) {
+        Ok(model) => {
+            eprintln!("using the cached model {}", dir.display());
+            Some(model)
+        }
+        Err(e) => {
+            eprintln!(
+                "the cached model {} does not load ({e:#}); training it again",
+                dir.display()
+            );
+            None
+        }
+    }
+}
