@@ -14,7 +14,7 @@ use super::instance::{Instance, Role};
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The `eager` policy rebuilds a decodable query once its own call has
-    /// been out this long (twice the typical instance's median latency): a
+    /// been out this long (the p99 of instances that are not stragglers): a
     /// real answer that is merely last of k + 1 concurrent calls is not
     /// late, and is worth its accuracy.
     pub eager_after: Duration,
@@ -32,8 +32,9 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn initial(models: usize, parities: usize) -> Self {
         Snapshot {
-            eager_after: Duration::from_millis(1),
-            reconstruct_after: Duration::from_millis(10),
+            // Until calls have been seen, wait as a slow network would.
+            eager_after: Duration::from_millis(20),
+            reconstruct_after: Duration::from_millis(50),
             retry_after: Duration::from_millis(50),
             stall_after: Duration::from_millis(50),
             slow_models: vec![false; models],
@@ -90,7 +91,10 @@ impl Pool {
     }
 
     pub fn standing(&self, instance: &Instance, snapshot: &Snapshot, now: Instant) -> Standing {
-        if instance.is_down(now) {
+        // Down after failed calls (with back-off), and from a failed health
+        // probe until a probe succeeds: a dead instance costs one probe a
+        // second, not a stream of failed calls.
+        if instance.is_down(now) || !instance.probe_ok() {
             return Standing::Down;
         }
         let slow = match instance.role {

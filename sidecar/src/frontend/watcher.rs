@@ -39,47 +39,62 @@ const MIN_EAGER_AFTER: Duration = Duration::from_micros(200);
 const MIN_RECONSTRUCT_AFTER: Duration = Duration::from_micros(500);
 const MIN_RETRY_AFTER: Duration = Duration::from_millis(20);
 const MIN_STALL_AFTER: Duration = Duration::from_millis(20);
-/// Samples an instance needs before its median is trusted.
+/// Samples an instance needs before its median is trusted, and the pool
+/// before its quantiles are.
 const MIN_SAMPLES: usize = 8;
+const MIN_POOLED: usize = 20;
 
 /// Computes a snapshot from the pool's instances as they are at `now`.
+///
+/// Stragglers are the instances whose median is `slow_factor` times the
+/// typical (median) instance's. The eager wait, the retry delay and the
+/// stall limit come from the other instances' p99, so that a straggler's own
+/// latency never makes it look normal; the `deadline` wait is the configured
+/// quantile over every model call.
 pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
-    let mut pooled: Vec<f32> = Vec::new();
-    let mut medians: Vec<Option<f32>> = Vec::new();
-    for m in &pool.models {
-        let mut recent = m.recent_latencies(now);
-        pooled.extend_from_slice(&recent);
-        medians.push(if recent.len() >= MIN_SAMPLES {
-            quantile(&mut recent, 0.5)
+    let recent: Vec<Vec<f32>> = pool
+        .models
+        .iter()
+        .map(|m| m.recent_latencies(now))
+        .collect();
+    let median = |mut r: Vec<f32>| {
+        if r.len() >= MIN_SAMPLES {
+            quantile(&mut r, 0.5)
         } else {
             None
-        });
-    }
-    let tail = quantile(&mut pooled, config.quantile).map(Duration::from_secs_f32);
-    let p99 = quantile(&mut pooled, 0.99).map(Duration::from_secs_f32);
+        }
+    };
+    let medians: Vec<Option<f32>> = recent.iter().cloned().map(median).collect();
     let mut known: Vec<f32> = medians.iter().flatten().copied().collect();
     let typical = quantile(&mut known, 0.5);
     let slow = |median: Option<f32>| match (median, typical) {
         (Some(m), Some(t)) => f64::from(m) > config.slow_factor * f64::from(t),
         _ => false,
     };
-    let parity_slow = pool
+    let slow_models: Vec<bool> = medians.iter().map(|&m| slow(m)).collect();
+    let slow_parities = pool
         .parities
         .iter()
-        .map(|p| {
-            let mut recent = p.recent_latencies(now);
-            let median = if recent.len() >= MIN_SAMPLES {
-                quantile(&mut recent, 0.5)
-            } else {
-                None
-            };
-            slow(median)
-        })
+        .map(|p| slow(median(p.recent_latencies(now))))
         .collect();
+
+    let mut all: Vec<f32> = recent.concat();
+    let mut healthy: Vec<f32> = recent
+        .iter()
+        .zip(&slow_models)
+        .filter(|(_, slow)| !**slow)
+        .flat_map(|(r, _)| r.iter().copied())
+        .collect();
+    let tail = quantile(&mut all, config.quantile)
+        .filter(|_| all.len() >= MIN_POOLED)
+        .map(Duration::from_secs_f32);
+    let p99 = quantile(&mut healthy, 0.99)
+        .filter(|_| healthy.len() >= MIN_POOLED)
+        .map(Duration::from_secs_f32);
     let initial = Snapshot::initial(0, 0);
     Snapshot {
-        eager_after: typical
-            .map(|t| Duration::from_secs_f32(2.0 * t).max(MIN_EAGER_AFTER))
+        eager_after: p99
+            .map(|t| t.max(MIN_EAGER_AFTER))
             .unwrap_or(initial.eager_after),
         reconstruct_after: tail
             .map(|t| t.max(MIN_RECONSTRUCT_AFTER))
@@ -90,8 +105,8 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
         stall_after: p99
             .map(|t| (t * 4).max(MIN_STALL_AFTER))
             .unwrap_or(initial.stall_after),
-        slow_models: medians.into_iter().map(slow).collect(),
-        slow_parities: parity_slow,
+        slow_models,
+        slow_parities,
     }
 }
 
