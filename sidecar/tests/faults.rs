@@ -271,7 +271,7 @@ async fn answers_through_the_frontend_match_the_workers_direct_answers() {
     let c = cluster(&[]).await;
     let f = fixture();
     let via = load(&c.frontend.url, 0..400, Arc::default()).await;
-    let direct = load(&c.models[0].url.replace(NAME, NAME), 0..400, Arc::default()).await;
+    let direct = load(&c.models[0].url, 0..400, Arc::default()).await;
     let direct: std::collections::HashMap<usize, &Answered> =
         direct.iter().map(|a| (a.image, a)).collect();
     let mut rebuilt = 0;
