@@ -5,6 +5,7 @@
 //! `worker` serves one model over it; `cmd` holds one module per subcommand
 //! of the binary.
 
+pub mod bench;
 pub mod cmd;
 pub mod coding;
 pub mod data;

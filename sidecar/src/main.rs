@@ -33,6 +33,9 @@ enum Command {
     /// workers, parity workers and a frontend on loopback (the default way
     /// to try it).
     Local(cmd::local::LocalArgs),
+    /// Measure: the frontend's overhead (tail latency under stragglers next).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// Draw figures from saved reports.
     #[command(subcommand)]
     Plot(cmd::plot::PlotCommand),
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Worker(a) => cmd::worker::run(a),
         Command::Frontend(o) => cmd::frontend::run(o),
         Command::Local(a) => cmd::local::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -9,7 +9,7 @@ use super::DataArgs;
 use crate::coding::EncoderKind;
 use crate::frontend::ReconstructPolicy;
 use crate::http::shutdown;
-use crate::local::{Child, ModelPlan, default_cache_dir, stop_all};
+use crate::local::{Child, Cluster, ClusterSpec, ModelPlan, default_cache_dir};
 use crate::model::Arch;
 
 #[derive(Debug, Args)]
@@ -89,115 +89,32 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let spec = ClusterSpec {
+        k: args.k,
+        encoder: args.encoder,
+        policy: args.reconstruct_policy,
+        models,
+        parities: args.parities,
+        host: args.host.clone(),
+        port: args.port,
+        straggle_ms: if args.straggle { args.straggle_ms } else { 0 },
+        log: args.child_log.clone(),
+    };
     runtime.block_on(async {
-        let mut children = Vec::new();
-        let started = start(&args, &dirs, &name, models, &mut children).await;
-        let result = match started {
-            Ok(frontend) => {
-                banner(
-                    &frontend,
-                    &name,
-                    &card.input.name,
-                    &card.input.shape,
-                    models,
-                    &args,
-                );
-                supervise(&mut children).await
-            }
-            Err(e) => Err(e),
-        };
-        eprintln!("stopping {} processes", children.len());
-        stop_all(children).await;
+        let mut cluster = Cluster::start(&dirs, &name, &spec).await?;
+        banner(
+            &cluster.frontend_url,
+            &name,
+            &card.input.name,
+            &card.input.shape,
+            models,
+            &args,
+        );
+        let result = supervise(&mut cluster.children).await;
+        eprintln!("stopping {} processes", cluster.children.len());
+        cluster.stop().await;
         result
     })
-}
-
-/// Starts workers then the frontend; pushes each child as it starts so a
-/// failure part-way still stops the ones already running.
-async fn start(
-    args: &LocalArgs,
-    dirs: &crate::local::ModelDirs,
-    name: &str,
-    models: usize,
-    children: &mut Vec<Child>,
-) -> anyhow::Result<String> {
-    let worker = |dir: &std::path::Path, served: &str, extra: &[String]| {
-        let mut a: Vec<String> = [
-            "worker",
-            "--model",
-            &dir.display().to_string(),
-            "--model-name",
-            served,
-            "--port",
-            "0",
-        ]
-        .map(String::from)
-        .to_vec();
-        a.extend_from_slice(extra);
-        a
-    };
-    let parity_name = format!("{name}-parity");
-    let mut model_urls = Vec::new();
-    for i in 0..models {
-        let extra = if args.straggle && i == 1.min(models - 1) {
-            vec![
-                "--admin".to_owned(),
-                "--inject-delay-ms".to_owned(),
-                args.straggle_ms.to_string(),
-            ]
-        } else {
-            vec!["--admin".to_owned()]
-        };
-        let child = Child::spawn(
-            &format!("model-{i}"),
-            &worker(&dirs.base, name, &extra),
-            &args.child_log,
-        )
-        .await?;
-        model_urls.push(child.url.clone());
-        children.push(child);
-    }
-    let mut parity_urls = Vec::new();
-    for i in 0..args.parities {
-        let child = Child::spawn(
-            &format!("parity-{i}"),
-            &worker(&dirs.parity, &parity_name, &["--admin".to_owned()]),
-            &args.child_log,
-        )
-        .await?;
-        parity_urls.push(child.url.clone());
-        children.push(child);
-    }
-    let frontend: Vec<String> = vec![
-        "frontend".into(),
-        "--host".into(),
-        args.host.clone(),
-        "--port".into(),
-        args.port.to_string(),
-        "--model-name".into(),
-        name.to_owned(),
-        "--model-card".into(),
-        dirs.base.display().to_string(),
-        "--model-endpoints".into(),
-        model_urls.join(","),
-        "--parity-endpoints".into(),
-        parity_urls.join(","),
-        "--k".into(),
-        args.k.to_string(),
-        "--encoder".into(),
-        args.encoder.to_string(),
-        "--reconstruct-policy".into(),
-        match args.reconstruct_policy {
-            ReconstructPolicy::Eager => "eager".into(),
-            ReconstructPolicy::Deadline => "deadline".into(),
-        },
-    ];
-    let child = Child::spawn("frontend", &frontend, &args.child_log)
-        .await
-        .with_context(|| format!("starting the frontend on {}:{}", args.host, args.port))?;
-    let url = child.url.clone();
-    children.push(child);
-    Ok(url)
 }
 
 fn banner(url: &str, name: &str, input: &str, shape: &[usize], models: usize, args: &LocalArgs) {

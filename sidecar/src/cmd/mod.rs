@@ -1,5 +1,6 @@
 //! One module per `coded-sidecar` subcommand: its flags and its run function.
 
+pub mod bench;
 pub mod eval;
 pub mod frontend;
 pub mod local;

@@ -3,8 +3,10 @@
 //! workers and a frontend as child processes on loopback, and stops them
 //! all on Ctrl-C or SIGTERM.
 
+pub mod cluster;
 pub mod models;
 pub mod process;
 
+pub use cluster::{Cluster, ClusterSpec};
 pub use models::{ModelDirs, ModelPlan, default_cache_dir};
 pub use process::{Child, stop_all};

@@ -1,0 +1,6 @@
+//! Benchmarks (not tests): load generation, latency histograms, and the
+//! experiments of `coded-sidecar bench`.
+
+pub mod echo;
+pub mod latency;
+pub mod overhead;

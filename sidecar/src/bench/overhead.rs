@@ -1,0 +1,187 @@
+//! What the frontend costs with nothing straggling: latency of one query
+//! sent directly to a worker, through the frontend (k model calls and a
+//! parity call behind it), and to an echo server (the cost of one loopback
+//! HTTP hop), interleaved so all three see the same machine; then the most
+//! each sustains with concurrent clients.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::latency::{Recorder, Summary};
+use crate::protocol::binary;
+use crate::protocol::{InferRequest, NamedTensor, OutputSelection};
+
+#[derive(Debug, Clone)]
+pub struct OverheadPlan {
+    pub requests: usize,
+    pub warmup: usize,
+    pub concurrency: usize,
+    pub throughput_for: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub latency: Summary,
+    pub throughput_rps: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OverheadReport {
+    pub targets: Vec<Target>,
+    /// (frontend p50 − worker p50) / (echo p50): the frontend's added
+    /// latency in loopback hops.
+    pub added_p50_in_hops: f64,
+    /// Frontend throughput over the echo server's.
+    pub throughput_vs_echo: f64,
+}
+
+/// An infer call's URL and binary body, built once.
+struct Call {
+    url: String,
+    body: bytes::Bytes,
+    header_length: Option<usize>,
+}
+
+fn call(base: &str, model: &str, input: &str, shape: &[usize]) -> Call {
+    let row: usize = shape.iter().product();
+    let request = InferRequest {
+        id: None,
+        parameters: Default::default(),
+        inputs: vec![NamedTensor {
+            name: input.to_owned(),
+            shape: std::iter::once(1).chain(shape.iter().copied()).collect(),
+            data: vec![0.5; row],
+        }],
+        outputs: OutputSelection::all(true),
+    };
+    let encoded = binary::encode_request(&request, true);
+    Call {
+        url: format!("{base}/v2/models/{model}/infer"),
+        body: encoded.body.into(),
+        header_length: encoded.header_length,
+    }
+}
+
+async fn send(http: &reqwest::Client, c: &Call) -> anyhow::Result<()> {
+    let mut r = http.post(&c.url).body(c.body.clone());
+    if let Some(n) = c.header_length {
+        r = r.header(binary::HEADER_LENGTH, n);
+    }
+    let response = r.send().await?;
+    let status = response.status();
+    response.bytes().await?;
+    anyhow::ensure!(status.is_success(), "{} answered {status}", c.url);
+    Ok(())
+}
+
+pub struct Endpoints<'a> {
+    pub worker: &'a str,
+    pub frontend: &'a str,
+    pub echo: &'a str,
+    pub model: &'a str,
+    pub input: &'a str,
+    pub shape: &'a [usize],
+}
+
+pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<OverheadReport> {
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let calls = [
+        ("worker (direct)", call(e.worker, e.model, e.input, e.shape)),
+        (
+            "frontend (k = 2)",
+            call(e.frontend, e.model, e.input, e.shape),
+        ),
+        ("echo (one hop)", call(e.echo, e.model, e.input, e.shape)),
+    ];
+    let mut recorders: Vec<Recorder> = calls.iter().map(|_| Recorder::default()).collect();
+    let bar = indicatif::ProgressBar::new((plan.warmup + plan.requests) as u64)
+        .with_message("latency, one request at a time");
+    for i in 0..plan.warmup + plan.requests {
+        for (j, (_, c)) in calls.iter().enumerate() {
+            let started = Instant::now();
+            send(&http, c).await?;
+            if i >= plan.warmup {
+                recorders[j].record(started.elapsed());
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let mut targets = Vec::new();
+    for ((name, c), rec) in calls.iter().zip(&recorders) {
+        eprintln!(
+            "throughput of {name}: {} clients for {:?}",
+            plan.concurrency, plan.throughput_for
+        );
+        let rps = throughput(&http, c, plan.concurrency, plan.throughput_for).await?;
+        targets.push(Target {
+            name: (*name).to_owned(),
+            latency: rec.summary(),
+            throughput_rps: rps,
+        });
+    }
+    let p50 = |i: usize| targets[i].latency.p50_us as f64;
+    Ok(OverheadReport {
+        added_p50_in_hops: (p50(1) - p50(0)) / p50(2).max(1.0),
+        throughput_vs_echo: targets[1].throughput_rps / targets[2].throughput_rps.max(1e-9),
+        targets,
+    })
+}
+
+/// Requests per second that `concurrency` closed-loop clients get.
+async fn throughput(
+    http: &reqwest::Client,
+    c: &Call,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let end = started + duration;
+    let call = Arc::new(Call {
+        url: c.url.clone(),
+        body: c.body.clone(),
+        header_length: c.header_length,
+    });
+    let tasks: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (http, call, done) = (http.clone(), call.clone(), done.clone());
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    send(&http, &call).await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The report as a markdown table.
+pub fn markdown(r: &OverheadReport) -> String {
+    let mut s = String::from(
+        "| target | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | throughput req/s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for t in &r.targets {
+        let l = &t.latency;
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.0} |\n",
+            t.name, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, t.throughput_rps
+        ));
+    }
+    s.push_str(&format!(
+        "\nThe frontend adds {:.2} loopback hops at p50 (through-frontend minus direct, over the echo round trip); its throughput is {:.0}% of the echo server's.\n",
+        r.added_p50_in_hops,
+        r.throughput_vs_echo * 100.0
+    ));
+    s
+}

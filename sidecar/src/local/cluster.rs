@@ -1,0 +1,147 @@
+//! One coded-serving topology as processes on loopback: model workers,
+//! parity workers and a frontend in front of them. `local` runs one; the
+//! benchmarks start and stop many.
+
+use anyhow::Context;
+
+use super::models::ModelDirs;
+use super::process::{Child, stop_all};
+use crate::coding::EncoderKind;
+use crate::frontend::ReconstructPolicy;
+
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub k: usize,
+    pub encoder: EncoderKind,
+    pub policy: ReconstructPolicy,
+    pub models: usize,
+    pub parities: usize,
+    /// Address the frontend listens on; workers take free loopback ports.
+    pub host: String,
+    pub port: u16,
+    /// Injected delay of model worker 1, in ms (0: none).
+    pub straggle_ms: u64,
+    /// `RUST_LOG` of the children unless the environment sets one.
+    pub log: String,
+}
+
+pub struct Cluster {
+    pub frontend_url: String,
+    pub model_urls: Vec<String>,
+    pub parity_urls: Vec<String>,
+    /// Every child, frontend last.
+    pub children: Vec<Child>,
+}
+
+impl Cluster {
+    /// Starts workers, then the frontend. On failure the children already
+    /// running are stopped.
+    pub async fn start(
+        dirs: &ModelDirs,
+        name: &str,
+        spec: &ClusterSpec,
+    ) -> anyhow::Result<Cluster> {
+        let mut children = Vec::new();
+        match Self::start_into(dirs, name, spec, &mut children).await {
+            Ok((frontend_url, model_urls, parity_urls)) => Ok(Cluster {
+                frontend_url,
+                model_urls,
+                parity_urls,
+                children,
+            }),
+            Err(e) => {
+                stop_all(children).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_into(
+        dirs: &ModelDirs,
+        name: &str,
+        spec: &ClusterSpec,
+        children: &mut Vec<Child>,
+    ) -> anyhow::Result<(String, Vec<String>, Vec<String>)> {
+        let worker = |dir: &std::path::Path, served: &str, delay_ms: u64| -> Vec<String> {
+            [
+                "worker",
+                "--model",
+                &dir.display().to_string(),
+                "--model-name",
+                served,
+                "--port",
+                "0",
+                "--admin",
+                "--inject-delay-ms",
+                &delay_ms.to_string(),
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let mut model_urls = Vec::new();
+        for i in 0..spec.models {
+            let delay = if i == 1.min(spec.models - 1) {
+                spec.straggle_ms
+            } else {
+                0
+            };
+            let child = Child::spawn(
+                &format!("model-{i}"),
+                &worker(&dirs.base, name, delay),
+                &spec.log,
+            )
+            .await?;
+            model_urls.push(child.url.clone());
+            children.push(child);
+        }
+        let parity_name = format!("{name}-parity");
+        let mut parity_urls = Vec::new();
+        for i in 0..spec.parities {
+            let child = Child::spawn(
+                &format!("parity-{i}"),
+                &worker(&dirs.parity, &parity_name, 0),
+                &spec.log,
+            )
+            .await?;
+            parity_urls.push(child.url.clone());
+            children.push(child);
+        }
+        let policy = match spec.policy {
+            ReconstructPolicy::Eager => "eager",
+            ReconstructPolicy::Deadline => "deadline",
+        };
+        let args: Vec<String> = [
+            "frontend",
+            "--host",
+            &spec.host,
+            "--port",
+            &spec.port.to_string(),
+            "--model-name",
+            name,
+            "--model-card",
+            &dirs.base.display().to_string(),
+            "--model-endpoints",
+            &model_urls.join(","),
+            "--parity-endpoints",
+            &parity_urls.join(","),
+            "--k",
+            &spec.k.to_string(),
+            "--encoder",
+            &spec.encoder.to_string(),
+            "--reconstruct-policy",
+            policy,
+        ]
+        .map(String::from)
+        .to_vec();
+        let child = Child::spawn("frontend", &args, &spec.log)
+            .await
+            .with_context(|| format!("starting the frontend on {}:{}", spec.host, spec.port))?;
+        let url = child.url.clone();
+        children.push(child);
+        Ok((url, model_urls, parity_urls))
+    }
+
+    pub async fn stop(self) {
+        stop_all(self.children).await;
+    }
+}
