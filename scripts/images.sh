@@ -83,6 +83,9 @@ cleanup() {
   fi
   for c in "${containers[@]}"; do buildah rm "$c" >/dev/null 2>&1 || true; done
   rm -rf "$work"
+  echo "--- images: timings"
+  for t in "${timings[@]}"; do echo "  $t"; done
+  echo "  total $(( $(date +%s) - t0 )) s"
   [ "$rc" -eq 0 ] || echo "images.sh: failed (exit $rc)" >&2
 }
 trap cleanup EXIT
@@ -165,7 +168,7 @@ echo "--- buildah bud $sidecar_image"
 buildah bud --quiet --pull=never --isolation chroot --layers=false \
   --build-arg "PROFILE=$profile" -f deploy/Dockerfile.sidecar -t "$sidecar_image" "$context" >/dev/null
 lap "bud sidecar"
-buildah images "$operator_image" "$sidecar_image"
+for image in "$operator_image" "$sidecar_image"; do buildah images --noheading "$image"; done
 
 # new_container IMAGE: a working container for `buildah run`, removed on exit.
 new_container() {
@@ -239,7 +242,3 @@ wait "$worker_pid" 2>/dev/null || true
 worker_pid=
 lap "run sidecar"
 
-echo "--- images: timings"
-total=$(( $(date +%s) - t0 ))
-for t in "${timings[@]}"; do echo "  $t"; done
-echo "  total $total s"
