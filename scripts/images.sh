@@ -141,8 +141,11 @@ fi
 key=$(sha256sum "$tarball" | cut -c1-16)
 have=$(podman image inspect --format '{{index .Labels "org.coded-serving.base"}}' "$base_tag" 2>/dev/null || true)
 if [ "$have" != "$key" ]; then
+  old=$(podman image inspect --format '{{.Id}}' "$base_tag" 2>/dev/null || true)
   podman import --quiet --change "LABEL org.coded-serving.base=$key" --change 'CMD ["bash"]' \
-    "$tarball" "$base_tag" >/dev/null
+    "$tarball" "$base_tag" >/dev/null || die "podman import of $tarball failed"
+  # The previous base, if no image of ours still stands on it.
+  if [ -n "$old" ]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
   echo "imported as $base_tag"
 else
   echo "already imported as $base_tag"
@@ -160,22 +163,28 @@ for bin in coded-operator crdgen coded-sidecar; do
 done
 lap "cargo build + strip"
 
-echo "--- buildah bud $operator_image"
-buildah bud --quiet --pull=never --isolation chroot --layers=false \
-  --build-arg "PROFILE=$profile" -f deploy/Dockerfile.operator -t "$operator_image" "$context" >/dev/null
+# bud DOCKERFILE IMAGE: builds IMAGE from the staging context, then removes
+# the image that IMAGE named before (else each run leaves one behind).
+bud() {
+  local old new
+  old=$(buildah images --quiet --noheading "$2" 2>/dev/null || true)
+  echo "--- buildah bud -f $1 -t $2"
+  buildah bud --quiet --pull=never --isolation chroot --layers=false \
+    --build-arg "PROFILE=$profile" -f "$1" -t "$2" "$context" >/dev/null \
+    || die "buildah bud -f $1 failed (output above)"
+  new=$(buildah images --quiet --noheading "$2")
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then buildah rmi "$old" >/dev/null 2>&1 || true; fi
+}
+bud deploy/Dockerfile.operator "$operator_image"
 lap "bud operator"
-echo "--- buildah bud $sidecar_image"
-buildah bud --quiet --pull=never --isolation chroot --layers=false \
-  --build-arg "PROFILE=$profile" -f deploy/Dockerfile.sidecar -t "$sidecar_image" "$context" >/dev/null
+bud deploy/Dockerfile.sidecar "$sidecar_image"
 lap "bud sidecar"
 for image in "$operator_image" "$sidecar_image"; do buildah images --noheading "$image"; done
 
-# new_container IMAGE: a working container for `buildah run`, removed on exit.
+# new_container NAME IMAGE: a working container for `buildah run`, removed on exit.
 new_container() {
-  local c
-  c=$(buildah from --pull=never --quiet "$1")
-  containers+=("$c")
-  echo "$c"
+  containers+=("$1")
+  buildah from --pull=never --quiet --name "$1" "$2" >/dev/null
 }
 # entrypoint CONTAINER: the image's ENTRYPOINT, one word per line.
 entrypoint() {
@@ -183,7 +192,8 @@ entrypoint() {
 }
 
 echo "--- run $operator_image"
-op=$(new_container "$operator_image")
+op=coded-images-operator-$$
+new_container "$op" "$operator_image"
 mapfile -t op_entry < <(entrypoint "$op")
 [ ${#op_entry[@]} -gt 0 ] || die "$operator_image has no ENTRYPOINT"
 buildah run --isolation chroot "$op" -- "${op_entry[@]}" --help > "$work/op-help.txt" \
@@ -199,7 +209,8 @@ echo "crdgen: ok ($(wc -l < "$work/crd.yaml") lines of CRD)"
 lap "run operator"
 
 echo "--- run $sidecar_image"
-sc=$(new_container "$sidecar_image")
+sc=coded-images-sidecar-$$
+new_container "$sc" "$sidecar_image"
 mapfile -t sc_entry < <(entrypoint "$sc")
 [ ${#sc_entry[@]} -gt 0 ] || die "$sidecar_image has no ENTRYPOINT"
 buildah run --isolation chroot "$sc" -- "${sc_entry[@]}" --help > "$work/sc-help.txt" \
