@@ -74,6 +74,7 @@ lap() { # lap NAME: records the seconds since the previous lap
 work=$(mktemp -d "${TMPDIR:-/tmp}/coded-images.XXXXXX")
 containers=()
 worker_pid=
+passed=0
 cleanup() {
   local rc=$?
   if [ -n "$worker_pid" ]; then
@@ -86,7 +87,12 @@ cleanup() {
   echo "--- images: timings"
   for t in "${timings[@]}"; do echo "  $t"; done
   echo "  total $(( $(date +%s) - t0 )) s"
-  [ "$rc" -eq 0 ] || echo "images.sh: failed (exit $rc)" >&2
+  if [ "$rc" -eq 0 ]; then
+    echo "images: $passed passed, 0 failed"
+  else
+    echo "images: $passed passed, 1 failed"
+    echo "images.sh: failed (exit $rc)" >&2
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -200,12 +206,14 @@ buildah run --isolation chroot "$op" -- "${op_entry[@]}" --help > "$work/op-help
   || die "'${op_entry[*]} --help' failed in $operator_image"
 grep -q '^Usage: coded-operator' "$work/op-help.txt" || die "unexpected coded-operator --help: $(head -3 "$work/op-help.txt")"
 echo "coded-operator --help: ok (runs as $(buildah run --isolation chroot "$op" -- id -u))"
+passed=$((passed + 1))
 buildah run --isolation chroot "$op" -- /usr/local/bin/crdgen > "$work/crd.yaml" \
   || die "crdgen failed in $operator_image"
 { grep -q '^kind: CustomResourceDefinition' "$work/crd.yaml" \
   && grep -q 'name: codedinferenceservices' "$work/crd.yaml"; } \
   || die "crdgen printed no CodedInferenceService CRD: $(head -5 "$work/crd.yaml")"
 echo "crdgen: ok ($(wc -l < "$work/crd.yaml") lines of CRD)"
+passed=$((passed + 1))
 lap "run operator"
 
 echo "--- run $sidecar_image"
@@ -217,6 +225,7 @@ buildah run --isolation chroot "$sc" -- "${sc_entry[@]}" --help > "$work/sc-help
   || die "'${sc_entry[*]} --help' failed in $sidecar_image"
 grep -q '^Usage: coded-sidecar' "$work/sc-help.txt" || die "unexpected coded-sidecar --help: $(head -3 "$work/sc-help.txt")"
 echo "coded-sidecar --help: ok"
+passed=$((passed + 1))
 
 # A tiny model trained on the host, mounted read-only: the image runs as
 # 65532, so the model's folder must be world-readable.
@@ -248,6 +257,7 @@ out = r["outputs"][0]
 assert out["shape"] == [1, 10] and len(out["data"]) == 10, out
 print(f"v2 infer: ok, {len(out['data'])} outputs from {r.get('model_name')}")
 EOF
+passed=$((passed + 1))
 kill -TERM -- "-$worker_pid"
 wait "$worker_pid" 2>/dev/null || true
 worker_pid=
