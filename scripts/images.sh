@@ -115,26 +115,33 @@ command -v python3 >/dev/null || die "python3 is needed to check the inference r
 lap tools
 
 echo "--- base image $base_tag"
-# The mirror apt already uses for the suite's main component (empty before
-# the first apt-get update). The $(...) are apt's format fields, not shell.
+# apt_mirror SUITE: the mirror apt already uses for SUITE's main component
+# (empty before the first apt-get update). The $(...) are apt's fields.
 apt_mirror() {
   # shellcheck disable=SC2016
   apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 'Identifier: Packages' \
-    | awk -v s="$suite" '$2 == s && $3 == "main" { print $1; exit }'
+    | awk -v s="$1" '$2 == s && $3 == "main" { print $1; exit }'
 }
 arch=$(dpkg --print-architecture)
 tarball=$cache/debian-$suite-minbase-$arch.tar
 if [ ! -f "$tarball" ]; then
-  mirror=$(apt_mirror)
-  if [ -z "$mirror" ]; then apt-get update -qq; mirror=$(apt_mirror); fi
+  mirror=$(apt_mirror "$suite")
+  if [ -z "$mirror" ]; then apt-get update -qq; mirror=$(apt_mirror "$suite"); fi
   [ -n "$mirror" ] || die "apt has no '$suite main' source to debootstrap from (see /etc/apt/sources.list*)"
   echo "debootstrap --variant=minbase $suite from $mirror (cold: about a minute)"
   root=$work/rootfs
   debootstrap --variant=minbase --arch="$arch" "$suite" "$root" "$mirror" > "$work/debootstrap.log" 2>&1 \
     || { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
-  # As the slim image: no package cache or lists (RUN apt-get update fetches them).
+  # As the slim image: no package cache or lists (RUN apt-get update fetches
+  # them), none of the host's names (the runtime mounts its own), and the
+  # suite's updates and security sources beside main, when apt has them.
   rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   rm -rf "$root"/var/log/* "$root"/tmp/* "$root"/var/tmp/*
+  rm -f "$root"/etc/resolv.conf "$root"/etc/hostname
+  for s in "$suite-updates" "$suite-security"; do
+    m=$(apt_mirror "$s")
+    if [ -n "$m" ]; then echo "deb $m $s main" >> "$root/etc/apt/sources.list"; fi
+  done
   mkdir -p "$cache"
   tar --numeric-owner --xattrs -C "$root" -cf "$tarball.tmp" .
   mv "$tarball.tmp" "$tarball"
