@@ -16,5 +16,6 @@ pub mod local;
 pub mod model;
 pub mod protocol;
 pub mod runtime;
+pub mod tls;
 pub mod train;
 pub mod worker;

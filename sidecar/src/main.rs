@@ -50,6 +50,7 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     coded_sidecar::runtime::init_compute(Some(cli.threads));
+    coded_sidecar::tls::init();
     let result = match cli.command {
         Command::Train(c) => cmd::train::run(c),
         Command::Eval(a) => cmd::eval::run(a),

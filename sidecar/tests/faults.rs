@@ -40,6 +40,7 @@ const TEST_IMAGES: usize = 2000;
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
+        coded_sidecar::tls::init();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults-models");
         let base = dir.join("base");
         let parity = dir.join("parity");

@@ -88,6 +88,7 @@ pub struct Endpoints<'a> {
 }
 
 pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<OverheadReport> {
+    crate::tls::init();
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let calls = [
         ("worker (direct)", call(e.worker, e.model, e.input, e.shape)),

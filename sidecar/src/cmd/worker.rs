@@ -1,8 +1,6 @@
 //! `coded-sidecar worker`: serves one model card (base or parity) over KServe v2.
 
-use std::path::PathBuf;
-
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 
 use crate::http::shutdown;
@@ -11,7 +9,10 @@ use crate::worker::{ServeOptions, Server};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The model card to serve: a card.json, its directory, or a file:// URI.
+    /// The model to serve: a model directory or card.json as a path, file://,
+    /// http(s)://, s3://, gs:// or az:// URI (object storage credentials from
+    /// the usual AWS_*, GOOGLE_*, AZURE_* variables). Weights are checked
+    /// against the card's sha256.
     #[arg(long)]
     pub model: String,
     /// Name the model is served under [default: the card's name].
@@ -21,31 +22,20 @@ pub struct WorkerArgs {
     pub serve: ServeOptions,
 }
 
-/// A local path from a model URI; remote schemes are refused with a reason.
-pub fn local_path(uri: &str) -> anyhow::Result<PathBuf> {
-    if let Some(path) = uri.strip_prefix("file://") {
-        return Ok(PathBuf::from(path));
-    }
-    if let Some((scheme, _)) = uri.split_once("://") {
-        bail!("model URI scheme {scheme}:// is not supported yet; use a local path or file://");
-    }
-    Ok(PathBuf::from(uri))
-}
-
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let path = local_path(&args.model)?;
-    let model =
-        crate::model::load(&path).with_context(|| format!("loading the model {}", args.model))?;
-    let name = args
-        .model_name
-        .clone()
-        .unwrap_or_else(|| model.card.name.clone());
-    let backend = CandleBackend::new(name.clone(), model);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let model = runtime
+        .block_on(crate::model::fetch::load(&args.model))
+        .with_context(|| format!("loading the model {}", args.model))?;
+    let name = args
+        .model_name
+        .clone()
+        .unwrap_or_else(|| model.card.name.clone());
+    let backend = CandleBackend::new(name.clone(), model);
     runtime.block_on(async {
         let server = Server::bind(backend, &args.serve).await?;
         println!("serving {name} on http://{}", server.local_addr()?);

@@ -228,8 +228,8 @@ async fn model_info(
     timeout: Duration,
 ) -> anyhow::Result<(ModelInfo, Option<String>)> {
     if let Some(uri) = &options.model_card {
-        let path = crate::cmd::worker::local_path(uri)?;
-        let (card, _) = crate::model::store::read_card(&path)
+        let card = crate::model::fetch::card(uri)
+            .await
             .with_context(|| format!("reading the model card {uri}"))?;
         let info = ModelInfo {
             name: card.name.clone(),

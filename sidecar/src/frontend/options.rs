@@ -14,7 +14,7 @@ pub struct FrontendOptions {
     /// the model instances' model].
     #[arg(long)]
     pub model_name: Option<String>,
-    /// The base model's card (a card.json, its directory, or file://), for
+    /// The base model's card (as for `worker --model`: path or URI), for
     /// the served metadata. Without it the metadata is read from a model
     /// instance, so any v2 server (Triton, MLServer) can be fronted.
     #[arg(long)]

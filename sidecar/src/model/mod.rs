@@ -6,6 +6,7 @@
 
 pub mod card;
 pub mod cnn;
+pub mod fetch;
 pub mod init;
 pub mod mlp;
 pub mod resnet;

@@ -96,16 +96,21 @@ pub fn read_card(path: &Path) -> Result<(ModelCard, PathBuf), ModelError> {
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&card_path).map_err(|source| ModelError::Read {
+    let text = std::fs::read(&card_path).map_err(|source| ModelError::Read {
         path: card_path.clone(),
         source,
     })?;
-    let card: ModelCard = serde_json::from_str(&text).map_err(|source| ModelError::Card {
-        path: card_path.clone(),
+    Ok((parse_card(&text, &card_path)?, card_path))
+}
+
+/// Parses and checks a card's JSON (`origin` names it in errors).
+pub fn parse_card(text: &[u8], origin: &Path) -> Result<ModelCard, ModelError> {
+    let card: ModelCard = serde_json::from_slice(text).map_err(|source| ModelError::Card {
+        path: origin.to_path_buf(),
         source,
     })?;
     let invalid = |reason: String| ModelError::InvalidCard {
-        path: card_path.clone(),
+        path: origin.to_path_buf(),
         reason,
     };
     if card.format != CARD_FORMAT {
@@ -135,7 +140,7 @@ pub fn read_card(path: &Path) -> Result<(ModelCard, PathBuf), ModelError> {
     {
         return Err(invalid(format!("parity model for k = {k}; k must be ≥ 2")));
     }
-    Ok((card, card_path))
+    Ok(card)
 }
 
 /// Loads a model from its card (file or directory), checking the weights'

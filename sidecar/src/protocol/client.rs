@@ -76,6 +76,7 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::BadUrl(base_url.to_owned()));
         }
+        crate::tls::init();
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             // A frontend keeps many requests in flight to each instance.

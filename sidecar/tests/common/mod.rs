@@ -38,6 +38,8 @@ pub fn options() -> ServeOptions {
 }
 
 pub async fn start(options: ServeOptions, model: Linear) -> Running {
+    // The tests' own reqwest clients need the TLS provider the binary installs.
+    coded_sidecar::tls::init();
     let model = Arc::new(model);
     let server = Server::bind(model.clone(), &options).await.expect("bind");
     let addr = server.local_addr().expect("local addr");
