@@ -566,19 +566,23 @@ async fn an_operator_killed_mid_reconcile_converges_without_duplicates_on_restar
     apply(&ns.name, &objects);
 
     let mut op = Operator::start(&cluster, &deployed, &deployed.pods[0]).await;
+    // Polled tightly (not with `wait_for`'s pace): the kill should land early.
     let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &ns.name);
-    wait_for("the first child", || async {
-        let list = sets
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        if list.items.is_empty() {
-            Err("none yet".to_string())
-        } else {
-            Ok(())
-        }
-    })
-    .await;
+    let start = std::time::Instant::now();
+    while sets
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < cluster::TIMEOUT,
+            "no child appeared:\n{}",
+            op.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     op.kill();
     let at_kill = children::inventory_all(&cluster, &ns.name).await;
     let expected_children = N * (2 + 3 + 1 + 3);
