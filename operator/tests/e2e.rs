@@ -49,8 +49,8 @@ fn example(path: &str) -> Value {
     serde_yaml::from_str(&text).expect("example YAML")
 }
 
-/// The resource with the kwok toleration added to its scheduling, which is
-/// all a real cluster's nodes would not ask for.
+/// The resource with the kwok toleration added to its scheduling: the one
+/// change a real cluster would not need.
 fn on_kwok(mut cis: Value) -> Value {
     let scheduling = cis["spec"]
         .as_object_mut()
@@ -79,33 +79,40 @@ fn cis_api(cluster: &Cluster, ns: &str) -> Api<CodedInferenceService> {
     Api::namespaced(cluster.client.clone(), ns)
 }
 
-/// The chart installed in a namespace of its own, and its operator Deployment as installed.
+/// Which namespaces the chart's operator watches.
+#[derive(PartialEq)]
+enum Watch {
+    /// The chart's default.
+    All,
+    /// Only the test's own (`watchNamespace`), so that tests stay independent.
+    Own,
+}
+
+/// The chart installed (release and namespace of their own, `set` as
+/// `--set` values), and its operator Deployment as installed with `replicas`
+/// pods.
 async fn install_chart(
     cluster: &Cluster,
     prefix: &str,
+    watch: Watch,
     set: &[&str],
     replicas: usize,
 ) -> (Namespace, Deployed) {
     let mut ns = Namespace::create(prefix);
     let release = ns.name.clone();
-    ns.helm_install(&release, set);
-    let deployed = Deployed::read(
-        cluster,
-        &ns.name,
-        &format!("{release}-coded-serving"),
-        replicas,
-    )
-    .await;
+    let mut values: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+    if watch == Watch::Own {
+        values.push(format!("watchNamespace={release}"));
+    }
+    ns.helm_install(&release, &values);
+    let fullname = format!("{release}-coded-serving");
+    let deployed = Deployed::read(cluster, &ns.name, &fullname, replicas).await;
     (ns, deployed)
 }
 
-/// The chart, with the operator watching only this test's namespace, and one
-/// operator process.
+/// The chart watching only its namespace, and one operator process.
 async fn chart_and_operator(cluster: &Cluster, prefix: &str) -> (Namespace, Deployed, Operator) {
-    let mut ns = Namespace::create(prefix);
-    let release = ns.name.clone();
-    ns.helm_install(&release, &[&format!("watchNamespace={release}")]);
-    let deployed = Deployed::read(cluster, &ns.name, &format!("{release}-coded-serving"), 1).await;
+    let (ns, deployed) = install_chart(cluster, prefix, Watch::Own, &[], 1).await;
     let op = Operator::start(cluster, &deployed, &deployed.pods[0]).await;
     (ns, deployed, op)
 }
@@ -136,8 +143,8 @@ async fn chart_installs_and_every_example_becomes_ready() {
     };
     // Chart defaults (all namespaces watched, leader election on), only
     // tolerations for kwok's nodes.
-    let (ns, deployed) = install_chart(&cluster, "e2e-examples", &[], 1).await;
-    let op = Operator::start(&cluster, &deployed, &deployed.pods[0]).await;
+    let (ns, deployed) = install_chart(&cluster, "e2e-examples", Watch::All, &[], 1).await;
+    let _op = Operator::start(&cluster, &deployed, &deployed.pods[0]).await;
 
     // The GPU example needs what a GPU cluster has: a node with GPUs behind a
     // taint, and the `nvidia` RuntimeClass.
@@ -224,7 +231,6 @@ async fn chart_installs_and_every_example_becomes_ready() {
         assert_eq!(status.model_ready, cis.spec.model_replicas());
         assert_eq!(status.parity_ready, cis.spec.parity_replicas());
     }
-    drop(op);
 }
 
 /// A row of `kubectl get`'s table: (column header, cell), in column order.
@@ -521,7 +527,8 @@ async fn deleting_the_resource_garbage_collects_every_child() {
 
     // The operator may not delete anything (its RBAC has no delete verb);
     // stop it anyway, so that only the garbage collector is at work.
-    op.terminate();
+    let exit = op.terminate();
+    assert!(exit.success(), "{exit}");
     kubectl(&[
         "delete",
         "cis",
@@ -547,10 +554,7 @@ async fn an_operator_killed_mid_reconcile_converges_without_duplicates_on_restar
     let Some(cluster) = cluster::cluster().await else {
         return;
     };
-    let mut ns = Namespace::create("e2e-kill");
-    let release = ns.name.clone();
-    ns.helm_install(&release, &[&format!("watchNamespace={release}")]);
-    let deployed = Deployed::read(&cluster, &ns.name, &format!("{release}-coded-serving"), 1).await;
+    let (ns, deployed) = install_chart(&cluster, "e2e-kill", Watch::Own, &[], 1).await;
 
     // Many resources waiting before the operator starts, so that it is busy
     // with them all when it is killed.
@@ -631,13 +635,8 @@ async fn two_operator_replicas_elect_one_leader_and_hand_over() {
     let Some(cluster) = cluster::cluster().await else {
         return;
     };
-    let mut ns = Namespace::create("e2e-leader");
-    let release = ns.name.clone();
-    ns.helm_install(
-        &release,
-        &[&format!("watchNamespace={release}"), "replicas=2"],
-    );
-    let deployed = Deployed::read(&cluster, &ns.name, &format!("{release}-coded-serving"), 2).await;
+    let (ns, deployed) =
+        install_chart(&cluster, "e2e-leader", Watch::Own, &["replicas=2"], 2).await;
     let mut ops = vec![
         Operator::start(&cluster, &deployed, &deployed.pods[0]).await,
         Operator::start(&cluster, &deployed, &deployed.pods[1]).await,
@@ -670,18 +669,17 @@ async fn two_operator_replicas_elect_one_leader_and_hand_over() {
 
     // The leader goes away (SIGTERM, as at a rollout): it releases the Lease
     // and the standby takes over.
-    ops[leader].terminate();
-    assert!(!ops[leader].running());
-    let next = wait_for("the standby to lead", || {
-        leader_of(&leases, &lease_name, &ops[standby..=standby])
+    let exit = ops[leader].terminate();
+    assert!(exit.success(), "the leader shuts down cleanly: {exit}");
+    // (Asked of the standby alone: the old leader's /metrics is gone.)
+    wait_for("the standby to lead", || {
+        leader_of(&leases, &lease_name, std::slice::from_ref(&ops[standby]))
     })
     .await;
-    assert_eq!(next, 0);
     let mut second = on_kwok(example("deploy/examples/minimal.yaml"));
     second["metadata"]["name"] = json!("second");
     apply(&ns.name, &[second]);
     wait_ready(&api, "second").await;
-    ops.clear();
 }
 
 /// The index in `ops` of the one that holds the Lease and says so in its

@@ -203,7 +203,7 @@ impl Namespace {
 
     /// `helm install` the repository's chart as `release` (waiting for its
     /// Deployment, whose pods kwok runs); `set` are `--set` values.
-    pub fn helm_install(&mut self, release: &str, set: &[&str]) -> String {
+    pub fn helm_install(&mut self, release: &str, set: &[String]) -> String {
         let chart = repo().join("charts/coded-serving");
         let chart = chart.to_str().expect("UTF-8 path");
         let mut args = vec![
@@ -277,8 +277,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// `extra_labels`, `extra_taints` and `extra_capacity` are YAML flow items
-    /// (e.g. `nvidia.com/gpu: "8"`).
+    /// A Ready node with these labels, `NoSchedule` taints (key, value) and
+    /// extended resources (e.g. `("nvidia.com/gpu", "8")`) besides kwok's.
     pub fn create(
         labels: &[(&str, &str)],
         taints: &[(&str, &str)],

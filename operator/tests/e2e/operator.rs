@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -177,34 +177,26 @@ impl Operator {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// SIGKILL: no graceful shutdown, no lease release, whatever it was doing.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, as the kubelet sends, then wait for the exit.
-    pub fn terminate(&mut self) {
+    /// SIGTERM, as the kubelet sends; waits for the exit (and SIGKILLs after 30 s).
+    pub fn terminate(&mut self) -> ExitStatus {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args(["-TERM", &self.child.id().to_string()])
             .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.kill();
-    }
-
-    /// Whether the process is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        let _ = self.child.kill();
+        self.child.wait().expect("waiting for the operator")
     }
 
     /// The body of `GET /metrics`, or an error while the server is not up.
