@@ -228,6 +228,20 @@ impl Operator {
             .ok_or_else(|| format!("{name} not in /metrics"))
     }
 
+    /// The process's peak resident set (VmHWM), in KiB.
+    #[allow(dead_code)] // for tests/scale.rs
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The end of the log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
