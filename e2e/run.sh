@@ -4,7 +4,7 @@
 # failure, Ctrl-C, TERM). See e2e/README.md.
 #
 #   e2e/run.sh                      tools + cluster + smoke test
-#   CODED_E2E_TESTS=1 e2e/run.sh    ... plus the Rust e2e tests (when they exist)
+#   CODED_E2E_TESTS=1 e2e/run.sh    ... plus the Rust e2e tests (operator/tests/e2e.rs)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,6 +25,9 @@ step() {
   CHILD=$!
   local rc=0
   wait "$CHILD" || rc=$?
+  # Whatever the step left in its process group (say, an operator process of
+  # a test that was killed before it could stop it) goes with it.
+  kill -KILL -- "-$CHILD" 2>/dev/null || true
   CHILD=""
   return "$rc"
 }
@@ -32,8 +35,16 @@ step() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  if [[ -n $CHILD ]] && kill -0 "$CHILD" 2>/dev/null; then
+  if [[ -n $CHILD ]]; then
+    # TERM the step's whole group (cargo, the test binary, the operator
+    # processes it started), give it 10 s to shut down, then KILL the rest.
     kill -TERM -- "-$CHILD" 2>/dev/null || kill -TERM "$CHILD" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 100; i++)); do
+      kill -0 -- "-$CHILD" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL -- "-$CHILD" 2>/dev/null || true
     wait "$CHILD" 2>/dev/null || true
   fi
   "$HERE/cluster.sh" down || true
@@ -55,9 +66,16 @@ eval "$("$HERE/cluster.sh" env)"
 
 step "$HERE/smoke.sh"
 
-# Hook for the Rust e2e tests (issue 5, item 2): they read KUBECONFIG and find
-# kubectl/helm on PATH, both set above from `cluster.sh env`.
+# The Rust e2e tests (operator/tests/e2e.rs): they read KUBECONFIG and
+# CODED_E2E_SERVER and find kubectl/helm on PATH, all set above from
+# `cluster.sh env`. `--workspace` builds with the same features as the
+# README's `cargo test --workspace`, so after it nothing is rebuilt (`-p`
+# alone resolves features differently and recompiles the operator). Their
+# temp dirs go under the cluster's state dir, which `down` removes even if a
+# test process is killed before it can clean up.
 if [[ ${CODED_E2E_TESTS:-0} == 1 ]]; then
-  # shellcheck disable=SC2016 # $1 expands in the child shell
-  step bash -c 'cd "$1" && exec cargo test -p coded-operator --test e2e -- --test-threads=1' _ "$ROOT"
+  mkdir -p "$CODED_E2E_CLUSTER_DIR/tmp"
+  # shellcheck disable=SC2016 # $1 and $2 expand in the child shell
+  step bash -c 'cd "$1" && TMPDIR="$2" exec cargo test --workspace --locked --test e2e -- --test-threads=1' \
+    _ "$ROOT" "$CODED_E2E_CLUSTER_DIR/tmp"
 fi

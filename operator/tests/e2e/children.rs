@@ -1,0 +1,450 @@
+//! What a `CodedInferenceService` should own, read back from the API server:
+//! the spec each child was stored with, counts of children, and the status.
+
+use std::collections::BTreeSet;
+
+use coded_operator::crd::CodedInferenceService;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, ListParams};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::cluster::{Cluster, wait_for};
+
+/// `(status, reason)` of a condition of the resource.
+pub fn condition<'a>(cis: &'a CodedInferenceService, type_: &str) -> Option<(&'a str, &'a str)> {
+    cis.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+/// Waits until the status describes the current generation with every
+/// instance ready and full redundancy; returns the resource as then stored.
+pub async fn wait_ready(api: &Api<CodedInferenceService>, name: &str) -> CodedInferenceService {
+    wait_for(
+        &format!("{name} to be Ready with every instance"),
+        || async {
+            let cis = api.get(name).await.map_err(|e| e.to_string())?;
+            let Some(status) = cis.status.clone() else {
+                return Err("no status".to_string());
+            };
+            let spec = &cis.spec;
+            let want = (
+                cis.metadata.generation,
+                spec.model_replicas(),
+                spec.parity_replicas(),
+                spec.frontend.replicas,
+            );
+            let seen = (
+                status.observed_generation,
+                status.model_ready,
+                status.parity_ready,
+                status.frontend_ready,
+            );
+            if seen == want
+                && condition(&cis, "Ready") == Some(("True", "AllInstancesReady"))
+                && condition(&cis, "Degraded").map(|c| c.0) == Some("False")
+            {
+                Ok(cis)
+            } else {
+                Err(format!(
+                    "(generation, model, parity, frontend) {seen:?} of {want:?}, conditions {:?}",
+                    status.conditions
+                ))
+            }
+        },
+    )
+    .await
+}
+
+/// The children one resource should have, from its spec as stored.
+pub struct Expected<'a> {
+    pub cis: &'a CodedInferenceService,
+    pub name: String,
+    pub namespace: String,
+    /// The operator's default `coded-sidecar` image (its CODED_SIDECAR_IMAGE).
+    pub sidecar_image: &'a str,
+}
+
+impl<'a> Expected<'a> {
+    pub fn new(cis: &'a CodedInferenceService, sidecar_image: &'a str) -> Self {
+        Expected {
+            cis,
+            name: cis.name_any(),
+            namespace: cis.namespace().expect("namespaced"),
+            sidecar_image,
+        }
+    }
+
+    /// URLs of a worker pool's instances, each by its stable DNS name.
+    fn endpoints(&self, role: &str, replicas: i32) -> String {
+        let set = format!("{}-{role}", self.name);
+        (0..replicas)
+            .map(|i| format!("http://{set}-{i}.{set}.{}.svc:8080", self.namespace))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The value after `flag` in a container's arguments.
+fn flag<'c>(container: &'c Container, name: &str) -> Option<&'c str> {
+    let args = container.args.as_ref()?;
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+fn get<K>(cluster: &Cluster, ns: &str) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::namespaced(cluster.client.clone(), ns)
+}
+
+/// The only controller owner of a child is the resource.
+fn owned_by(meta: &ObjectMeta, cis: &CodedInferenceService) {
+    let refs = meta.owner_references.as_deref().unwrap_or_default();
+    assert_eq!(refs.len(), 1, "{:?}: {refs:?}", meta.name);
+    let r = &refs[0];
+    assert_eq!(
+        (r.kind.as_str(), r.name.as_str(), Some(&r.uid), r.controller),
+        (
+            "CodedInferenceService",
+            cis.name_any().as_str(),
+            cis.uid().as_ref(),
+            Some(true)
+        ),
+        "{:?}",
+        meta.name
+    );
+}
+
+fn pod_spec<'p>(template: &'p Option<PodSpec>, what: &str) -> &'p PodSpec {
+    template
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: pod spec"))
+}
+
+/// Every child exists with the spec the resource asks for.
+pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
+    let ns = want.namespace.as_str();
+    let spec = &want.cis.spec;
+    let scheduling = spec.scheduling.clone().unwrap_or_default();
+    let sets: Api<StatefulSet> = get(cluster, ns);
+    for (role, model, replicas, served) in [
+        (
+            "model",
+            &spec.model,
+            spec.model_replicas(),
+            want.name.clone(),
+        ),
+        (
+            "parity",
+            &spec.parity_model,
+            spec.parity_replicas(),
+            format!("{}-parity", want.name),
+        ),
+    ] {
+        let name = format!("{}-{role}", want.name);
+        let sts = sets
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("StatefulSet {name}: {e}"));
+        owned_by(&sts.metadata, want.cis);
+        let s = sts.spec.as_ref().expect("spec");
+        assert_eq!(s.replicas, Some(replicas), "{name}");
+        assert_eq!(s.service_name.as_deref(), Some(name.as_str()), "{name}");
+        let pod = pod_spec(&s.template.spec, &name);
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some(model.image.as_deref().unwrap_or(want.sidecar_image)),
+            "{name}"
+        );
+        assert_eq!(
+            c.args.as_ref().and_then(|a| a.first()).map(String::as_str),
+            Some("worker")
+        );
+        assert_eq!(flag(c, "--model"), Some(model.uri.as_str()), "{name}");
+        assert_eq!(flag(c, "--model-name"), Some(served.as_str()), "{name}");
+        assert_eq!(
+            c.resources.as_ref().filter(|r| **r != Default::default()),
+            model.resources.as_ref(),
+            "{name}"
+        );
+        assert_eq!(
+            pod.node_selector.clone().unwrap_or_default(),
+            scheduling.node_selector,
+            "{name}"
+        );
+        assert_eq!(
+            pod.tolerations.clone().unwrap_or_default(),
+            scheduling.tolerations,
+            "{name}"
+        );
+        assert_eq!(
+            pod.runtime_class_name, scheduling.runtime_class_name,
+            "{name}"
+        );
+    }
+
+    let deployments: Api<Deployment> = get(cluster, ns);
+    let name = format!("{}-frontend", want.name);
+    let frontend = deployments
+        .get(&name)
+        .await
+        .unwrap_or_else(|e| panic!("Deployment {name}: {e}"));
+    owned_by(&frontend.metadata, want.cis);
+    let s = frontend.spec.as_ref().expect("spec");
+    assert_eq!(s.replicas, Some(spec.frontend.replicas));
+    let pod = pod_spec(&s.template.spec, &name);
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some(spec.frontend.image.as_deref().unwrap_or(want.sidecar_image))
+    );
+    let coding = &spec.coding;
+    let expected_args = [
+        ("--model-name", want.name.clone()),
+        ("--model-card", spec.model.uri.clone()),
+        ("--k", coding.k.to_string()),
+        ("--r", coding.r.to_string()),
+        ("--encoder", json_str(&coding.encoder)),
+        ("--decoder", json_str(&coding.decoder)),
+        ("--reconstruct-policy", json_str(&coding.reconstruct_policy)),
+        (
+            "--model-endpoints",
+            want.endpoints("model", spec.model_replicas()),
+        ),
+        (
+            "--parity-endpoints",
+            want.endpoints("parity", spec.parity_replicas()),
+        ),
+    ];
+    for (f, value) in expected_args {
+        assert_eq!(flag(c, f), Some(value.as_str()), "{name} {f}");
+    }
+    assert_eq!(
+        flag(c, "--prometheus-url"),
+        spec.prometheus.as_ref().map(|p| p.url.as_str()),
+        "{name}"
+    );
+    // Frontends follow the workers' tolerations but not their node selector
+    // (they need no GPU).
+    assert_eq!(
+        pod.tolerations.clone().unwrap_or_default(),
+        scheduling.tolerations,
+        "{name}"
+    );
+    assert_eq!(pod.node_selector, None, "{name}");
+
+    let services: Api<Service> = get(cluster, ns);
+    for role in ["model", "parity", "frontend"] {
+        let name = format!("{}-{role}", want.name);
+        let svc = services
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("Service {name}: {e}"));
+        owned_by(&svc.metadata, want.cis);
+        let s = svc.spec.expect("spec");
+        let port = &s.ports.as_deref().expect("ports")[0];
+        assert_eq!(
+            port.target_port,
+            Some(IntOrString::String("http".into())),
+            "{name}"
+        );
+        if role == "frontend" {
+            assert_ne!(
+                s.cluster_ip.as_deref(),
+                Some("None"),
+                "{name} has a virtual IP"
+            );
+            assert_eq!(port.port, spec.frontend.port, "{name}");
+        } else {
+            assert_eq!(s.cluster_ip.as_deref(), Some("None"), "{name} is headless");
+        }
+        let selector = s.selector.expect("selector");
+        assert_eq!(
+            selector.get("coded.dev/role").map(String::as_str),
+            Some(role)
+        );
+    }
+
+    let pdbs: Api<PodDisruptionBudget> = get(cluster, ns);
+    for role in ["model", "parity", "frontend"] {
+        let name = format!("{}-{role}", want.name);
+        let pdb = pdbs
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("PDB {name}: {e}"));
+        owned_by(&pdb.metadata, want.cis);
+        assert_eq!(
+            pdb.spec.and_then(|s| s.max_unavailable),
+            Some(IntOrString::Int(1)),
+            "{name}"
+        );
+    }
+
+    // The pods themselves, made by the StatefulSet and ReplicaSet controllers.
+    let pods: Api<Pod> = get(cluster, ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("coded.dev/service={}", want.name)))
+        .await
+        .expect("pods");
+    let running: Vec<&Pod> = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let count = |role: &str| {
+        running
+            .iter()
+            .filter(|p| p.labels().get("coded.dev/role").map(String::as_str) == Some(role))
+            .count() as i32
+    };
+    assert_eq!(
+        (count("model"), count("parity"), count("frontend")),
+        (
+            spec.model_replicas(),
+            spec.parity_replicas(),
+            spec.frontend.replicas
+        ),
+        "pods of {}",
+        want.name
+    );
+}
+
+/// An enum's wire value, e.g. `"sum"`.
+fn json_str<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .expect("a string enum")
+}
+
+/// Counts of the objects in a namespace that belong to coded services.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub stateful_sets: usize,
+    pub services: usize,
+    pub deployments: usize,
+    pub pdbs: usize,
+    pub replica_sets: usize,
+    pub pods: usize,
+}
+
+impl Inventory {
+    pub fn total(&self) -> usize {
+        self.stateful_sets
+            + self.services
+            + self.deployments
+            + self.pdbs
+            + self.replica_sets
+            + self.pods
+    }
+}
+
+async fn count<K>(cluster: &Cluster, ns: &str, selector: &str) -> usize
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = get(cluster, ns);
+    api.list(&ListParams::default().labels(selector))
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .filter(|o| o.meta().deletion_timestamp.is_none())
+        .count()
+}
+
+async fn inventory_of(cluster: &Cluster, ns: &str, selector: &str) -> Inventory {
+    Inventory {
+        stateful_sets: count::<StatefulSet>(cluster, ns, selector).await,
+        services: count::<Service>(cluster, ns, selector).await,
+        deployments: count::<Deployment>(cluster, ns, selector).await,
+        pdbs: count::<PodDisruptionBudget>(cluster, ns, selector).await,
+        replica_sets: count::<ReplicaSet>(cluster, ns, selector).await,
+        pods: count::<Pod>(cluster, ns, selector).await,
+    }
+}
+
+/// Everything labelled as belonging to the resource `name`, pods included.
+pub async fn inventory(cluster: &Cluster, ns: &str, name: &str) -> Inventory {
+    inventory_of(cluster, ns, &format!("coded.dev/service={name}")).await
+}
+
+/// Everything of every coded service in the namespace.
+pub async fn inventory_all(cluster: &Cluster, ns: &str) -> Inventory {
+    inventory_of(cluster, ns, "coded.dev/service").await
+}
+
+/// Every child the operator made has one owner, its own resource, and each
+/// resource owns exactly one child per kind and role.
+pub async fn check_single_owner(cluster: &Cluster, ns: &str) {
+    let all: Vec<CodedInferenceService> = get::<CodedInferenceService>(cluster, ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
+    let mut seen = BTreeSet::new();
+    let metas: Vec<(String, ObjectMeta)> = [
+        metas::<StatefulSet>(cluster, ns, "StatefulSet").await,
+        metas::<Service>(cluster, ns, "Service").await,
+        metas::<Deployment>(cluster, ns, "Deployment").await,
+        metas::<PodDisruptionBudget>(cluster, ns, "PodDisruptionBudget").await,
+    ]
+    .concat();
+    for (kind, meta) in metas {
+        let service = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("coded.dev/service"))
+            .cloned()
+            .expect("label");
+        let cis = all
+            .iter()
+            .find(|c| c.name_any() == service)
+            .expect("its resource exists");
+        owned_by(&meta, cis);
+        let role = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("coded.dev/role"))
+            .cloned()
+            .expect("role label");
+        assert!(
+            seen.insert((kind.clone(), service.clone(), role.clone())),
+            "two {kind}s of {service}/{role}"
+        );
+    }
+}
+
+async fn metas<K>(cluster: &Cluster, ns: &str, kind: &str) -> Vec<(String, ObjectMeta)>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    get::<K>(cluster, ns)
+        .list(&ListParams::default().labels("coded.dev/service"))
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|o| (kind.to_string(), o.meta().clone()))
+        .collect()
+}
