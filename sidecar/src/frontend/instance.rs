@@ -179,7 +179,7 @@ impl Instance {
         result
     }
 
-    fn record_success(&self, at: Instant, latency: Duration) {
+    pub(crate) fn record_success(&self, at: Instant, latency: Duration) {
         self.duration.observe(latency.as_secs_f64());
         self.failures.store(0, Ordering::SeqCst);
         self.down_until.store(0, Ordering::SeqCst);

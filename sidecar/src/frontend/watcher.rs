@@ -163,3 +163,86 @@ async fn probe_loop(pool: std::sync::Weak<Pool>, every: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontend::instance::{InstanceSpec, Role};
+    use prometheus::{Histogram, HistogramOpts, IntCounter};
+
+    fn pool(models: usize) -> Pool {
+        let make = |index, role| {
+            let spec = InstanceSpec {
+                index,
+                role,
+                url: format!("http://127.0.0.1:{}", 1 + index),
+                model: "m".into(),
+                input_name: "input".into(),
+                output_name: "logits".into(),
+                duration: Histogram::with_opts(HistogramOpts::new("d", "d")).unwrap(),
+                errors: IntCounter::new("e", "e").unwrap(),
+            };
+            Arc::new(Instance::new(spec, Instant::now(), Duration::from_secs(1)).unwrap())
+        };
+        Pool::new(
+            (0..models).map(|i| make(i, Role::Model)).collect(),
+            vec![make(0, Role::Parity)],
+        )
+    }
+
+    #[test]
+    fn without_samples_the_initial_snapshot_holds() {
+        let p = pool(2);
+        let s = assess(&p, &WatchConfig::default(), Instant::now());
+        let initial = Snapshot::initial(2, 1);
+        assert_eq!(s.eager_after, initial.eager_after);
+        assert_eq!(s.reconstruct_after, initial.reconstruct_after);
+        assert_eq!(s.slow_models, vec![false, false]);
+    }
+
+    #[test]
+    fn a_slow_instance_is_a_straggler_and_does_not_set_the_eager_wait() {
+        let p = pool(3);
+        let now = Instant::now();
+        for i in 0..30 {
+            let jitter = Duration::from_micros(10 * (i % 5));
+            p.models[0].record_success(now, Duration::from_micros(300) + jitter);
+            p.models[1].record_success(now, Duration::from_micros(320) + jitter);
+            p.models[2].record_success(now, Duration::from_millis(50) + jitter);
+        }
+        let config = WatchConfig::default();
+        let s = assess(&p, &config, now);
+        assert_eq!(s.slow_models, vec![false, false, true]);
+        // Eager waits past the healthy p99 (~360 µs), not the straggler's 50 ms.
+        assert!(
+            s.eager_after < Duration::from_millis(1),
+            "{:?}",
+            s.eager_after
+        );
+        assert!(s.eager_after >= Duration::from_micros(300));
+        // The deadline policy's quantile covers every call, the slow ones too.
+        assert!(
+            s.reconstruct_after >= Duration::from_millis(50),
+            "{:?}",
+            s.reconstruct_after
+        );
+        assert!(s.stall_after >= MIN_STALL_AFTER && s.retry_after >= MIN_RETRY_AFTER);
+    }
+
+    #[test]
+    fn old_samples_age_out() {
+        let p = pool(2);
+        let then = Instant::now();
+        for _ in 0..30 {
+            p.models[0].record_success(then, Duration::from_micros(300));
+            p.models[1].record_success(then, Duration::from_millis(50));
+        }
+        let later = then + Duration::from_secs(10);
+        let s = assess(&p, &WatchConfig::default(), later);
+        assert_eq!(
+            s.slow_models,
+            vec![false, false],
+            "a slow spell does not ban forever"
+        );
+    }
+}
