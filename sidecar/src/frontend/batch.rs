@@ -241,22 +241,26 @@ impl Batch {
         slot.pending += 1;
         slot.tried.push(instance.index);
         slot.last_sent = Instant::now();
-        let item = self.ctx.item_shape.clone();
-        let out_len = self.ctx.out_len;
-        let timeout = self.call_timeout();
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let result = instance.infer(rows, &item, data, out_len, timeout).await;
-            if let Err(e) = &result {
-                tracing::debug!(instance = %instance.url, "model call failed: {e}");
-            }
-            let _ = events.send(Event::Slot { slot: j, result });
+        self.call(instance, rows, data, move |result| Event::Slot {
+            slot: j,
+            result,
         });
     }
 
     fn send_parity(&mut self, instance: Arc<Instance>, data: Vec<f32>) {
         self.parity_pending = true;
-        let rows = self.groups;
+        self.call(instance, self.groups, data, Event::Parity);
+    }
+
+    /// Runs one call in its own task (it may outlive the batch) and reports
+    /// its result as `event`.
+    fn call(
+        &self,
+        instance: Arc<Instance>,
+        rows: usize,
+        data: Vec<f32>,
+        event: impl FnOnce(Result<Vec<f32>, CallError>) -> Event + Send + 'static,
+    ) {
         let item = self.ctx.item_shape.clone();
         let out_len = self.ctx.out_len;
         let timeout = self.call_timeout();
@@ -264,9 +268,9 @@ impl Batch {
         tokio::spawn(async move {
             let result = instance.infer(rows, &item, data, out_len, timeout).await;
             if let Err(e) = &result {
-                tracing::debug!(instance = %instance.url, "parity call failed: {e}");
+                tracing::debug!(instance = %instance.url, role = instance.role.as_str(), "call failed: {e}");
             }
-            let _ = events.send(Event::Parity(result));
+            let _ = events.send(event(result));
         });
     }
 

@@ -159,22 +159,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontend::instance::InstanceSpec;
-    use prometheus::{Histogram, HistogramOpts, IntCounter};
-
-    fn instance(index: usize, role: Role) -> Arc<Instance> {
-        let spec = InstanceSpec {
-            index,
-            role,
-            url: format!("http://127.0.0.1:{}", 1 + index),
-            model: "m".into(),
-            input_name: "input".into(),
-            output_name: "logits".into(),
-            duration: Histogram::with_opts(HistogramOpts::new("d", "d")).unwrap(),
-            errors: IntCounter::new("e", "e").unwrap(),
-        };
-        Arc::new(Instance::new(spec, Instant::now(), Duration::from_secs(1)).unwrap())
-    }
+    use crate::frontend::instance::test_instance as instance;
 
     fn pool(models: usize) -> Pool {
         Pool::new(

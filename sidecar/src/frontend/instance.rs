@@ -284,6 +284,25 @@ pub fn quantile(values: &mut [f32], q: f64) -> Option<f32> {
     Some(values[rank - 1])
 }
 
+/// An instance at a made-up loopback URL, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_instance(index: usize, role: Role) -> std::sync::Arc<Instance> {
+    use prometheus::{HistogramOpts, IntCounter};
+    let spec = InstanceSpec {
+        index,
+        role,
+        url: format!("http://127.0.0.1:{}", 1 + index),
+        model: "m".into(),
+        input_name: "input".into(),
+        output_name: "logits".into(),
+        duration: Histogram::with_opts(HistogramOpts::new("d", "d")).expect("histogram"),
+        errors: IntCounter::new("e", "e").expect("counter"),
+    };
+    std::sync::Arc::new(
+        Instance::new(spec, Instant::now(), Duration::from_secs(1)).expect("instance"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

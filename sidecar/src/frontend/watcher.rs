@@ -167,26 +167,12 @@ async fn probe_loop(pool: std::sync::Weak<Pool>, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontend::instance::{InstanceSpec, Role};
-    use prometheus::{Histogram, HistogramOpts, IntCounter};
+    use crate::frontend::instance::{Role, test_instance};
 
     fn pool(models: usize) -> Pool {
-        let make = |index, role| {
-            let spec = InstanceSpec {
-                index,
-                role,
-                url: format!("http://127.0.0.1:{}", 1 + index),
-                model: "m".into(),
-                input_name: "input".into(),
-                output_name: "logits".into(),
-                duration: Histogram::with_opts(HistogramOpts::new("d", "d")).unwrap(),
-                errors: IntCounter::new("e", "e").unwrap(),
-            };
-            Arc::new(Instance::new(spec, Instant::now(), Duration::from_secs(1)).unwrap())
-        };
         Pool::new(
-            (0..models).map(|i| make(i, Role::Model)).collect(),
-            vec![make(0, Role::Parity)],
+            (0..models).map(|i| test_instance(i, Role::Model)).collect(),
+            vec![test_instance(0, Role::Parity)],
         )
     }
 
