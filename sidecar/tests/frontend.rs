@@ -298,3 +298,38 @@ async fn bad_requests_get_4xx_errors_through_the_frontend() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("error"));
 }
+
+#[tokio::test]
+async fn baseline_dispatch_modes_answer_and_hedging_dodges_a_straggler() {
+    use coded_sidecar::frontend::DispatchMode;
+    for mode in [
+        DispatchMode::LeastLoaded,
+        DispatchMode::Hedged,
+        DispatchMode::Replicated,
+    ] {
+        let s = setup(2, |o| o.dispatch = mode).await;
+        let front = Client::new(&s.url, Duration::from_secs(5)).unwrap();
+        for i in 0..5 {
+            let data = rows(1 + i % 3, i);
+            let r = infer(&front, data.clone()).await.unwrap();
+            assert_exact(&data, &r.outputs[0].data);
+            assert!(!reconstructed(&r), "{mode:?} never reconstructs");
+        }
+        if mode != DispatchMode::LeastLoaded {
+            // One instance slow: the backup (hedged) or the twin
+            // (replicated) answers long before it.
+            set_delay(&s.models[0].url, 1000).await;
+            let started = Instant::now();
+            for i in 0..4 {
+                let data = rows(1, i);
+                let r = infer(&front, data.clone()).await.unwrap();
+                assert_exact(&data, &r.outputs[0].data);
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(1000),
+                "{mode:?}: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}

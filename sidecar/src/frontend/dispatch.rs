@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub eager_after: Duration,
     /// The `deadline` policy waits this long for a real answer.
     pub reconstruct_after: Duration,
+    /// `--dispatch hedged` sends its backup after this long (p95 of calls).
+    pub hedge_after: Duration,
     /// An undecodable slot is sent again after this long.
     pub retry_after: Duration,
     /// Calls in flight this long with none finishing mark a straggler.
@@ -35,6 +37,7 @@ impl Snapshot {
             // Until calls have been seen, wait as a slow network would.
             eager_after: Duration::from_millis(20),
             reconstruct_after: Duration::from_millis(50),
+            hedge_after: Duration::from_millis(10),
             retry_after: Duration::from_millis(50),
             stall_after: Duration::from_millis(50),
             slow_models: vec![false; models],

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::baseline::{self, DispatchMode};
 use super::batch::BatchContext;
 use super::dispatch::Pool;
 use super::group::{self, GroupConfig, Query, QueryError};
@@ -26,6 +27,7 @@ use crate::protocol::{ModelInfo, ModelInput, TensorSpec};
 
 pub struct Frontend {
     info: ModelInfo,
+    dispatch: DispatchMode,
     queue: mpsc::Sender<Query>,
     ctx: Arc<BatchContext>,
 }
@@ -48,8 +50,11 @@ impl Frontend {
                 options.r
             );
         }
-        if options.model_endpoints.is_empty() || options.parity_endpoints.is_empty() {
-            bail!("--model-endpoints and --parity-endpoints each need at least one URL");
+        if options.model_endpoints.is_empty() {
+            bail!("--model-endpoints needs at least one URL");
+        }
+        if options.dispatch == DispatchMode::Coded && options.parity_endpoints.is_empty() {
+            bail!("--parity-endpoints needs at least one URL (or choose a --dispatch baseline)");
         }
         let timeout = options.timeout();
         let (mut info, card_name) = model_info(options, timeout).await?;
@@ -142,7 +147,12 @@ impl Frontend {
             "frontend ready to code"
         );
         Ok(Started {
-            engine: Arc::new(Frontend { info, queue, ctx }),
+            engine: Arc::new(Frontend {
+                info,
+                dispatch: options.dispatch,
+                queue,
+                ctx,
+            }),
             metrics,
             assembler,
         })
@@ -162,6 +172,22 @@ impl Engine for Frontend {
         let ctx = &self.ctx;
         ctx.metrics.queries.inc_by(input.rows as u64);
         let deadline = Instant::now() + ctx.timeout;
+        if self.dispatch != DispatchMode::Coded {
+            let output = baseline::infer(
+                &ctx.pool,
+                self.dispatch,
+                baseline::Call {
+                    rows: input.rows,
+                    item_shape: &ctx.item_shape,
+                    data: &input.data,
+                    out_len: ctx.out_len,
+                    deadline,
+                },
+            )
+            .await
+            .inspect_err(|_| ctx.metrics.timeouts.inc_by(input.rows as u64))?;
+            return Ok(Answer::new(output));
+        }
         let mut answers = Vec::with_capacity(input.rows);
         for row in input.data.chunks(ctx.in_len) {
             let (reply, answer) = oneshot::channel();

@@ -8,6 +8,7 @@
 //! instances get calls is [`dispatch`]'s choice, informed by what each
 //! [`instance`]'s calls showed and by the [`watcher`]'s conclusions.
 
+pub mod baseline;
 pub mod batch;
 pub mod dispatch;
 pub mod engine;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod options;
 pub mod watcher;
 
+pub use baseline::DispatchMode;
 pub use batch::ReconstructPolicy;
 pub use engine::{Frontend, Started};
 pub use options::FrontendOptions;

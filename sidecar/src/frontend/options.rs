@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::baseline::DispatchMode;
 use super::batch::ReconstructPolicy;
 use crate::coding::{Decoder, EncoderKind};
 use crate::http::HttpOptions;
@@ -22,9 +23,14 @@ pub struct FrontendOptions {
     /// Base URLs of the model instances, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub model_endpoints: Vec<String>,
-    /// Base URLs of the parity-model instances, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Base URLs of the parity-model instances, comma-separated (needed by
+    /// `--dispatch coded`).
+    #[arg(long, value_delimiter = ',')]
     pub parity_endpoints: Vec<String>,
+    /// `coded` is coded serving; the others are the baselines a benchmark
+    /// compares it with at equal resources (no parity models used).
+    #[arg(long, value_enum, default_value_t = DispatchMode::Coded)]
+    pub dispatch: DispatchMode,
     /// The model's name at the model instances [default: --model-name].
     #[arg(long)]
     pub instance_model: Option<String>,
@@ -90,13 +96,14 @@ impl FrontendOptions {
     /// The defaults of every flag, for these endpoints (tests, `local`).
     pub fn new(model_endpoints: &[String], parity_endpoints: &[String]) -> Self {
         use clap::Parser;
-        let args = [
+        let mut args = vec![
             "frontend".to_owned(),
             "--model-endpoints".to_owned(),
             model_endpoints.join(","),
-            "--parity-endpoints".to_owned(),
-            parity_endpoints.join(","),
         ];
+        if !parity_endpoints.is_empty() {
+            args.extend(["--parity-endpoints".to_owned(), parity_endpoints.join(",")]);
+        }
         match Standalone::try_parse_from(args) {
             Ok(s) => s.options,
             // Only an empty endpoint list can fail, and callers pass some.

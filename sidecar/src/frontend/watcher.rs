@@ -85,6 +85,9 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
         .filter(|(_, slow)| !**slow)
         .flat_map(|(r, _)| r.iter().copied())
         .collect();
+    let p95_all = quantile(&mut all, 0.95)
+        .filter(|_| all.len() >= MIN_POOLED)
+        .map(Duration::from_secs_f32);
     let tail = quantile(&mut all, config.quantile)
         .filter(|_| all.len() >= MIN_POOLED)
         .map(Duration::from_secs_f32);
@@ -99,6 +102,9 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
         reconstruct_after: tail
             .map(|t| t.max(MIN_RECONSTRUCT_AFTER))
             .unwrap_or(initial.reconstruct_after),
+        hedge_after: p95_all
+            .map(|t| t.max(MIN_EAGER_AFTER))
+            .unwrap_or(initial.hedge_after),
         retry_after: p99
             .map(|t| (t * 4).max(MIN_RETRY_AFTER))
             .unwrap_or(initial.retry_after),
