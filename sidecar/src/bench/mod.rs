@@ -3,4 +3,8 @@
 
 pub mod echo;
 pub mod latency;
+pub mod load;
 pub mod overhead;
+pub mod request;
+pub mod slowdown;
+pub mod stragglers;

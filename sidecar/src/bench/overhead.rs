@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::latency::{Recorder, Summary};
-use crate::protocol::binary;
-use crate::protocol::{InferRequest, NamedTensor, OutputSelection};
+use super::request::{Call, call, send};
 
 #[derive(Debug, Clone)]
 pub struct OverheadPlan {
@@ -37,45 +36,6 @@ pub struct OverheadReport {
     pub added_p50_in_hops: f64,
     /// Frontend throughput over the echo server's.
     pub throughput_vs_echo: f64,
-}
-
-/// An infer call's URL and binary body, built once.
-struct Call {
-    url: String,
-    body: bytes::Bytes,
-    header_length: Option<usize>,
-}
-
-fn call(base: &str, model: &str, input: &str, shape: &[usize]) -> Call {
-    let row: usize = shape.iter().product();
-    let request = InferRequest {
-        id: None,
-        parameters: Default::default(),
-        inputs: vec![NamedTensor {
-            name: input.to_owned(),
-            shape: std::iter::once(1).chain(shape.iter().copied()).collect(),
-            data: vec![0.5; row],
-        }],
-        outputs: OutputSelection::all(true),
-    };
-    let encoded = binary::encode_request(&request, true);
-    Call {
-        url: format!("{base}/v2/models/{model}/infer"),
-        body: encoded.body.into(),
-        header_length: encoded.header_length,
-    }
-}
-
-async fn send(http: &reqwest::Client, c: &Call) -> anyhow::Result<()> {
-    let mut r = http.post(&c.url).body(c.body.clone());
-    if let Some(n) = c.header_length {
-        r = r.header(binary::HEADER_LENGTH, n);
-    }
-    let response = r.send().await?;
-    let status = response.status();
-    response.bytes().await?;
-    anyhow::ensure!(status.is_success(), "{} answered {status}", c.url);
-    Ok(())
 }
 
 pub struct Endpoints<'a> {

@@ -92,6 +92,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     let spec = ClusterSpec {
         k: args.k,
         encoder: args.encoder,
+        dispatch: crate::frontend::DispatchMode::Coded,
         policy: args.reconstruct_policy,
         models,
         parities: args.parities,

@@ -3,7 +3,7 @@
 //! instance in one call (k + 1 calls for the whole batch). Each query is
 //! answered by its own output if that comes first, or decoded from the
 //! parity output and the other k − 1 outputs of its group once its own call
-//! is late: later than 99 in 100 calls to healthy instances (`eager`), or
+//! is late: later than twice the healthy instances' p90 (`eager`), or
 //! than the configured quantile of every call (`deadline`); at once if its
 //! own call failed.
 //! A query that cannot be rebuilt is sent again to another instance until
@@ -27,7 +27,7 @@ use crate::coding::{CodingError, Decoder, Encoder};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ReconstructPolicy {
     /// As soon as the parity output and the other k − 1 outputs are in and
-    /// the query's own call is later than the healthy instances' p99.
+    /// the query's own call is later than twice the healthy instances' p90.
     #[default]
     Eager,
     /// Once the query's own call is later than the configured latency

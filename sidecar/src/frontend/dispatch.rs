@@ -14,7 +14,7 @@ use super::instance::{Instance, Role};
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The `eager` policy rebuilds a decodable query once its own call has
-    /// been out this long (the p99 of instances that are not stragglers): a
+    /// been out this long (twice the p90 of instances that are not stragglers): a
     /// real answer that is merely last of k + 1 concurrent calls is not
     /// late, and is worth its accuracy.
     pub eager_after: Duration,

@@ -7,13 +7,15 @@ use anyhow::Context;
 use super::models::ModelDirs;
 use super::process::{Child, stop_all};
 use crate::coding::EncoderKind;
-use crate::frontend::ReconstructPolicy;
+use crate::frontend::{DispatchMode, ReconstructPolicy};
 
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
     pub k: usize,
     pub encoder: EncoderKind,
     pub policy: ReconstructPolicy,
+    /// `Coded`, or a baseline (then `parities` should be 0).
+    pub dispatch: DispatchMode,
     pub models: usize,
     pub parities: usize,
     /// Address the frontend listens on; workers take free loopback ports.
@@ -110,7 +112,13 @@ impl Cluster {
             ReconstructPolicy::Eager => "eager",
             ReconstructPolicy::Deadline => "deadline",
         };
-        let args: Vec<String> = [
+        let dispatch = match spec.dispatch {
+            DispatchMode::Coded => "coded",
+            DispatchMode::LeastLoaded => "least-loaded",
+            DispatchMode::Hedged => "hedged",
+            DispatchMode::Replicated => "replicated",
+        };
+        let mut args: Vec<String> = [
             "frontend",
             "--host",
             &spec.host,
@@ -122,8 +130,8 @@ impl Cluster {
             &dirs.base.display().to_string(),
             "--model-endpoints",
             &model_urls.join(","),
-            "--parity-endpoints",
-            &parity_urls.join(","),
+            "--dispatch",
+            dispatch,
             "--k",
             &spec.k.to_string(),
             "--encoder",
@@ -133,6 +141,9 @@ impl Cluster {
         ]
         .map(String::from)
         .to_vec();
+        if !parity_urls.is_empty() {
+            args.extend(["--parity-endpoints".to_owned(), parity_urls.join(",")]);
+        }
         let child = Child::spawn("frontend", &args, &spec.log)
             .await
             .with_context(|| format!("starting the frontend on {}:{}", spec.host, spec.port))?;

@@ -1,0 +1,51 @@
+//! One infer call, encoded once and sent many times.
+
+use crate::protocol::binary;
+use crate::protocol::{InferRequest, NamedTensor, OutputSelection};
+
+/// An infer call's URL and binary body.
+pub struct Call {
+    pub url: String,
+    pub body: bytes::Bytes,
+    pub header_length: Option<usize>,
+}
+
+/// A one-row request of `shape` (all values 0.5) for `model` at `base`.
+pub fn call(base: &str, model: &str, input: &str, shape: &[usize]) -> Call {
+    let row: usize = shape.iter().product();
+    let request = InferRequest {
+        id: None,
+        parameters: Default::default(),
+        inputs: vec![NamedTensor {
+            name: input.to_owned(),
+            shape: std::iter::once(1).chain(shape.iter().copied()).collect(),
+            data: vec![0.5; row],
+        }],
+        outputs: OutputSelection::all(true),
+    };
+    let encoded = binary::encode_request(&request, true);
+    Call {
+        url: format!("{base}/v2/models/{model}/infer"),
+        body: encoded.body.into(),
+        header_length: encoded.header_length,
+    }
+}
+
+/// Sends `c`; true when the answer says it was reconstructed.
+pub async fn send(http: &reqwest::Client, c: &Call) -> anyhow::Result<bool> {
+    let mut r = http.post(&c.url).body(c.body.clone());
+    if let Some(n) = c.header_length {
+        r = r.header(binary::HEADER_LENGTH, n);
+    }
+    let response = r.send().await?;
+    let status = response.status();
+    let header_length = response
+        .headers()
+        .get(binary::HEADER_LENGTH)
+        .map(|v| v.as_bytes().to_vec());
+    let body = response.bytes().await?;
+    anyhow::ensure!(status.is_success(), "{} answered {status}", c.url);
+    let header_length = binary::parse_header_length(header_length.as_deref())?;
+    let decoded = binary::decode_response(&body, header_length)?;
+    Ok(decoded.parameters.get("reconstructed") == Some(&serde_json::Value::Bool(true)))
+}

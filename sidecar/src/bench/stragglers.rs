@@ -1,0 +1,207 @@
+//! The ParM experiment at equal resources: the same worker processes, the
+//! same seeded open-loop load and the same seeded slow windows, served by
+//! coded serving (k model instances' worth of groups plus parity) and by
+//! the baselines a user would otherwise run (least-loaded, hedged,
+//! replicated). Each configuration gets its own fresh processes.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::latency::Summary;
+use super::load::{self, LoadPlan};
+use super::request::call;
+use super::slowdown::{self, SlowPlan};
+use crate::frontend::{DispatchMode, ReconstructPolicy};
+use crate::local::{Cluster, ClusterSpec, ModelDirs};
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Config {
+    pub name: &'static str,
+    #[serde(skip)]
+    pub dispatch: DispatchMode,
+    #[serde(skip)]
+    pub policy: ReconstructPolicy,
+    pub models: usize,
+    pub parities: usize,
+}
+
+/// k = 2 coding and its baselines, three worker processes each.
+pub fn configs() -> Vec<Config> {
+    let c = |name, dispatch, policy, models, parities| Config {
+        name,
+        dispatch,
+        policy,
+        models,
+        parities,
+    };
+    vec![
+        c(
+            "coded k=2 eager",
+            DispatchMode::Coded,
+            ReconstructPolicy::Eager,
+            2,
+            1,
+        ),
+        c(
+            "coded k=2 deadline",
+            DispatchMode::Coded,
+            ReconstructPolicy::Deadline,
+            2,
+            1,
+        ),
+        c(
+            "equal-resources",
+            DispatchMode::LeastLoaded,
+            ReconstructPolicy::Eager,
+            3,
+            0,
+        ),
+        c(
+            "hedged",
+            DispatchMode::Hedged,
+            ReconstructPolicy::Eager,
+            3,
+            0,
+        ),
+        c(
+            "replicated",
+            DispatchMode::Replicated,
+            ReconstructPolicy::Eager,
+            3,
+            0,
+        ),
+    ]
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub config: Config,
+    pub latency: Summary,
+    pub throughput_rps: f64,
+    pub sent: u64,
+    pub errors: u64,
+    pub reconstructed_share: f64,
+    /// p99.9 minus p50, the tail gap ParM reports.
+    pub tail_gap_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub rate: f64,
+    pub seconds: f64,
+    pub slow_probability: f64,
+    pub slow_delay_ms: u64,
+    pub window_ms: u64,
+    pub seed: u64,
+    pub rows: Vec<Row>,
+}
+
+pub async fn run(
+    dirs: &ModelDirs,
+    name: &str,
+    input: &str,
+    shape: &[usize],
+    load_plan: LoadPlan,
+    slow: SlowPlan,
+) -> anyhow::Result<Report> {
+    crate::tls::init();
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let mut rows = Vec::new();
+    for config in configs() {
+        let spec = ClusterSpec {
+            k: 2,
+            encoder: crate::coding::EncoderKind::Sum,
+            policy: config.policy,
+            dispatch: config.dispatch,
+            models: config.models,
+            parities: config.parities,
+            host: "127.0.0.1".into(),
+            port: 0,
+            straggle_ms: 0,
+            log: "error".into(),
+        };
+        let cluster = Cluster::start(dirs, name, &spec).await?;
+        // Slow windows hit every worker process, parity ones included.
+        let workers: Vec<String> = cluster
+            .model_urls
+            .iter()
+            .chain(&cluster.parity_urls)
+            .cloned()
+            .collect();
+        let plan = slowdown::schedule(&slow, workers.len(), load_plan.duration);
+        let target = Arc::new(call(&cluster.frontend_url, name, input, shape));
+        // Warm up the frontend's latency windows before the clock starts.
+        for _ in 0..200 {
+            let _ = super::request::send(&http, &target).await;
+        }
+        let start = Instant::now();
+        let injector = tokio::spawn(slowdown::apply(
+            http.clone(),
+            workers,
+            plan,
+            slow.window,
+            start,
+        ));
+        let result = load::run(&http, target, &load_plan, config.name).await;
+        let _ = injector.await;
+        cluster.stop().await;
+        let latency = result.latency.summary();
+        let answered = result.sent - result.errors;
+        eprintln!(
+            "{}: p50 {} µs, p99.9 {} µs, {} errors",
+            config.name, latency.p50_us, latency.p999_us, result.errors
+        );
+        rows.push(Row {
+            config,
+            throughput_rps: answered as f64 / result.wall.as_secs_f64(),
+            sent: result.sent,
+            errors: result.errors,
+            reconstructed_share: result.reconstructed as f64 / answered.max(1) as f64,
+            tail_gap_us: latency.p999_us.saturating_sub(latency.p50_us),
+            latency,
+        });
+    }
+    Ok(Report {
+        rate: load_plan.rate,
+        seconds: load_plan.duration.as_secs_f64(),
+        slow_probability: slow.probability,
+        slow_delay_ms: slow.delay_ms,
+        window_ms: slow.window.as_millis() as u64,
+        seed: load_plan.seed,
+        rows,
+    })
+}
+
+/// The report as a markdown table, with the tail gap relative to
+/// `equal-resources`.
+pub fn markdown(r: &Report) -> String {
+    let base = r
+        .rows
+        .iter()
+        .find(|row| row.config.name == "equal-resources")
+        .map(|row| row.tail_gap_us.max(1) as f64);
+    let mut s = String::from(
+        "| configuration | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | req/s | errors | rebuilt | p99.9 − p50 vs equal-resources |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for row in &r.rows {
+        let l = &row.latency;
+        let ratio = base
+            .map(|b| format!("{:.2}×", row.tail_gap_us as f64 / b))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1}% | {ratio} |\n",
+            row.config.name,
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p999_us,
+            l.max_us,
+            row.throughput_rps,
+            row.errors,
+            row.reconstructed_share * 100.0
+        ));
+    }
+    s
+}
