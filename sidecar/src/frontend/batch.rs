@@ -3,7 +3,7 @@
 //! instance in one call (k + 1 calls for the whole batch). Each query is
 //! answered by its own output if that comes first, or decoded from the
 //! parity output and the other k − 1 outputs of its group once its own call
-//! is late: later than twice the healthy instances' p90 (`eager`), or
+//! is late: out twice as long as the rest of its batch took (`eager`), or
 //! than the configured quantile of every call (`deadline`); at once if its
 //! own call failed.
 //! A query that cannot be rebuilt is sent again to another instance until
@@ -27,7 +27,8 @@ use crate::coding::{CodingError, Decoder, Encoder};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ReconstructPolicy {
     /// As soon as the parity output and the other k − 1 outputs are in and
-    /// the query's own call is later than twice the healthy instances' p90.
+    /// the query's own call has been out twice as long as the rest of the
+    /// batch took to arrive (and at least the typical instance's median).
     #[default]
     Eager,
     /// Once the query's own call is later than the configured latency
@@ -115,6 +116,8 @@ struct Batch {
     slots: Vec<Slot>,
     parity: Option<Vec<f32>>,
     parity_pending: bool,
+    /// When the parity and all but one slot were first in.
+    decodable_at: Option<Instant>,
     deadline: Instant,
     events: mpsc::UnboundedSender<Event>,
     last_error: Option<String>,
@@ -156,6 +159,7 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         slots,
         parity: None,
         parity_pending: false,
+        decodable_at: None,
         deadline,
         events,
         last_error: None,
@@ -353,8 +357,9 @@ impl Batch {
         let Some(m) = self.decodable_slot() else {
             return;
         };
+        let decodable_at = *self.decodable_at.get_or_insert(now);
         let slot = &self.slots[m];
-        if slot.pending > 0 && now < slot.last_sent + self.wait_before_rebuilding() {
+        if slot.pending > 0 && now < slot.last_sent + self.wait_before_rebuilding(m, decodable_at) {
             return;
         }
         let (k, out_len) = (self.ctx.k, self.ctx.out_len);
@@ -412,11 +417,17 @@ impl Batch {
         }
     }
 
-    /// How long a decodable query's own call may be out before it is rebuilt.
-    fn wait_before_rebuilding(&self) -> Duration {
+    /// How long slot `m`'s call may be out before its decodable queries are
+    /// rebuilt. Eager: twice as long as the rest of the batch took to come
+    /// in (the calls ran side by side, so a call that takes twice as long is
+    /// late), and at least the typical instance's median.
+    fn wait_before_rebuilding(&self, m: usize, decodable_at: Instant) -> Duration {
         let snapshot = self.ctx.pool.snapshot();
         match self.ctx.policy {
-            ReconstructPolicy::Eager => snapshot.eager_after,
+            ReconstructPolicy::Eager => {
+                let rest = decodable_at.saturating_duration_since(self.slots[m].last_sent);
+                snapshot.eager_after.max(rest * 2)
+            }
             ReconstructPolicy::Deadline => snapshot.reconstruct_after,
         }
     }
@@ -460,10 +471,10 @@ impl Batch {
     fn next_wake(&self) -> Instant {
         let mut wake = self.deadline;
         let decodable = self.decodable_slot();
-        if let Some(m) = decodable
+        if let (Some(m), Some(at)) = (decodable, self.decodable_at)
             && self.slots[m].pending > 0
         {
-            wake = wake.min(self.slots[m].last_sent + self.wait_before_rebuilding());
+            wake = wake.min(self.slots[m].last_sent + self.wait_before_rebuilding(m, at));
         }
         for j in 0..self.slots.len() {
             if self.stuck(j, decodable) {

@@ -13,10 +13,10 @@ use super::instance::{Instance, Role};
 /// What the watcher last concluded (see `watcher.rs`).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// The `eager` policy rebuilds a decodable query once its own call has
-    /// been out this long (twice the p90 of instances that are not stragglers): a
-    /// real answer that is merely last of k + 1 concurrent calls is not
-    /// late, and is worth its accuracy.
+    /// The `eager` policy's floor: a decodable query is rebuilt no sooner
+    /// than the typical instance's median (and no sooner than twice what the
+    /// rest of its batch took): a real answer that is merely last of k + 1
+    /// concurrent calls is not late, and is worth its accuracy.
     pub eager_after: Duration,
     /// The `deadline` policy waits this long for a real answer.
     pub reconstruct_after: Duration,
@@ -34,8 +34,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn initial(models: usize, parities: usize) -> Self {
         Snapshot {
-            // Until calls have been seen, wait as a slow network would.
-            eager_after: Duration::from_millis(20),
+            eager_after: Duration::from_millis(2),
             reconstruct_after: Duration::from_millis(50),
             hedge_after: Duration::from_millis(10),
             retry_after: Duration::from_millis(50),

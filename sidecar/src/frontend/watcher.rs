@@ -47,10 +47,10 @@ const MIN_POOLED: usize = 20;
 /// Computes a snapshot from the pool's instances as they are at `now`.
 ///
 /// Stragglers are the instances whose median is `slow_factor` times the
-/// typical (median) instance's. The eager wait (twice the p90: robust to the
-/// few slow calls of an instance not yet marked), the retry delay and the
-/// stall limit come from the other instances, so that a straggler's own
-/// latency never makes it look normal; the `deadline` wait is the configured
+/// typical (median) instance's. The eager floor is that typical median
+/// (robust to slow calls of an instance not yet marked); the retry delay and
+/// the stall limit come from the p99 of the other instances, so that a
+/// straggler's own latency never makes it look normal; the `deadline` wait is the configured
 /// quantile over every model call.
 pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
     let recent: Vec<Vec<f32>> = pool
@@ -92,16 +92,13 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
     let tail = quantile(&mut all, config.quantile)
         .filter(|_| all.len() >= MIN_POOLED)
         .map(Duration::from_secs_f32);
-    let p90 = quantile(&mut healthy, 0.9)
-        .filter(|_| healthy.len() >= MIN_POOLED)
-        .map(Duration::from_secs_f32);
     let p99 = quantile(&mut healthy, 0.99)
         .filter(|_| healthy.len() >= MIN_POOLED)
         .map(Duration::from_secs_f32);
     let initial = Snapshot::initial(0, 0);
     Snapshot {
-        eager_after: p90
-            .map(|t| (t * 2).max(MIN_EAGER_AFTER))
+        eager_after: typical
+            .map(|t| Duration::from_secs_f32(t).max(MIN_EAGER_AFTER))
             .unwrap_or(initial.eager_after),
         reconstruct_after: tail
             .map(|t| t.max(MIN_RECONSTRUCT_AFTER))
@@ -209,7 +206,7 @@ mod tests {
         let config = WatchConfig::default();
         let s = assess(&p, &config, now);
         assert_eq!(s.slow_models, vec![false, false, true]);
-        // Eager waits twice the healthy p90 (~700 µs), not the straggler's 50 ms.
+        // Eager's floor is the typical median (~320 µs), not the straggler's 50 ms.
         assert!(
             s.eager_after < Duration::from_millis(1),
             "{:?}",
