@@ -23,6 +23,9 @@ mod error;
 #[path = "../../src/protocol/model.rs"]
 mod model;
 #[allow(dead_code, unused_imports)]
+#[path = "../../src/protocol/tensor.rs"]
+mod tensor;
+#[allow(dead_code, unused_imports)]
 #[path = "../../src/protocol/v2.rs"]
 mod v2;
 

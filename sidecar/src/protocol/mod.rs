@@ -10,6 +10,7 @@ pub mod body;
 pub mod client;
 pub mod error;
 pub mod model;
+pub mod tensor;
 pub mod v2;
 
 pub use binary::{InferRequest, InferResponse, NamedTensor, OutputSelection};
