@@ -10,131 +10,28 @@
 mod children;
 #[path = "e2e/cluster.rs"]
 mod cluster;
+#[path = "e2e/fixtures.rs"]
+mod fixtures;
 #[path = "e2e/operator.rs"]
 mod operator;
-
-use std::collections::BTreeMap;
+#[path = "e2e/table.rs"]
+mod table;
 
 use coded_operator::crd::CodedInferenceService;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::node::v1::RuntimeClass;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::{CustomResourceExt, ResourceExt};
 use serde_json::{Value, json};
 
 use children::{Expected, condition, wait_ready};
-use cluster::{
-    Cluster, Namespace, Node, ensure_crd, kubectl, kubectl_fails, kubectl_stdin, wait_for,
+use cluster::{Cluster, Namespace, Node, ensure_crd, kubectl, kubectl_fails, wait_for};
+use fixtures::{
+    EXAMPLES, Watch, apply, chart_and_operator, cis_api, event_reasons, example, install_chart,
+    on_kwok,
 };
 use operator::{Deployed, Operator};
-
-/// The good examples a user applies first.
-const EXAMPLES: [&str; 4] = [
-    "deploy/examples/minimal.yaml",
-    "deploy/examples/mlp-k2-cpu.yaml",
-    "deploy/examples/mlp-k2-concat.yaml",
-    "deploy/examples/resnet-k4-gpu.yaml",
-];
-
-/// The toleration every pod needs to land on kwok's fake nodes.
-fn kwok_toleration() -> Value {
-    json!({"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"})
-}
-
-/// An example resource as a JSON value.
-fn example(path: &str) -> Value {
-    let text = std::fs::read_to_string(cluster::repo().join(path)).expect("example file");
-    serde_yaml::from_str(&text).expect("example YAML")
-}
-
-/// The resource with the kwok toleration added to its scheduling: the one
-/// change a real cluster would not need.
-fn on_kwok(mut cis: Value) -> Value {
-    let scheduling = cis["spec"]
-        .as_object_mut()
-        .expect("spec")
-        .entry("scheduling")
-        .or_insert_with(|| json!({}));
-    let tolerations = scheduling
-        .as_object_mut()
-        .expect("scheduling")
-        .entry("tolerations")
-        .or_insert_with(|| json!([]));
-    tolerations
-        .as_array_mut()
-        .expect("tolerations")
-        .push(kwok_toleration());
-    cis
-}
-
-/// `kubectl apply` of the given objects into `ns`.
-fn apply(ns: &str, objects: &[Value]) -> String {
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
-    kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &list.to_string())
-}
-
-fn cis_api(cluster: &Cluster, ns: &str) -> Api<CodedInferenceService> {
-    Api::namespaced(cluster.client.clone(), ns)
-}
-
-/// Which namespaces the chart's operator watches.
-#[derive(PartialEq)]
-enum Watch {
-    /// The chart's default.
-    All,
-    /// Only the test's own (`watchNamespace`), so that tests stay independent.
-    Own,
-}
-
-/// The chart installed (release and namespace of their own, `set` as
-/// `--set` values), and its operator Deployment as installed with `replicas`
-/// pods.
-async fn install_chart(
-    cluster: &Cluster,
-    prefix: &str,
-    watch: Watch,
-    set: &[&str],
-    replicas: usize,
-) -> (Namespace, Deployed) {
-    let mut ns = Namespace::create(prefix);
-    let release = ns.name.clone();
-    let mut values: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-    if watch == Watch::Own {
-        values.push(format!("watchNamespace={release}"));
-    }
-    ns.helm_install(&release, &values);
-    let fullname = format!("{release}-coded-serving");
-    let deployed = Deployed::read(cluster, &ns.name, &fullname, replicas).await;
-    (ns, deployed)
-}
-
-/// The chart watching only its namespace, and one operator process.
-async fn chart_and_operator(cluster: &Cluster, prefix: &str) -> (Namespace, Deployed, Operator) {
-    let (ns, deployed) = install_chart(cluster, prefix, Watch::Own, &[], 1).await;
-    let op = Operator::start(cluster, &deployed, &deployed.pods[0]).await;
-    (ns, deployed, op)
-}
-
-/// Names of the kube Events recorded on a resource, by reason.
-async fn event_reasons(cluster: &Cluster, ns: &str, name: &str) -> Vec<String> {
-    let events: Api<Event> = Api::namespaced(cluster.client.clone(), ns);
-    let list = events
-        .list(&ListParams::default())
-        .await
-        .expect("listing events");
-    list.items
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().is_some_and(|r| {
-                r.kind.as_deref() == Some("CodedInferenceService")
-                    && r.name.as_deref() == Some(name)
-            })
-        })
-        .filter_map(|e| e.reason)
-        .collect()
-}
+use table::{RuntimeClassGuard, cell, parse_table};
 
 #[tokio::test]
 async fn chart_installs_and_every_example_becomes_ready() {
@@ -230,83 +127,6 @@ async fn chart_installs_and_every_example_becomes_ready() {
         }
         assert_eq!(status.model_ready, cis.spec.model_replicas());
         assert_eq!(status.parity_ready, cis.spec.parity_replicas());
-    }
-}
-
-/// A row of `kubectl get`'s table: (column header, cell), in column order.
-type Row = Vec<(String, String)>;
-
-/// `kubectl get`'s table as rows keyed by name. A column starts where its
-/// header starts; cells may be blank.
-fn parse_table(table: &str) -> BTreeMap<String, Row> {
-    let mut lines = table.lines();
-    let header = lines.next().expect("a header");
-    let mut starts: Vec<(usize, &str)> = Vec::new();
-    let mut at = 0;
-    for name in header.split("  ").map(str::trim).filter(|h| !h.is_empty()) {
-        let start = at + header[at..].find(name).expect("header cell");
-        starts.push((start, name));
-        at = start + name.len();
-    }
-    lines
-        .map(|line| {
-            let row: Row = starts
-                .iter()
-                .enumerate()
-                .map(|(i, (start, name))| {
-                    let end = starts
-                        .get(i + 1)
-                        .map_or(line.len(), |next| next.0.min(line.len()));
-                    let cell = line.get(*start..end).unwrap_or_default().trim();
-                    (name.to_string(), cell.to_string())
-                })
-                .collect();
-            (cell(&row, "NAME").to_string(), row)
-        })
-        .collect()
-}
-
-fn cell<'r>(row: &'r Row, column: &str) -> &'r str {
-    row.iter()
-        .find(|(c, _)| c == column)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no column {column} in {row:?}"))
-}
-
-/// A cluster-scoped RuntimeClass made for a test, removed after it (if it made it).
-struct RuntimeClassGuard(Option<String>);
-
-impl RuntimeClassGuard {
-    async fn ensure(cluster: &Cluster, name: &str) -> Self {
-        let api: Api<RuntimeClass> = Api::all(cluster.client.clone());
-        if api.get_opt(name).await.expect("get runtimeclass").is_some() {
-            return RuntimeClassGuard(None);
-        }
-        let rc: RuntimeClass = serde_json::from_value(json!({
-            "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
-            "metadata": {"name": name}, "handler": name,
-        }))
-        .expect("RuntimeClass");
-        api.create(&PostParams::default(), &rc)
-            .await
-            .expect("creating the RuntimeClass");
-        RuntimeClassGuard(Some(name.to_string()))
-    }
-}
-
-impl Drop for RuntimeClassGuard {
-    fn drop(&mut self) {
-        if let Some(name) = &self.0 {
-            let _ = std::process::Command::new("kubectl")
-                .args([
-                    "delete",
-                    "runtimeclass",
-                    name,
-                    "--ignore-not-found",
-                    "--wait=false",
-                ])
-                .output();
-        }
     }
 }
 
