@@ -48,7 +48,8 @@ impl Snapshot {
 pub struct Pool {
     pub models: Vec<Arc<Instance>>,
     pub parities: Vec<Arc<Instance>>,
-    snapshot: RwLock<Snapshot>,
+    /// Shared, not copied: read on every dispatch and wait decision.
+    snapshot: RwLock<Arc<Snapshot>>,
     turn: AtomicUsize,
 }
 
@@ -66,12 +67,12 @@ impl Pool {
         Pool {
             models,
             parities,
-            snapshot: RwLock::new(snapshot),
+            snapshot: RwLock::new(Arc::new(snapshot)),
             turn: AtomicUsize::new(0),
         }
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
         match self.snapshot.read() {
             Ok(s) => s.clone(),
             Err(e) => e.into_inner().clone(),
@@ -80,8 +81,8 @@ impl Pool {
 
     pub fn set_snapshot(&self, snapshot: Snapshot) {
         match self.snapshot.write() {
-            Ok(mut s) => *s = snapshot,
-            Err(e) => *e.into_inner() = snapshot,
+            Ok(mut s) => *s = Arc::new(snapshot),
+            Err(e) => *e.into_inner() = Arc::new(snapshot),
         }
     }
 
@@ -187,7 +188,7 @@ mod tests {
     #[test]
     fn slow_instances_are_avoided_by_reusing_usable_ones() {
         let p = pool(2);
-        let mut s = p.snapshot();
+        let mut s = (*p.snapshot()).clone();
         s.slow_models[1] = true;
         p.set_snapshot(s);
         for _ in 0..4 {
@@ -198,7 +199,7 @@ mod tests {
     #[test]
     fn with_nothing_usable_every_instance_is_still_tried() {
         let p = pool(2);
-        let mut s = p.snapshot();
+        let mut s = (*p.snapshot()).clone();
         s.slow_models = vec![true, true];
         p.set_snapshot(s);
         let picked = indices(&p.pick(Role::Model, 2, &[]));

@@ -152,12 +152,18 @@ impl Instance {
             .infer_with_timeout(&self.model, None, &request, Encoding::Binary, timeout)
             .await
             .map_err(CallError::from)
-            .and_then(|response| {
-                let output = response
-                    .output(&self.output_name)
-                    .or(response.outputs.first())
-                    .map(|t| t.data.clone())
-                    .unwrap_or_default();
+            .and_then(|mut response| {
+                // The named output, else the first; taken, not copied.
+                let at = response
+                    .outputs
+                    .iter()
+                    .position(|t| t.name == self.output_name)
+                    .unwrap_or(0);
+                let output = if at < response.outputs.len() {
+                    response.outputs.swap_remove(at).data
+                } else {
+                    Vec::new()
+                };
                 if output.len() == rows * out_len {
                     Ok(output)
                 } else {
