@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::latency::Recorder;
-use super::request::{Call, send};
+use super::request::{Call, send_infer};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LoadPlan {
@@ -63,7 +63,7 @@ pub async fn run(
         tokio::time::sleep_until(intended).await;
         let (http, call, result, bar) = (http.clone(), call.clone(), result.clone(), bar.clone());
         tasks.spawn(async move {
-            let outcome = send(&http, &call).await;
+            let outcome = send_infer(&http, &call).await;
             let latency = intended.elapsed();
             let mut r = result.lock().await;
             r.sent += 1;

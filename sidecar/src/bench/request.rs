@@ -31,8 +31,8 @@ pub fn call(base: &str, model: &str, input: &str, shape: &[usize]) -> Call {
     }
 }
 
-/// Sends `c`; true when the answer says it was reconstructed.
-pub async fn send(http: &reqwest::Client, c: &Call) -> anyhow::Result<bool> {
+/// Sends `c` and checks the status; returns the body and its JSON length.
+async fn post(http: &reqwest::Client, c: &Call) -> anyhow::Result<(bytes::Bytes, Option<Vec<u8>>)> {
     let mut r = http.post(&c.url).body(c.body.clone());
     if let Some(n) = c.header_length {
         r = r.header(binary::HEADER_LENGTH, n);
@@ -45,6 +45,17 @@ pub async fn send(http: &reqwest::Client, c: &Call) -> anyhow::Result<bool> {
         .map(|v| v.as_bytes().to_vec());
     let body = response.bytes().await?;
     anyhow::ensure!(status.is_success(), "{} answered {status}", c.url);
+    Ok((body, header_length))
+}
+
+/// Sends `c`; any 2xx answer will do (the echo server's too).
+pub async fn send(http: &reqwest::Client, c: &Call) -> anyhow::Result<()> {
+    post(http, c).await.map(|_| ())
+}
+
+/// Sends `c` to a v2 server; true when the answer says it was reconstructed.
+pub async fn send_infer(http: &reqwest::Client, c: &Call) -> anyhow::Result<bool> {
+    let (body, header_length) = post(http, c).await?;
     let header_length = binary::parse_header_length(header_length.as_deref())?;
     let decoded = binary::decode_response(&body, header_length)?;
     Ok(decoded.parameters.get("reconstructed") == Some(&serde_json::Value::Bool(true)))

@@ -134,7 +134,7 @@ pub async fn run(
         let target = Arc::new(call(&cluster.frontend_url, name, input, shape));
         // Warm up the frontend's latency windows before the clock starts.
         for _ in 0..200 {
-            let _ = super::request::send(&http, &target).await;
+            let _ = super::request::send_infer(&http, &target).await;
         }
         let start = Instant::now();
         let injector = tokio::spawn(slowdown::apply(
