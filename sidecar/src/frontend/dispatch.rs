@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::instance::{Instance, Role};
+use super::watcher::LatencySource;
 
 /// What the watcher last concluded (see `watcher.rs`).
 #[derive(Debug, Clone)]
@@ -29,6 +30,10 @@ pub struct Snapshot {
     /// Per model instance, then per parity instance: slow enough to avoid.
     pub slow_models: Vec<bool>,
     pub slow_parities: Vec<bool>,
+    /// The model-call latency quantile the deadline came from, once known.
+    pub observed_tail: Option<Duration>,
+    /// Whether the marks and the deadline came from Prometheus.
+    pub source: LatencySource,
 }
 
 impl Snapshot {
@@ -41,6 +46,8 @@ impl Snapshot {
             stall_after: Duration::from_millis(50),
             slow_models: vec![false; models],
             slow_parities: vec![false; parities],
+            observed_tail: None,
+            source: LatencySource::Local,
         }
     }
 }

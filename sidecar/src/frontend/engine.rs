@@ -18,6 +18,7 @@ use super::group::{self, GroupConfig, Query, QueryError};
 use super::instance::{Instance, InstanceSpec, Role};
 use super::metrics::Metrics;
 use super::options::FrontendOptions;
+use super::prometheus::{PromConfig, PromSource};
 use super::watcher::{self, WatchConfig};
 use crate::coding::encoder;
 use crate::http::{Answer, Engine, EngineError};
@@ -123,9 +124,28 @@ impl Frontend {
 
         let watch = WatchConfig {
             quantile: options.deadline_quantile,
+            prometheus_every: Duration::from_millis(options.prometheus_interval_ms),
             ..WatchConfig::default()
         };
-        tokio::spawn(watcher::run(Arc::downgrade(&pool), metrics.clone(), watch));
+        let prometheus = match &options.prometheus_url {
+            Some(url) => Some(
+                PromSource::new(PromConfig {
+                    url: url.clone(),
+                    selector: options.prometheus_selector.clone(),
+                    window: options.prometheus_window.clone(),
+                    quantile: options.deadline_quantile,
+                    timeout: watch.prometheus_every.min(Duration::from_secs(2)),
+                })
+                .context("--prometheus-url")?,
+            ),
+            None => None,
+        };
+        tokio::spawn(watcher::run(
+            Arc::downgrade(&pool),
+            metrics.clone(),
+            watch,
+            prometheus,
+        ));
         tokio::spawn(learn_zero_output(Arc::downgrade(&ctx)));
         let (queue, inbox) = mpsc::channel(options.max_queued.max(1));
         let assembler = tokio::spawn(group::assemble(

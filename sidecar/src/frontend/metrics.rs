@@ -4,8 +4,8 @@
 //! how each instance behaves (latency histogram, calls, errors, straggler).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::http::metrics::{LATENCY_BUCKETS, RequestMetrics};
@@ -32,8 +32,17 @@ pub struct Metrics {
     pub instance_errors: IntCounterVec,
     /// 1 while the watcher counts an instance as a straggler.
     pub instance_straggler: IntGaugeVec,
+    /// 1 while the instance is up and its last health probe succeeded.
+    pub instance_ready: IntGaugeVec,
     /// Delay before the `deadline` policy serves a reconstruction, in µs.
     pub reconstruct_after_us: IntGauge,
+    /// The watcher's latest model-call latency at the deadline quantile.
+    pub observed_latency: GaugeVec,
+    /// 1 for the source of the watcher's marks and deadline: `prometheus`
+    /// or `local` (the frontend's own windows).
+    pub latency_source: IntGaugeVec,
+    /// Prometheus queries that failed (the watcher falls back meanwhile).
+    pub prometheus_errors: IntCounter,
 }
 
 impl Metrics {
@@ -99,6 +108,31 @@ impl Metrics {
                 ),
                 &["role", "instance"],
             )?,
+            instance_ready: IntGaugeVec::new(
+                opts(
+                    "instance_ready",
+                    "1 while the instance answers its health probe and calls",
+                ),
+                &["role", "instance"],
+            )?,
+            observed_latency: GaugeVec::new(
+                opts(
+                    "observed_latency_seconds",
+                    "Model-call latency at the deadline quantile, as the watcher last saw it",
+                ),
+                &["quantile"],
+            )?,
+            latency_source: IntGaugeVec::new(
+                opts(
+                    "latency_source",
+                    "1 for where the watcher's straggler marks and deadline come from (prometheus or local)",
+                ),
+                &["source"],
+            )?,
+            prometheus_errors: counter(
+                "prometheus_query_errors_total",
+                "Prometheus queries of the watcher that failed",
+            )?,
             reconstruct_after_us: IntGauge::with_opts(opts(
                 "reconstruct_after_microseconds",
                 "How long the deadline policy waits for a real answer before reconstructing",
@@ -112,6 +146,7 @@ impl Metrics {
             &m.retries,
             &m.timeouts,
             &m.late_answers,
+            &m.prometheus_errors,
         ] {
             m.registry.register(Box::new(c.clone()))?;
         }
@@ -123,6 +158,9 @@ impl Metrics {
             .register(Box::new(m.instance_straggler.clone()))?;
         m.registry
             .register(Box::new(m.reconstruct_after_us.clone()))?;
+        m.registry.register(Box::new(m.instance_ready.clone()))?;
+        m.registry.register(Box::new(m.observed_latency.clone()))?;
+        m.registry.register(Box::new(m.latency_source.clone()))?;
         Ok(m)
     }
 }

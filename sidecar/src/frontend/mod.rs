@@ -6,7 +6,8 @@
 //! model instance and the encoded groups to a parity instance, and answers
 //! every query with its real output or a decoded one ([`batch`]). Which
 //! instances get calls is [`dispatch`]'s choice, informed by what each
-//! [`instance`]'s calls showed and by the [`watcher`]'s conclusions.
+//! [`instance`]'s calls showed and by the [`watcher`]'s conclusions, which
+//! [`prometheus`] informs with the workers' latency across every frontend.
 
 pub mod baseline;
 pub mod batch;
@@ -16,6 +17,7 @@ pub mod group;
 pub mod instance;
 pub mod metrics;
 pub mod options;
+pub mod prometheus;
 pub mod watcher;
 
 pub use baseline::DispatchMode;

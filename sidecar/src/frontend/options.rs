@@ -74,10 +74,25 @@ pub struct FrontendOptions {
     /// Queries waiting for a batch before new requests get a 503.
     #[arg(long, default_value_t = 65_536)]
     pub max_queued: usize,
-    /// Prometheus to read worker latency from (not used yet: the watcher
-    /// reads the frontend's own latency windows).
-    #[arg(long)]
+    /// Prometheus whose query API tells the watcher each worker's latency
+    /// across every frontend (`histogram_quantile` over
+    /// `coded_worker_request_duration_seconds`); that view then marks
+    /// stragglers and sets the `deadline` policy's wait. Without it, or
+    /// while it is unreachable, the frontend's own latency windows do.
+    #[arg(long, env = "CODED_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
+    /// PromQL label matchers (no braces) narrowing the workers' series to
+    /// this service, e.g. `namespace="prod",coded_dev_service="fashion"`.
+    #[arg(long, default_value = "")]
+    pub prometheus_selector: String,
+    /// How often Prometheus is asked, in ms.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub prometheus_interval_ms: u64,
+    /// The `rate()` window of the queries (a Prometheus duration): at least
+    /// a few scrape intervals, and how long an avoided straggler stays
+    /// known as one.
+    #[arg(long, default_value = "30s")]
+    pub prometheus_window: String,
 }
 
 impl FrontendOptions {

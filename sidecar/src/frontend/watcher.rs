@@ -1,25 +1,40 @@
-//! The tail-latency watcher: every tick it turns what the calls showed into
+//! The tail-latency watcher: every tick it turns what calls showed into
 //! decisions (which instances are stragglers, how long the `deadline`
 //! policy waits, when an undecodable slot is retried), and every probe
-//! interval it asks each instance whether it is ready. For now it reads the
-//! frontend's own latency windows; Prometheus comes with the watcher issue.
+//! interval it asks each instance whether it is ready.
+//!
+//! With `--prometheus-url` the straggler marks and the deadline come from
+//! the workers' latency as Prometheus sees it across every frontend
+//! ([`super::prometheus`]); the frontend's own windows fill in for an
+//! instance Prometheus has no recent calls of, and for everything while
+//! Prometheus is unset, unreachable or stale. Per-call timing (eager's
+//! floor, retries, stalls) always uses the frontend's own windows: it needs
+//! sub-millisecond freshness that a scrape interval cannot give.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use super::dispatch::{Pool, Snapshot, Standing};
 use super::instance::{Instance, quantile};
 use super::metrics::Metrics;
+use super::prometheus::{PromSource, PromView};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WatchConfig {
     /// Quantile of model-call latency the `deadline` policy waits for.
     pub quantile: f64,
     /// An instance whose median latency exceeds this many times the pool's
-    /// median is a straggler.
+    /// typical median becomes a straggler...
     pub slow_factor: f64,
+    /// ...and stays one until its median is back under this many times the
+    /// typical median (hysteresis), or until nothing recent is known of it.
+    pub recover_factor: f64,
     pub tick: Duration,
     pub probe_every: Duration,
+    /// How often Prometheus is asked.
+    pub prometheus_every: Duration,
 }
 
 impl Default for WatchConfig {
@@ -27,8 +42,27 @@ impl Default for WatchConfig {
         WatchConfig {
             quantile: 0.99,
             slow_factor: 3.0,
+            recover_factor: 1.5,
             tick: Duration::from_millis(100),
             probe_every: Duration::from_secs(1),
+            prometheus_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where the straggler marks and the deadline came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LatencySource {
+    #[default]
+    Local,
+    Prometheus,
+}
+
+impl LatencySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LatencySource::Local => "local",
+            LatencySource::Prometheus => "prometheus",
         }
     }
 }
@@ -44,15 +78,33 @@ const MIN_STALL_AFTER: Duration = Duration::from_millis(20);
 const MIN_SAMPLES: usize = 8;
 const MIN_POOLED: usize = 20;
 
-/// Computes a snapshot from the pool's instances as they are at `now`.
+/// Whether an instance is a straggler now, given whether it was one.
+fn straggling(was: bool, median: Option<f64>, typical: Option<f64>, config: &WatchConfig) -> bool {
+    match (median, typical) {
+        (Some(m), Some(t)) if was => m > config.recover_factor * t,
+        (Some(m), Some(t)) => m > config.slow_factor * t,
+        _ => false,
+    }
+}
+
+/// Computes a snapshot from the pool's instances as they are at `now`,
+/// what Prometheus last said (`prom`, when fresh) and the `previous`
+/// snapshot (for hysteresis).
 ///
 /// Stragglers are the instances whose median is `slow_factor` times the
-/// typical (median) instance's. The eager floor is that typical median
-/// (robust to slow calls of an instance not yet marked); the retry delay and
-/// the stall limit come from the p99 of the other instances, so that a
-/// straggler's own latency never makes it look normal; the `deadline` wait is the configured
-/// quantile over every model call.
-pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
+/// typical (median) instance's. The eager floor is the typical median of
+/// the frontend's own calls (robust to slow calls of an instance not yet
+/// marked); the retry delay and the stall limit come from the p99 of the
+/// other instances, so that a straggler's own latency never makes it look
+/// normal; the `deadline` wait is the configured quantile over every model
+/// call.
+pub fn assess(
+    pool: &Pool,
+    config: &WatchConfig,
+    now: Instant,
+    previous: &Snapshot,
+    prom: Option<&PromView>,
+) -> Snapshot {
     let recent: Vec<Vec<f32>> = pool
         .models
         .iter()
@@ -60,24 +112,43 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
         .collect();
     let median = |mut r: Vec<f32>| {
         if r.len() >= MIN_SAMPLES {
-            quantile(&mut r, 0.5)
+            quantile(&mut r, 0.5).map(f64::from)
         } else {
             None
         }
     };
-    let medians: Vec<Option<f32>> = recent.iter().cloned().map(median).collect();
-    let mut known: Vec<f32> = medians.iter().flatten().copied().collect();
-    let typical = quantile(&mut known, 0.5);
-    let slow = |median: Option<f32>| match (median, typical) {
-        (Some(m), Some(t)) => f64::from(m) > config.slow_factor * f64::from(t),
-        _ => false,
-    };
-    let slow_models: Vec<bool> = medians.iter().map(|&m| slow(m)).collect();
-    let slow_parities = pool
+    let local_models: Vec<Option<f64>> = recent.iter().cloned().map(median).collect();
+    let local_parities: Vec<Option<f64>> = pool
         .parities
         .iter()
-        .map(|p| slow(median(p.recent_latencies(now))))
+        .map(|p| median(p.recent_latencies(now)))
         .collect();
+    let typical_of = |medians: &[Option<f64>]| {
+        let mut known: Vec<f32> = medians.iter().flatten().map(|&m| m as f32).collect();
+        quantile(&mut known, 0.5).map(f64::from)
+    };
+    let local_typical = typical_of(&local_models);
+
+    // Prometheus' view where it knows an instance, the frontend's own otherwise.
+    let merge = |local: &[Option<f64>], seen: Option<&Vec<Option<f64>>>| -> Vec<Option<f64>> {
+        local
+            .iter()
+            .enumerate()
+            .map(|(i, l)| seen.and_then(|s| s.get(i).copied().flatten()).or(*l))
+            .collect()
+    };
+    let model_medians = merge(&local_models, prom.map(|p| &p.model_medians));
+    let parity_medians = merge(&local_parities, prom.map(|p| &p.parity_medians));
+    let typical = typical_of(&model_medians);
+    let decide = |was: &[bool], medians: &[Option<f64>]| -> Vec<bool> {
+        medians
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| straggling(was.get(i).copied().unwrap_or(false), m, typical, config))
+            .collect()
+    };
+    let slow_models = decide(&previous.slow_models, &model_medians);
+    let slow_parities = decide(&previous.slow_parities, &parity_medians);
 
     let mut all: Vec<f32> = recent.concat();
     let mut healthy: Vec<f32> = recent
@@ -86,19 +157,26 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
         .filter(|(_, slow)| !**slow)
         .flat_map(|(r, _)| r.iter().copied())
         .collect();
-    let p95_all = quantile(&mut all, 0.95)
-        .filter(|_| all.len() >= MIN_POOLED)
-        .map(Duration::from_secs_f32);
-    let tail = quantile(&mut all, config.quantile)
-        .filter(|_| all.len() >= MIN_POOLED)
-        .map(Duration::from_secs_f32);
-    let p99 = quantile(&mut healthy, 0.99)
-        .filter(|_| healthy.len() >= MIN_POOLED)
-        .map(Duration::from_secs_f32);
+    let pooled = |v: &mut Vec<f32>, q: f64| {
+        quantile(v, q)
+            .filter(|_| v.len() >= MIN_POOLED)
+            .map(Duration::from_secs_f32)
+    };
+    let p95_all = pooled(&mut all, 0.95);
+    let local_tail = pooled(&mut all, config.quantile);
+    let p99 = pooled(&mut healthy, 0.99);
+    let prom_tail = prom
+        .and_then(|p| p.tail)
+        .and_then(|t| Duration::try_from_secs_f64(t).ok());
+    let (tail, source) = match (prom, prom_tail) {
+        (Some(_), Some(t)) => (Some(t), LatencySource::Prometheus),
+        (Some(_), None) => (local_tail, LatencySource::Prometheus),
+        (None, _) => (local_tail, LatencySource::Local),
+    };
     let initial = Snapshot::initial(0, 0);
     Snapshot {
-        eager_after: typical
-            .map(|t| Duration::from_secs_f32(t).max(MIN_EAGER_AFTER))
+        eager_after: local_typical
+            .map(|t| Duration::from_secs_f64(t).max(MIN_EAGER_AFTER))
             .unwrap_or(initial.eager_after),
         reconstruct_after: tail
             .map(|t| t.max(MIN_RECONSTRUCT_AFTER))
@@ -114,31 +192,117 @@ pub fn assess(pool: &Pool, config: &WatchConfig, now: Instant) -> Snapshot {
             .unwrap_or(initial.stall_after),
         slow_models,
         slow_parities,
+        observed_tail: tail,
+        source,
     }
 }
 
-/// Runs until the pool is dropped by everyone else. Probes run in their
-/// own task so that a paused instance cannot hold up the snapshots.
-pub async fn run(pool: std::sync::Weak<Pool>, metrics: Arc<Metrics>, config: WatchConfig) {
+/// Runs until the pool is dropped by everyone else. Probes and Prometheus
+/// queries run in their own tasks so that a paused instance or a slow
+/// Prometheus cannot hold up the snapshots.
+pub async fn run(
+    pool: std::sync::Weak<Pool>,
+    metrics: Arc<Metrics>,
+    config: WatchConfig,
+    prometheus: Option<PromSource>,
+) {
     tokio::spawn(probe_loop(pool.clone(), config.probe_every));
+    let (tx, views) = watch::channel(None);
+    let stale_after = config.prometheus_every * 3
+        + prometheus
+            .as_ref()
+            .map(|p| p.config().timeout)
+            .unwrap_or_default();
+    if let Some(source) = prometheus {
+        tokio::spawn(poll_prometheus(
+            source,
+            pool.clone(),
+            tx,
+            metrics.clone(),
+            config.prometheus_every,
+        ));
+    }
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
-        let snapshot = assess(&pool, &config, now);
-        metrics
-            .reconstruct_after_us
-            .set(snapshot.reconstruct_after.as_micros() as i64);
-        for inst in pool.models.iter().chain(&pool.parities) {
-            let standing = pool.standing(inst, &snapshot, now);
-            metrics
-                .instance_straggler
-                .with_label_values(&[inst.role.as_str(), &inst.url])
-                .set(i64::from(standing != Standing::Usable));
-        }
+        let view: Option<PromView> = views.borrow().clone();
+        let fresh = view
+            .as_ref()
+            .filter(|v| now.saturating_duration_since(v.at) < stale_after);
+        let snapshot = assess(&pool, &config, now, &pool.snapshot(), fresh);
+        publish(&metrics, &pool, &snapshot, config.quantile, now);
         pool.set_snapshot(snapshot);
+    }
+}
+
+/// The snapshot's conclusions as gauges.
+fn publish(metrics: &Metrics, pool: &Pool, snapshot: &Snapshot, q: f64, now: Instant) {
+    metrics
+        .reconstruct_after_us
+        .set(snapshot.reconstruct_after.as_micros() as i64);
+    if let Some(tail) = snapshot.observed_tail {
+        metrics
+            .observed_latency
+            .with_label_values(&[&q.to_string()])
+            .set(tail.as_secs_f64());
+    }
+    for source in [LatencySource::Local, LatencySource::Prometheus] {
+        metrics
+            .latency_source
+            .with_label_values(&[source.as_str()])
+            .set(i64::from(source == snapshot.source));
+    }
+    for inst in pool.models.iter().chain(&pool.parities) {
+        let labels = [inst.role.as_str(), inst.url.as_str()];
+        let standing = pool.standing(inst, snapshot, now);
+        metrics
+            .instance_straggler
+            .with_label_values(&labels)
+            .set(i64::from(standing != Standing::Usable));
+        metrics
+            .instance_ready
+            .with_label_values(&labels)
+            .set(i64::from(standing != Standing::Down));
+    }
+}
+
+/// Asks Prometheus every `every`; a failure is counted each time and logged
+/// once, until Prometheus answers again.
+async fn poll_prometheus(
+    source: PromSource,
+    pool: std::sync::Weak<Pool>,
+    views: watch::Sender<Option<PromView>>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let urls = |v: &[Arc<Instance>]| v.iter().map(|i| i.url.clone()).collect::<Vec<_>>();
+        let (models, parities) = (urls(&pool.models), urls(&pool.parities));
+        drop(pool);
+        match source.read(&models, &parities).await {
+            Ok(view) => {
+                if failing {
+                    tracing::info!(url = %source.config().url, "Prometheus answers again; using it for straggler marks and the deadline");
+                }
+                failing = false;
+                views.send_replace(Some(view));
+            }
+            Err(error) => {
+                metrics.prometheus_errors.inc();
+                if !failing {
+                    tracing::warn!(%error, "Prometheus is unreachable; using the frontend's own latency windows until it answers (retrying every {every:?})");
+                }
+                failing = true;
+            }
+        }
     }
 }
 
@@ -186,7 +350,13 @@ mod tests {
     #[test]
     fn without_samples_the_initial_snapshot_holds() {
         let p = pool(2);
-        let s = assess(&p, &WatchConfig::default(), Instant::now());
+        let s = assess(
+            &p,
+            &WatchConfig::default(),
+            Instant::now(),
+            &p.snapshot(),
+            None,
+        );
         let initial = Snapshot::initial(2, 1);
         assert_eq!(s.eager_after, initial.eager_after);
         assert_eq!(s.reconstruct_after, initial.reconstruct_after);
@@ -204,7 +374,7 @@ mod tests {
             p.models[2].record_success(now, Duration::from_millis(50) + jitter);
         }
         let config = WatchConfig::default();
-        let s = assess(&p, &config, now);
+        let s = assess(&p, &config, now, &p.snapshot(), None);
         assert_eq!(s.slow_models, vec![false, false, true]);
         // Eager's floor is the typical median (~320 µs), not the straggler's 50 ms.
         assert!(
@@ -231,11 +401,65 @@ mod tests {
             p.models[1].record_success(then, Duration::from_millis(50));
         }
         let later = then + Duration::from_secs(10);
-        let s = assess(&p, &WatchConfig::default(), later);
+        let s = assess(&p, &WatchConfig::default(), later, &p.snapshot(), None);
         assert_eq!(
             s.slow_models,
             vec![false, false],
             "a slow spell does not ban forever"
         );
+    }
+
+    fn view(models: Vec<Option<f64>>, tail: Option<f64>) -> PromView {
+        PromView {
+            at: Instant::now(),
+            model_medians: models,
+            parity_medians: vec![None],
+            tail,
+        }
+    }
+
+    #[test]
+    fn prometheus_marks_an_instance_this_frontend_has_not_called() {
+        let p = pool(3);
+        let now = Instant::now();
+        // This frontend only saw fast calls of instances 0 and 1...
+        for _ in 0..30 {
+            p.models[0].record_success(now, Duration::from_micros(300));
+            p.models[1].record_success(now, Duration::from_micros(320));
+        }
+        // ...while every frontend's calls made instance 2 slow.
+        let seen = view(vec![Some(0.0003), None, Some(0.05)], Some(0.045));
+        let s = assess(&p, &WatchConfig::default(), now, &p.snapshot(), Some(&seen));
+        assert_eq!(s.slow_models, vec![false, false, true]);
+        assert_eq!(s.source, LatencySource::Prometheus);
+        assert_eq!(s.reconstruct_after, Duration::from_millis(45));
+        assert_eq!(s.observed_tail, Some(Duration::from_millis(45)));
+        // Without Prometheus nothing is known of instance 2.
+        let s = assess(&p, &WatchConfig::default(), now, &p.snapshot(), None);
+        assert_eq!(s.slow_models, vec![false, false, false]);
+        assert_eq!(s.source, LatencySource::Local);
+    }
+
+    #[test]
+    fn a_straggler_mark_has_hysteresis() {
+        let p = pool(3);
+        let now = Instant::now();
+        let config = WatchConfig::default();
+        let at = |slow: f64, previous: &Snapshot| {
+            let seen = view(vec![Some(0.001), Some(0.001), Some(slow)], None);
+            assess(&p, &config, now, previous, Some(&seen))
+        };
+        let healthy = p.snapshot();
+        // 2x typical: not enough to become a straggler...
+        assert!(!at(0.002, &healthy).slow_models[2]);
+        let marked = at(0.004, &healthy);
+        assert!(marked.slow_models[2]);
+        // ...but enough to stay one.
+        let still = at(0.002, &marked);
+        assert!(still.slow_models[2]);
+        // Back near typical, or nothing known any more: usable again.
+        assert!(!at(0.0012, &still).slow_models[2]);
+        let unknown = view(vec![Some(0.001), Some(0.001), None], None);
+        assert!(!assess(&p, &config, now, &still, Some(&unknown)).slow_models[2]);
     }
 }
