@@ -121,6 +121,8 @@ pub async fn run(
             port: 0,
             straggle_ms: 0,
             log: "error".into(),
+            prometheus: None,
+            frontend_args: Vec::new(),
         };
         let cluster = Cluster::start(dirs, name, &spec).await?;
         // Slow windows hit every worker process, parity ones included.

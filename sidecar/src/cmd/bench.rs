@@ -167,6 +167,8 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         port: 0,
         straggle_ms: 0,
         log: "warn".into(),
+        prometheus: None,
+        frontend_args: Vec::new(),
     };
     let report = runtime()?.block_on(async {
         let cluster = Cluster::start(&dirs, &card.name, &spec).await?;

@@ -1,6 +1,7 @@
 //! `coded-sidecar local`: the embedded default, everything on loopback.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -9,6 +10,7 @@ use super::DataArgs;
 use crate::coding::EncoderKind;
 use crate::frontend::ReconstructPolicy;
 use crate::http::shutdown;
+use crate::local::prometheus::PrometheusSpec;
 use crate::local::{Child, Cluster, ClusterSpec, ModelPlan, default_cache_dir};
 use crate::model::Arch;
 
@@ -54,6 +56,14 @@ pub struct LocalArgs {
     /// [default: ~/.cache/coded-serving/models].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Also start a Prometheus (Debian package `prometheus`) on loopback,
+    /// scraping every process with the project's rules loaded; the
+    /// frontend's watcher then reads worker latency from it.
+    #[arg(long)]
+    pub prometheus: bool,
+    /// Port of that Prometheus (0 picks a free one).
+    #[arg(long, default_value_t = 9090)]
+    pub prometheus_port: u16,
     /// Log level of the child processes (RUST_LOG overrides it).
     #[arg(long, default_value = "warn")]
     pub child_log: String,
@@ -68,6 +78,12 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     let models = args.models.unwrap_or(args.k);
     if models == 0 || args.parities == 0 {
         anyhow::bail!("--models and --parities must be at least 1");
+    }
+    if args.prometheus && crate::local::prometheus::binary().is_none() {
+        anyhow::bail!(
+            "--prometheus needs the `prometheus` binary on the PATH: install it (Debian: \
+             `apt-get install prometheus`) or set PROMETHEUS to its path"
+        );
     }
     let plan = ModelPlan {
         arch: args.arch,
@@ -100,11 +116,27 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         port: args.port,
         straggle_ms: if args.straggle { args.straggle_ms } else { 0 },
         log: args.child_log.clone(),
+        prometheus: args.prometheus.then(|| PrometheusSpec {
+            port: args.prometheus_port,
+            interval: Duration::from_secs(1),
+        }),
+        // Scraped every second: a short window follows a demo's changes.
+        frontend_args: [
+            "--prometheus-interval-ms",
+            "1000",
+            "--prometheus-window",
+            "10s",
+        ]
+        .into_iter()
+        .filter(|_| args.prometheus)
+        .map(String::from)
+        .collect(),
     };
     runtime.block_on(async {
         let mut cluster = Cluster::start(&dirs, &name, &spec).await?;
         banner(
             &cluster.frontend_url,
+            cluster.prometheus.as_ref().map(|p| p.url.as_str()),
             &name,
             &card.input.name,
             &card.input.shape,
@@ -118,7 +150,15 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     })
 }
 
-fn banner(url: &str, name: &str, input: &str, shape: &[usize], models: usize, args: &LocalArgs) {
+fn banner(
+    url: &str,
+    prometheus: Option<&str>,
+    name: &str,
+    input: &str,
+    shape: &[usize],
+    models: usize,
+    args: &LocalArgs,
+) {
     let row_len: usize = shape.iter().product();
     let dims = shape
         .iter()
@@ -158,6 +198,16 @@ fn banner(url: &str, name: &str, input: &str, shape: &[usize], models: usize, ar
     );
     println!();
     println!("  metrics: {url}/metrics (coded_frontend_reconstructions_total, ...)");
+    if let Some(p) = prometheus {
+        println!();
+        println!("  Prometheus: {p} (the dashboard's queries work there, e.g.)");
+        println!(
+            "    curl -s {p}/api/v1/query --data-urlencode 'query=histogram_quantile(0.99, sum by (le, pod) (rate(coded_worker_request_duration_seconds_bucket[1m])))'"
+        );
+        println!(
+            "    curl -s {p}/api/v1/query --data-urlencode 'query=sum(rate(coded_frontend_reconstructions_total[1m])) / sum(rate(coded_frontend_queries_total[1m]))'"
+        );
+    }
     println!("  Ctrl-C stops everything.");
 }
 

@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use super::models::ModelDirs;
 use super::process::{Child, stop_all};
+use super::prometheus::{LocalPrometheus, PrometheusSpec, ScrapeTarget};
 use crate::coding::EncoderKind;
 use crate::frontend::{DispatchMode, ReconstructPolicy};
 
@@ -25,6 +26,10 @@ pub struct ClusterSpec {
     pub straggle_ms: u64,
     /// `RUST_LOG` of the children unless the environment sets one.
     pub log: String,
+    /// A Prometheus scraping every child, which the frontend's watcher reads.
+    pub prometheus: Option<PrometheusSpec>,
+    /// More `frontend` flags (e.g. `--prometheus-window 10s`).
+    pub frontend_args: Vec<String>,
 }
 
 pub struct Cluster {
@@ -33,6 +38,7 @@ pub struct Cluster {
     pub parity_urls: Vec<String>,
     /// Every child, frontend last.
     pub children: Vec<Child>,
+    pub prometheus: Option<LocalPrometheus>,
 }
 
 impl Cluster {
@@ -44,15 +50,20 @@ impl Cluster {
         spec: &ClusterSpec,
     ) -> anyhow::Result<Cluster> {
         let mut children = Vec::new();
-        match Self::start_into(dirs, name, spec, &mut children).await {
+        let mut prometheus = None;
+        match Self::start_into(dirs, name, spec, &mut children, &mut prometheus).await {
             Ok((frontend_url, model_urls, parity_urls)) => Ok(Cluster {
                 frontend_url,
                 model_urls,
                 parity_urls,
                 children,
+                prometheus,
             }),
             Err(e) => {
                 stop_all(children).await;
+                if let Some(p) = prometheus {
+                    p.stop().await;
+                }
                 Err(e)
             }
         }
@@ -63,6 +74,7 @@ impl Cluster {
         name: &str,
         spec: &ClusterSpec,
         children: &mut Vec<Child>,
+        prometheus: &mut Option<LocalPrometheus>,
     ) -> anyhow::Result<(String, Vec<String>, Vec<String>)> {
         let worker = |dir: &std::path::Path, served: &str, delay_ms: u64| -> Vec<String> {
             [
@@ -144,15 +156,35 @@ impl Cluster {
         if !parity_urls.is_empty() {
             args.extend(["--parity-endpoints".to_owned(), parity_urls.join(",")]);
         }
+        let mut targets = Vec::new();
+        for (role, urls) in [("model", &model_urls), ("parity", &parity_urls)] {
+            for (i, url) in urls.iter().enumerate() {
+                targets.push(ScrapeTarget::new(url, name, role, Some(i))?);
+            }
+        }
+        if let Some(p) = &spec.prometheus {
+            // Started before the frontend, so its watcher finds it at once.
+            let started = LocalPrometheus::start(p, &targets).await?;
+            args.extend(["--prometheus-url".to_owned(), started.url.clone()]);
+            *prometheus = Some(started);
+        }
+        args.extend(spec.frontend_args.iter().cloned());
         let child = Child::spawn("frontend", &args, &spec.log)
             .await
             .with_context(|| format!("starting the frontend on {}:{}", spec.host, spec.port))?;
         let url = child.url.clone();
         children.push(child);
+        if let Some(p) = prometheus {
+            targets.push(ScrapeTarget::new(&url, name, "frontend", None)?);
+            p.set_targets(&targets)?;
+        }
         Ok((url, model_urls, parity_urls))
     }
 
     pub async fn stop(self) {
         stop_all(self.children).await;
+        if let Some(p) = self.prometheus {
+            p.stop().await;
+        }
     }
 }

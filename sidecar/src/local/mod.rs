@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod models;
 pub mod process;
+pub mod prometheus;
 
 pub use cluster::{Cluster, ClusterSpec};
 pub use models::{ModelDirs, ModelPlan, default_cache_dir};

@@ -75,6 +75,15 @@ impl Child {
         })
     }
 
+    /// A child started some other way (e.g. a Prometheus), stopped the same way.
+    pub fn adopt(name: &str, url: String, child: tokio::process::Child) -> Child {
+        Child {
+            name: name.to_owned(),
+            url,
+            child,
+        }
+    }
+
     pub fn pid(&self) -> Option<Pid> {
         self.child.id().map(|id| Pid::from_raw(id as i32))
     }
