@@ -109,10 +109,10 @@ async fn queries(url: &str, n: usize) {
     }
 }
 
-async fn futures_join<F: std::future::Future<Output = ()> + Send + 'static>(calls: impl Iterator<Item = F>) {
-    let handles: Vec<_> = calls
-        .map(tokio::spawn)
-        .collect();
+async fn futures_join<F: std::future::Future<Output = ()> + Send + 'static>(
+    calls: impl Iterator<Item = F>,
+) {
+    let handles: Vec<_> = calls.map(tokio::spawn).collect();
     for h in handles {
         h.await.expect("query task");
     }

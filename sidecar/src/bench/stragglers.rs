@@ -14,7 +14,11 @@ use super::load::{self, LoadPlan};
 use super::request::call;
 use super::slowdown::{self, SlowPlan};
 use crate::frontend::{DispatchMode, ReconstructPolicy};
+use crate::local::prometheus::PrometheusSpec;
 use crate::local::{Cluster, ClusterSpec, ModelDirs};
+
+/// Scrape interval of the Prometheus of the `--prometheus` configuration.
+const PROMETHEUS_SCRAPE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Config {
@@ -25,18 +29,33 @@ pub struct Config {
     pub policy: ReconstructPolicy,
     pub models: usize,
     pub parities: usize,
+    /// Whether the frontend's watcher reads worker latency from a
+    /// Prometheus scraping the workers (else its own windows).
+    pub prometheus: bool,
 }
 
-/// k = 2 coding and its baselines, three worker processes each.
-pub fn configs() -> Vec<Config> {
+/// k = 2 coding and its baselines, three worker processes each; with
+/// `prometheus`, also coded eager with the Prometheus-driven watcher.
+pub fn configs(prometheus: bool) -> Vec<Config> {
     let c = |name, dispatch, policy, models, parities| Config {
         name,
         dispatch,
         policy,
         models,
         parities,
+        prometheus: false,
     };
-    vec![
+    let watched = Config {
+        prometheus: true,
+        ..c(
+            "coded k=2 eager, Prometheus watcher",
+            DispatchMode::Coded,
+            ReconstructPolicy::Eager,
+            2,
+            1,
+        )
+    };
+    let mut all = vec![
         c(
             "coded k=2 eager",
             DispatchMode::Coded,
@@ -72,7 +91,11 @@ pub fn configs() -> Vec<Config> {
             3,
             0,
         ),
-    ]
+    ];
+    if prometheus {
+        all.insert(1, watched);
+    }
+    all
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,11 +128,12 @@ pub async fn run(
     shape: &[usize],
     load_plan: LoadPlan,
     slow: SlowPlan,
+    prometheus: bool,
 ) -> anyhow::Result<Report> {
     crate::tls::init();
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let mut rows = Vec::new();
-    for config in configs() {
+    for config in configs(prometheus) {
         let spec = ClusterSpec {
             k: 2,
             encoder: crate::coding::EncoderKind::Sum,
@@ -121,8 +145,22 @@ pub async fn run(
             port: 0,
             straggle_ms: 0,
             log: "error".into(),
-            prometheus: None,
-            frontend_args: Vec::new(),
+            prometheus: config.prometheus.then(|| PrometheusSpec {
+                port: 0,
+                interval: PROMETHEUS_SCRAPE,
+            }),
+            frontend_args: if config.prometheus {
+                [
+                    "--prometheus-interval-ms",
+                    "500",
+                    "--prometheus-window",
+                    "5s",
+                ]
+                .map(String::from)
+                .to_vec()
+            } else {
+                Vec::new()
+            },
         };
         let cluster = Cluster::start(dirs, name, &spec).await?;
         // Slow windows hit every worker process, parity ones included.

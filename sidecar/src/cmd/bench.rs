@@ -50,6 +50,11 @@ pub struct StragglerArgs {
     /// Seed of the arrivals and the slow windows.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Add coded k = 2 eager with the watcher reading worker latency from a
+    /// Prometheus (scraping every 500 ms) instead of the frontend's own
+    /// windows; needs the `prometheus` binary.
+    #[arg(long)]
+    pub prometheus: bool,
     /// A short run (3 s per configuration) to check that everything works.
     #[arg(long)]
     pub quick: bool,
@@ -129,6 +134,11 @@ fn write_json(out: &std::path::Path, report: &impl serde::Serialize) -> anyhow::
 }
 
 fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
+    if args.prometheus && crate::local::prometheus::binary().is_none() {
+        anyhow::bail!(
+            "--prometheus needs the `prometheus` binary on the PATH (Debian: `apt-get install prometheus`)"
+        );
+    }
     let (dirs, card) = models(args.cache_dir.clone(), &args.data)?;
     let seconds = if args.quick { 3 } else { args.seconds };
     let load = LoadPlan {
@@ -149,6 +159,7 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
         &card.input.shape,
         load,
         slow,
+        args.prometheus,
     ))?;
     println!("{}", stragglers::markdown(&report));
     write_json(&args.out, &report)
