@@ -129,12 +129,27 @@ pub fn assess(
     };
     let local_typical = typical_of(&local_models);
 
+    // Workers time their answers; the frontend times calls, which also pay
+    // for HTTP and the network. Prometheus' view is moved to the call's
+    // scale by that difference, so that a worker answering in 0.3 ms
+    // instead of 0.1 ms is not a straggler when every call takes 1.5 ms.
+    let offset = match (
+        local_typical,
+        prom.and_then(|p| typical_of(&p.model_medians)),
+    ) {
+        (Some(calls), Some(answers)) => (calls - answers).max(0.0),
+        _ => 0.0,
+    };
     // Prometheus' view where it knows an instance, the frontend's own otherwise.
     let merge = |local: &[Option<f64>], seen: Option<&Vec<Option<f64>>>| -> Vec<Option<f64>> {
         local
             .iter()
             .enumerate()
-            .map(|(i, l)| seen.and_then(|s| s.get(i).copied().flatten()).or(*l))
+            .map(|(i, l)| {
+                seen.and_then(|s| s.get(i).copied().flatten())
+                    .map(|m| m + offset)
+                    .or(*l)
+            })
             .collect()
     };
     let model_medians = merge(&local_models, prom.map(|p| &p.model_medians));
@@ -167,7 +182,7 @@ pub fn assess(
     let p99 = pooled(&mut healthy, 0.99);
     let prom_tail = prom
         .and_then(|p| p.tail)
-        .and_then(|t| Duration::try_from_secs_f64(t).ok());
+        .and_then(|t| Duration::try_from_secs_f64(t + offset).ok());
     let (tail, source) = match (prom, prom_tail) {
         (Some(_), Some(t)) => (Some(t), LatencySource::Prometheus),
         (Some(_), None) => (local_tail, LatencySource::Prometheus),
@@ -461,5 +476,26 @@ mod tests {
         assert!(!at(0.0012, &still).slow_models[2]);
         let unknown = view(vec![Some(0.001), Some(0.001), None], None);
         assert!(!assess(&p, &config, now, &still, Some(&unknown)).slow_models[2]);
+    }
+
+    #[test]
+    fn prometheus_latencies_are_put_on_the_calls_scale() {
+        let p = pool(3);
+        let now = Instant::now();
+        for _ in 0..30 {
+            for m in &p.models {
+                m.record_success(now, Duration::from_micros(1300));
+            }
+        }
+        // Worker 2 answers in 0.9 ms, 3x the others' 0.3 ms, but calls to
+        // every worker cost 1 ms more than the answer: not a straggler.
+        let seen = view(vec![Some(0.0003), Some(0.0003), Some(0.0009)], Some(0.002));
+        let s = assess(&p, &WatchConfig::default(), now, &p.snapshot(), Some(&seen));
+        assert_eq!(s.slow_models, vec![false, false, false]);
+        assert_eq!(s.reconstruct_after, Duration::from_millis(3));
+        // At 4 ms (a 5 ms call) it is one.
+        let seen = view(vec![Some(0.0003), Some(0.0003), Some(0.004)], None);
+        let s = assess(&p, &WatchConfig::default(), now, &p.snapshot(), Some(&seen));
+        assert_eq!(s.slow_models, vec![false, false, true]);
     }
 }
