@@ -129,11 +129,19 @@ pub async fn run(
     load_plan: LoadPlan,
     slow: SlowPlan,
     prometheus: bool,
+    only: &[String],
 ) -> anyhow::Result<Report> {
     crate::tls::init();
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let mut rows = Vec::new();
-    for config in configs(prometheus) {
+    let chosen: Vec<Config> = configs(prometheus)
+        .into_iter()
+        .filter(|c| only.is_empty() || only.iter().any(|o| c.name.contains(o.as_str())))
+        .collect();
+    if chosen.is_empty() {
+        anyhow::bail!("--only {only:?} matches no configuration");
+    }
+    for config in chosen {
         let spec = ClusterSpec {
             k: 2,
             encoder: crate::coding::EncoderKind::Sum,

@@ -55,6 +55,10 @@ pub struct StragglerArgs {
     /// windows; needs the `prometheus` binary.
     #[arg(long)]
     pub prometheus: bool,
+    /// Run only the configurations whose names contain one of these
+    /// (comma-separated), e.g. `eager,equal`.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// A short run (3 s per configuration) to check that everything works.
     #[arg(long)]
     pub quick: bool,
@@ -160,6 +164,7 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
         load,
         slow,
         args.prometheus,
+        &args.only,
     ))?;
     println!("{}", stragglers::markdown(&report));
     write_json(&args.out, &report)

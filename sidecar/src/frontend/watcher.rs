@@ -28,8 +28,9 @@ pub struct WatchConfig {
     /// An instance whose median latency exceeds this many times the pool's
     /// typical median becomes a straggler...
     pub slow_factor: f64,
-    /// ...and stays one until its median is back under this many times the
-    /// typical median (hysteresis), or until nothing recent is known of it.
+    /// ...and, when Prometheus marked it, stays one until its median is
+    /// back under this many times the typical median (hysteresis), or until
+    /// nothing recent is known of it.
     pub recover_factor: f64,
     pub tick: Duration,
     pub probe_every: Duration,
@@ -140,26 +141,39 @@ pub fn assess(
         (Some(calls), Some(answers)) => (calls - answers).max(0.0),
         _ => 0.0,
     };
-    // Prometheus' view where it knows an instance, the frontend's own otherwise.
-    let merge = |local: &[Option<f64>], seen: Option<&Vec<Option<f64>>>| -> Vec<Option<f64>> {
+    // Prometheus' view where it knows an instance (`true`), the frontend's
+    // own otherwise.
+    let merge = |local: &[Option<f64>], seen: Option<&Vec<Option<f64>>>| {
         local
             .iter()
             .enumerate()
-            .map(|(i, l)| {
-                seen.and_then(|s| s.get(i).copied().flatten())
-                    .map(|m| m + offset)
-                    .or(*l)
-            })
-            .collect()
+            .map(
+                |(i, l)| match seen.and_then(|s| s.get(i).copied().flatten()) {
+                    Some(m) => (Some(m + offset), true),
+                    None => (*l, false),
+                },
+            )
+            .collect::<Vec<(Option<f64>, bool)>>()
     };
     let model_medians = merge(&local_models, prom.map(|p| &p.model_medians));
     let parity_medians = merge(&local_parities, prom.map(|p| &p.parity_medians));
-    let typical = typical_of(&model_medians);
-    let decide = |was: &[bool], medians: &[Option<f64>]| -> Vec<bool> {
+    let typical = typical_of(&model_medians.iter().map(|m| m.0).collect::<Vec<_>>());
+    // Hysteresis only for Prometheus' marks: its view moves one poll at a
+    // time over a long window, and would flap around the threshold. The
+    // frontend's own windows mark stragglers afresh every tick: with m = k,
+    // a sticky mark puts two slots of each group on one instance for
+    // seconds, and a slow spell of that instance then costs two answers of
+    // a group, which one parity cannot rebuild (`bench stragglers --only
+    // eager`: p99.9 was 53-54 ms in 4 of 5 runs with sticky local marks,
+    // 6-37 ms in 6 runs without).
+    let decide = |was: &[bool], medians: &[(Option<f64>, bool)]| -> Vec<bool> {
         medians
             .iter()
             .enumerate()
-            .map(|(i, &m)| straggling(was.get(i).copied().unwrap_or(false), m, typical, config))
+            .map(|(i, &(m, from_prom))| {
+                let was = from_prom && was.get(i).copied().unwrap_or(false);
+                straggling(was, m, typical, config)
+            })
             .collect()
     };
     let slow_models = decide(&previous.slow_models, &model_medians);
