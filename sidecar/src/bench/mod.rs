@@ -5,6 +5,7 @@ pub mod echo;
 pub mod latency;
 pub mod load;
 pub mod overhead;
+pub mod plot;
 pub mod request;
 pub mod slowdown;
 pub mod stragglers;

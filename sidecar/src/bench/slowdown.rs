@@ -1,9 +1,11 @@
-//! Injected stragglers: a seeded schedule of slow windows per model
-//! instance, applied through each worker's `/admin/delay`. The same seed
-//! gives every configuration of a run the same slowdowns.
+//! Injected stragglers: a seeded schedule of slow windows per worker,
+//! applied through each worker's `/admin/delay` or as SIGSTOP pauses. The
+//! same seed gives every configuration of a run the same slowdowns.
 
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
@@ -69,5 +71,40 @@ async fn set(http: &reqwest::Client, url: &str, delay_ms: u64) {
         .await
     {
         tracing::warn!(%url, "cannot set the injected delay: {e}");
+    }
+}
+
+/// Applies `schedule` as pauses: a worker slow in a window is stopped
+/// (SIGSTOP) for it and continued (SIGCONT) after; every worker is
+/// continued at the end.
+pub async fn pause(
+    pids: Vec<Option<Pid>>,
+    schedule: Vec<Vec<u64>>,
+    window: Duration,
+    start: Instant,
+) {
+    let send = |pid: Option<Pid>, signal: Signal| {
+        if let Some(pid) = pid
+            && let Err(e) = kill(pid, signal)
+        {
+            tracing::warn!(%pid, "cannot send {signal}: {e}");
+        }
+    };
+    for (w, delays) in schedule.iter().enumerate() {
+        tokio::time::sleep_until(start + window * w as u32).await;
+        for (&pid, &delay) in pids.iter().zip(delays) {
+            send(
+                pid,
+                if delay > 0 {
+                    Signal::SIGSTOP
+                } else {
+                    Signal::SIGCONT
+                },
+            );
+        }
+    }
+    tokio::time::sleep_until(start + window * schedule.len() as u32).await;
+    for &pid in &pids {
+        send(pid, Signal::SIGCONT);
     }
 }

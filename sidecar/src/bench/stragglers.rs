@@ -101,7 +101,11 @@ pub fn configs(prometheus: bool) -> Vec<Config> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub config: Config,
+    /// Offered load, requests per second.
+    pub rate: f64,
     pub latency: Summary,
+    /// `(quantile, µs)` from the median to the maximum.
+    pub tail: Vec<(f64, u64)>,
     pub throughput_rps: f64,
     pub sent: u64,
     pub errors: u64,
@@ -110,14 +114,42 @@ pub struct Row {
     pub tail_gap_us: u64,
 }
 
+/// How stragglers are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowMode {
+    /// A slow worker adds a delay to every answer (`/admin/delay`).
+    Delay,
+    /// A slow worker is paused with SIGSTOP for the window (SIGCONT after):
+    /// nothing it holds moves, as in a GC pause or a descheduled VM.
+    Sigstop,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Offered loads, one run of every configuration each.
+    pub rates: Vec<f64>,
+    pub duration: std::time::Duration,
+    pub seed: u64,
+    pub slow: SlowPlan,
+    pub mode: SlowMode,
+    /// Adds the configuration with the Prometheus-driven watcher.
+    pub prometheus: bool,
+    /// Only configurations whose names contain one of these.
+    pub only: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub rate: f64,
+    pub rates: Vec<f64>,
     pub seconds: f64,
+    pub mode: SlowMode,
     pub slow_probability: f64,
     pub slow_delay_ms: u64,
     pub window_ms: u64,
     pub seed: u64,
+    /// CPU model and count of the machine it ran on.
+    pub machine: String,
     pub rows: Vec<Row>,
 }
 
@@ -126,130 +158,184 @@ pub async fn run(
     name: &str,
     input: &str,
     shape: &[usize],
-    load_plan: LoadPlan,
-    slow: SlowPlan,
-    prometheus: bool,
-    only: &[String],
+    plan: &Plan,
 ) -> anyhow::Result<Report> {
     crate::tls::init();
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let mut rows = Vec::new();
-    let chosen: Vec<Config> = configs(prometheus)
+    let chosen: Vec<Config> = configs(plan.prometheus)
         .into_iter()
-        .filter(|c| only.is_empty() || only.iter().any(|o| c.name.contains(o.as_str())))
+        .filter(|c| plan.only.is_empty() || plan.only.iter().any(|o| c.name.contains(o.as_str())))
         .collect();
     if chosen.is_empty() {
-        anyhow::bail!("--only {only:?} matches no configuration");
+        anyhow::bail!("--only {:?} matches no configuration", plan.only);
     }
-    for config in chosen {
-        let spec = ClusterSpec {
-            k: 2,
-            encoder: crate::coding::EncoderKind::Sum,
-            policy: config.policy,
-            dispatch: config.dispatch,
-            models: config.models,
-            parities: config.parities,
-            host: "127.0.0.1".into(),
-            port: 0,
-            straggle_ms: 0,
-            log: "error".into(),
-            prometheus: config.prometheus.then(|| PrometheusSpec {
-                port: 0,
-                interval: PROMETHEUS_SCRAPE,
-            }),
-            frontend_args: if config.prometheus {
-                [
-                    "--prometheus-interval-ms",
-                    "500",
-                    "--prometheus-window",
-                    "5s",
-                ]
-                .map(String::from)
-                .to_vec()
-            } else {
-                Vec::new()
-            },
-        };
-        let cluster = Cluster::start(dirs, name, &spec).await?;
-        // Slow windows hit every worker process, parity ones included.
-        let workers: Vec<String> = cluster
-            .model_urls
-            .iter()
-            .chain(&cluster.parity_urls)
-            .cloned()
-            .collect();
-        let plan = slowdown::schedule(&slow, workers.len(), load_plan.duration);
-        let target = Arc::new(call(&cluster.frontend_url, name, input, shape));
-        // Warm up the frontend's latency windows before the clock starts.
-        for _ in 0..200 {
-            let _ = super::request::send_infer(&http, &target).await;
+    let mut rows = Vec::new();
+    for &rate in &plan.rates {
+        for &config in &chosen {
+            let load = LoadPlan {
+                rate,
+                duration: plan.duration,
+                seed: plan.seed,
+            };
+            rows.push(run_one(dirs, name, input, shape, &http, config, load, plan).await?);
         }
-        let start = Instant::now();
-        let injector = tokio::spawn(slowdown::apply(
-            http.clone(),
-            workers,
-            plan,
-            slow.window,
-            start,
-        ));
-        let result = load::run(&http, target, &load_plan, config.name).await;
-        let _ = injector.await;
-        cluster.stop().await;
-        let latency = result.latency.summary();
-        let answered = result.sent - result.errors;
-        eprintln!(
-            "{}: p50 {} µs, p99.9 {} µs, {} errors",
-            config.name, latency.p50_us, latency.p999_us, result.errors
-        );
-        rows.push(Row {
-            config,
-            throughput_rps: answered as f64 / result.wall.as_secs_f64(),
-            sent: result.sent,
-            errors: result.errors,
-            reconstructed_share: result.reconstructed as f64 / answered.max(1) as f64,
-            tail_gap_us: latency.p999_us.saturating_sub(latency.p50_us),
-            latency,
-        });
     }
     Ok(Report {
-        rate: load_plan.rate,
-        seconds: load_plan.duration.as_secs_f64(),
-        slow_probability: slow.probability,
-        slow_delay_ms: slow.delay_ms,
-        window_ms: slow.window.as_millis() as u64,
-        seed: load_plan.seed,
+        rates: plan.rates.clone(),
+        seconds: plan.duration.as_secs_f64(),
+        mode: plan.mode,
+        slow_probability: plan.slow.probability,
+        slow_delay_ms: plan.slow.delay_ms,
+        window_ms: plan.slow.window.as_millis() as u64,
+        seed: plan.seed,
+        machine: machine(),
         rows,
     })
 }
 
-/// The report as a markdown table, with the tail gap relative to
-/// `equal-resources`.
-pub fn markdown(r: &Report) -> String {
-    let base = r
-        .rows
+/// One configuration at one load, on fresh processes.
+#[allow(clippy::too_many_arguments)]
+async fn run_one(
+    dirs: &ModelDirs,
+    name: &str,
+    input: &str,
+    shape: &[usize],
+    http: &reqwest::Client,
+    config: Config,
+    load_plan: LoadPlan,
+    plan: &Plan,
+) -> anyhow::Result<Row> {
+    let spec = ClusterSpec {
+        k: 2,
+        encoder: crate::coding::EncoderKind::Sum,
+        policy: config.policy,
+        dispatch: config.dispatch,
+        models: config.models,
+        parities: config.parities,
+        host: "127.0.0.1".into(),
+        port: 0,
+        straggle_ms: 0,
+        log: "error".into(),
+        prometheus: config.prometheus.then_some(PrometheusSpec {
+            port: 0,
+            interval: PROMETHEUS_SCRAPE,
+        }),
+        frontend_args: if config.prometheus {
+            [
+                "--prometheus-interval-ms",
+                "500",
+                "--prometheus-window",
+                "5s",
+            ]
+            .map(String::from)
+            .to_vec()
+        } else {
+            Vec::new()
+        },
+    };
+    let cluster = Cluster::start(dirs, name, &spec).await?;
+    // Slow windows hit every worker process, parity ones included.
+    let workers: Vec<String> = cluster
+        .model_urls
         .iter()
-        .find(|row| row.config.name == "equal-resources")
-        .map(|row| row.tail_gap_us.max(1) as f64);
-    let mut s = String::from(
-        "| configuration | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | req/s | errors | rebuilt | p99.9 − p50 vs equal-resources |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        .chain(&cluster.parity_urls)
+        .cloned()
+        .collect();
+    let pids: Vec<Option<nix::unistd::Pid>> = cluster
+        .children
+        .iter()
+        .filter(|c| c.name != "frontend")
+        .map(|c| c.pid())
+        .collect();
+    let schedule = slowdown::schedule(&plan.slow, workers.len(), load_plan.duration);
+    let target = Arc::new(call(&cluster.frontend_url, name, input, shape));
+    // Warm up the frontend's latency windows before the clock starts.
+    for _ in 0..200 {
+        let _ = super::request::send_infer(http, &target).await;
+    }
+    let start = Instant::now();
+    let injector = match plan.mode {
+        SlowMode::Delay => tokio::spawn(slowdown::apply(
+            http.clone(),
+            workers,
+            schedule,
+            plan.slow.window,
+            start,
+        )),
+        SlowMode::Sigstop => tokio::spawn(slowdown::pause(pids, schedule, plan.slow.window, start)),
+    };
+    let label = format!("{} @ {} req/s", config.name, load_plan.rate);
+    let result = load::run(http, target, &load_plan, &label).await;
+    let _ = injector.await;
+    cluster.stop().await;
+    let latency = result.latency.summary();
+    let answered = result.sent - result.errors;
+    eprintln!(
+        "{label}: p50 {} µs, p99.9 {} µs, {} errors",
+        latency.p50_us, latency.p999_us, result.errors
     );
-    for row in &r.rows {
-        let l = &row.latency;
-        let ratio = base
-            .map(|b| format!("{:.2}×", row.tail_gap_us as f64 / b))
-            .unwrap_or_default();
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1}% | {ratio} |\n",
-            row.config.name,
-            l.p50_us,
-            l.p90_us,
-            l.p99_us,
-            l.p999_us,
-            l.max_us,
-            row.throughput_rps,
-            row.errors,
-            row.reconstructed_share * 100.0
-        ));
+    Ok(Row {
+        config,
+        rate: load_plan.rate,
+        tail: result.latency.tail(),
+        throughput_rps: answered as f64 / result.wall.as_secs_f64(),
+        sent: result.sent,
+        errors: result.errors,
+        reconstructed_share: result.reconstructed as f64 / answered.max(1) as f64,
+        tail_gap_us: latency.p999_us.saturating_sub(latency.p50_us),
+        latency,
+    })
+}
+
+/// "<CPU model> × <logical CPUs>", from /proc/cpuinfo where there is one.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    format!("{model} × {cpus}")
+}
+
+/// The report as markdown tables, one per load, with the tail gap relative
+/// to `equal-resources` at the same load.
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    for &rate in &r.rates {
+        let rows: Vec<&Row> = r.rows.iter().filter(|row| row.rate == rate).collect();
+        let base = rows
+            .iter()
+            .find(|row| row.config.name == "equal-resources")
+            .map(|row| row.tail_gap_us.max(1) as f64);
+        if r.rates.len() > 1 {
+            s.push_str(&format!("\n{rate} req/s:\n\n"));
+        }
+        s.push_str(
+            "| configuration | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | req/s | errors | rebuilt | p99.9 − p50 vs equal-resources |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for row in rows {
+            let l = &row.latency;
+            let ratio = base
+                .map(|b| format!("{:.2}×", row.tail_gap_us as f64 / b))
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1}% | {ratio} |\n",
+                row.config.name,
+                l.p50_us,
+                l.p90_us,
+                l.p99_us,
+                l.p999_us,
+                l.max_us,
+                row.throughput_rps,
+                row.errors,
+                row.reconstructed_share * 100.0
+            ));
+        }
     }
     s
 }

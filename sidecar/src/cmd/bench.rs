@@ -7,9 +7,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::DataArgs;
-use crate::bench::load::LoadPlan;
 use crate::bench::slowdown::SlowPlan;
-use crate::bench::{echo, overhead, stragglers};
+use crate::bench::stragglers::SlowMode;
+use crate::bench::{echo, overhead, plot, stragglers};
 use crate::coding::EncoderKind;
 use crate::frontend::ReconstructPolicy;
 use crate::local::{Cluster, ClusterSpec, ModelPlan, default_cache_dir};
@@ -26,22 +26,35 @@ pub enum BenchCommand {
     /// k = 2 (eager and deadline) against least-loaded, hedged and
     /// replicated serving, each on three fresh worker processes, the same
     /// seeded Poisson load (latency from the intended send time) and the
-    /// same seeded slow windows.
+    /// same seeded slow windows (added delay or SIGSTOP pauses). Prints a
+    /// table per load, writes JSON and PNG figures (tail per
+    /// configuration; p99.9 against load with several --rates).
     Stragglers(StragglerArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct StragglerArgs {
-    /// Mean requests per second (open loop, Poisson arrivals).
-    #[arg(long, default_value_t = 300.0)]
-    pub rate: f64,
-    /// Seconds of load per configuration.
+    /// A JSON file of flags, e.g. `{"rates": [100, 300], "seconds": 30,
+    /// "mode": "sigstop", "prometheus": true}`; flags given on the command
+    /// line win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Mean requests per second (open loop, Poisson arrivals); several
+    /// (comma-separated) run every configuration at each load and plot
+    /// p99.9 against load.
+    #[arg(long, alias = "rate", value_delimiter = ',', default_value = "300")]
+    pub rates: Vec<f64>,
+    /// Seconds of load per configuration and load.
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
+    /// How a slow window is made: an added delay per answer, or a SIGSTOP
+    /// pause of the worker process.
+    #[arg(long, value_enum, default_value_t = SlowMode::Delay)]
+    pub mode: SlowMode,
     /// Chance that a worker is slow during a window.
     #[arg(long, default_value_t = 0.05)]
     pub slow_probability: f64,
-    /// Delay added to a slow worker's answers, in ms.
+    /// Delay added to a slow worker's answers, in ms (`--mode delay`).
     #[arg(long, default_value_t = 50)]
     pub slow_ms: u64,
     /// Length of a slow window, in ms.
@@ -65,6 +78,17 @@ pub struct StragglerArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "target/bench/stragglers.json")]
     pub out: PathBuf,
+    /// Where the figures go: `stragglers-tail.png`, and with several
+    /// rates `stragglers-load.png`.
+    #[arg(long, default_value = "target/bench")]
+    pub plots: PathBuf,
+    /// Base model training epochs (when not cached).
+    #[arg(long, default_value_t = 10)]
+    pub base_epochs: usize,
+    /// Parity model training epochs (when not cached).
+    #[arg(long, default_value_t = 40)]
+    pub parity_epochs: usize,
+    /// Trained models are kept here [default: ~/.cache/coded-serving/models].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -105,13 +129,15 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 fn models(
     cache: Option<PathBuf>,
     data: &DataArgs,
+    base_epochs: usize,
+    parity_epochs: usize,
 ) -> anyhow::Result<(crate::local::ModelDirs, crate::model::ModelCard)> {
     let plan = ModelPlan {
         arch: Arch::Mlp,
         k: 2,
         encoder: EncoderKind::Sum,
-        base_epochs: 10,
-        parity_epochs: 40,
+        base_epochs,
+        parity_epochs,
         seed: 0,
         cache: cache.unwrap_or_else(default_cache_dir),
     };
@@ -138,40 +164,133 @@ fn write_json(out: &std::path::Path, report: &impl serde::Serialize) -> anyhow::
 }
 
 fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
+    let args = match &args.config {
+        Some(file) => with_config_file(file)?,
+        None => args,
+    };
     if args.prometheus && crate::local::prometheus::binary().is_none() {
         anyhow::bail!(
             "--prometheus needs the `prometheus` binary on the PATH (Debian: `apt-get install prometheus`)"
         );
     }
-    let (dirs, card) = models(args.cache_dir.clone(), &args.data)?;
+    if args.rates.is_empty() || args.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+        anyhow::bail!("--rates must be positive numbers, e.g. 100,300");
+    }
+    let names: Vec<&str> = stragglers::configs(args.prometheus)
+        .iter()
+        .map(|c| c.name)
+        .collect();
+    if !args.only.is_empty()
+        && !names
+            .iter()
+            .any(|n| args.only.iter().any(|o| n.contains(o.as_str())))
+    {
+        anyhow::bail!(
+            "--only {:?} matches no configuration; they are: {}",
+            args.only,
+            names.join(", ")
+        );
+    }
+    let (dirs, card) = models(
+        args.cache_dir.clone(),
+        &args.data,
+        args.base_epochs,
+        args.parity_epochs,
+    )?;
     let seconds = if args.quick { 3 } else { args.seconds };
-    let load = LoadPlan {
-        rate: args.rate,
+    let plan = stragglers::Plan {
+        rates: args.rates.clone(),
         duration: Duration::from_secs(seconds),
         seed: args.seed,
-    };
-    let slow = SlowPlan {
-        window: Duration::from_millis(args.window_ms.max(1)),
-        probability: args.slow_probability,
-        delay_ms: args.slow_ms,
-        seed: args.seed,
+        slow: SlowPlan {
+            window: Duration::from_millis(args.window_ms.max(1)),
+            probability: args.slow_probability,
+            delay_ms: args.slow_ms,
+            seed: args.seed,
+        },
+        mode: args.mode,
+        prometheus: args.prometheus,
+        only: args.only.clone(),
     };
     let report = runtime()?.block_on(stragglers::run(
         &dirs,
         &card.name,
         &card.input.name,
         &card.input.shape,
-        load,
-        slow,
-        args.prometheus,
-        &args.only,
+        &plan,
     ))?;
     println!("{}", stragglers::markdown(&report));
+    std::fs::create_dir_all(&args.plots)
+        .with_context(|| format!("creating {}", args.plots.display()))?;
+    let tail = args.plots.join("stragglers-tail.png");
+    plot::tail(&report, report.rates[0], &tail).context("plotting the tail")?;
+    eprintln!("figure: {}", tail.display());
+    if report.rates.len() > 1 {
+        let load = args.plots.join("stragglers-load.png");
+        plot::load(&report, &load).context("plotting p99.9 against load")?;
+        eprintln!("figure: {}", load.display());
+    }
     write_json(&args.out, &report)
 }
 
+/// Re-reads the `stragglers` flags with those of a JSON file first, so that
+/// the command line's own flags win.
+fn with_config_file(file: &std::path::Path) -> anyhow::Result<StragglerArgs> {
+    #[derive(clap::Parser)]
+    #[command(name = "stragglers", args_override_self = true)]
+    struct Cli {
+        #[command(flatten)]
+        args: StragglerArgs,
+    }
+    use clap::Parser;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading --config {}", file.display()))?;
+    let flags: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("--config {} is not a JSON object of flags", file.display()))?;
+    let mut argv = vec!["stragglers".to_owned()];
+    for (key, value) in flags {
+        let flag = format!("--{}", key.replace('_', "-"));
+        match value {
+            serde_json::Value::Bool(true) => argv.push(flag),
+            serde_json::Value::Bool(false) | serde_json::Value::Null => {}
+            serde_json::Value::Array(items) => {
+                let items: Vec<String> = items.iter().map(scalar).collect();
+                argv.extend([flag, items.join(",")]);
+            }
+            other => argv.extend([flag, scalar(&other)]),
+        }
+    }
+    // The command line's own flags (after the subcommand's name), but
+    // --config itself.
+    let mut skip_next = false;
+    for a in std::env::args().skip_while(|a| a != "stragglers").skip(1) {
+        if skip_next {
+            skip_next = false;
+            continue;
+        }
+        if a == "--config" {
+            skip_next = true;
+            continue;
+        }
+        if a.starts_with("--config=") {
+            continue;
+        }
+        argv.push(a);
+    }
+    Cli::try_parse_from(&argv)
+        .map(|c| c.args)
+        .map_err(|e| anyhow::anyhow!("--config {}: {e}", file.display()))
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
-    let (dirs, card) = models(args.cache_dir.clone(), &args.data)?;
+    let (dirs, card) = models(args.cache_dir.clone(), &args.data, 10, 40)?;
     let spec = ClusterSpec {
         k: 2,
         encoder: EncoderKind::Sum,

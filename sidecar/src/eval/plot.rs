@@ -22,12 +22,12 @@ pub enum PlotError {
     Draw(String),
 }
 
-fn draw_err<E: std::fmt::Display>(e: E) -> PlotError {
+pub(crate) fn draw_err<E: std::fmt::Display>(e: E) -> PlotError {
     PlotError::Draw(e.to_string())
 }
 
 /// Registers the font once per process (plotters keeps a `'static` slice).
-fn register_font() -> Result<(), PlotError> {
+pub(crate) fn register_font() -> Result<(), PlotError> {
     static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     if DONE.get().is_some() {
         return Ok(());

@@ -1,0 +1,170 @@
+//! The figures of `bench stragglers`: each configuration's latency tail
+//! (median to p99.99, log scale) at one load, and p99.9 against load.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::stragglers::Report;
+use crate::eval::plot::{PlotError, draw_err, register_font};
+
+/// Quantile q on the tail axis: its number of nines (p90 = 1, p99.9 = 3).
+fn nines(q: f64) -> f64 {
+    -(1.0 - q).log10()
+}
+
+fn label(nines: f64) -> String {
+    let q = 100.0 * (1.0 - 10f64.powf(-nines));
+    let digits = (nines - 2.0).ceil().max(0.0) as usize;
+    format!("p{q:.digits$}")
+}
+
+/// Latency against quantile for every configuration at `rate`.
+pub fn tail(report: &Report, rate: f64, out: &Path) -> Result<(), PlotError> {
+    let rows: Vec<_> = report.rows.iter().filter(|r| r.rate == rate).collect();
+    let points = |r: &super::stragglers::Row| -> Vec<(f64, f64)> {
+        r.tail
+            .iter()
+            .filter(|(q, _)| *q < 1.0)
+            .map(|&(q, us)| (nines(q), us.max(1) as f64 / 1000.0))
+            .collect()
+    };
+    let all: Vec<(f64, f64)> = rows.iter().flat_map(|r| points(r)).collect();
+    if all.is_empty() {
+        return Err(PlotError::Empty);
+    }
+    register_font()?;
+    let x_max = all.iter().map(|p| p.0).fold(1.0, f64::max);
+    let y_max = all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.5;
+    let y_min = all.iter().map(|p| p.1).fold(f64::MAX, f64::min) / 1.5;
+    let root = BitMapBackend::new(out, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "Latency tail at {rate} req/s, {}% of {} ms windows slow ({:?})",
+                report.slow_probability * 100.0,
+                report.window_ms,
+                report.mode
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(nines(0.5)..x_max + 0.1, (y_min..y_max).log_scale())
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("quantile")
+        .y_desc("latency (ms, log scale)")
+        .x_label_formatter(&|x| label(*x))
+        .y_label_formatter(&|y| format!("{y:.1}"))
+        .draw()
+        .map_err(draw_err)?;
+    for (i, row) in rows.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let style = ShapeStyle::from(&color).stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(points(row), style))
+            .map_err(draw_err)?
+            .label(row.config.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(draw_err)?;
+    root.present().map_err(draw_err)?;
+    Ok(())
+}
+
+/// p99.9 against offered load, one line per configuration.
+pub fn load(report: &Report, out: &Path) -> Result<(), PlotError> {
+    if report.rates.len() < 2 || report.rows.is_empty() {
+        return Err(PlotError::Empty);
+    }
+    register_font()?;
+    let mut names: Vec<&str> = Vec::new();
+    for r in &report.rows {
+        if !names.contains(&r.config.name) {
+            names.push(r.config.name);
+        }
+    }
+    let ms = |us: u64| us.max(1) as f64 / 1000.0;
+    let y_max = report
+        .rows
+        .iter()
+        .map(|r| ms(r.latency.p999_us))
+        .fold(1.0, f64::max)
+        * 1.5;
+    let y_min = report
+        .rows
+        .iter()
+        .map(|r| ms(r.latency.p999_us))
+        .fold(f64::MAX, f64::min)
+        / 1.5;
+    let x_min = report.rates.iter().copied().fold(f64::MAX, f64::min);
+    let x_max = report.rates.iter().copied().fold(0.0, f64::max);
+    let root = BitMapBackend::new(out, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("p99.9 latency against offered load", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x_min * 0.9..x_max * 1.05, (y_min..y_max).log_scale())
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered load (requests/s, Poisson)")
+        .y_desc("p99.9 (ms, log scale)")
+        .y_label_formatter(&|y| format!("{y:.1}"))
+        .draw()
+        .map_err(draw_err)?;
+    for (i, name) in names.iter().enumerate() {
+        let mut pts: Vec<(f64, f64)> = report
+            .rows
+            .iter()
+            .filter(|r| r.config.name == *name)
+            .map(|r| (r.rate, ms(r.latency.p999_us)))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let color = Palette99::pick(i).to_rgba();
+        let style = ShapeStyle::from(&color).stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), style))
+            .map_err(draw_err)?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .map_err(draw_err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(draw_err)?;
+    root.present().map_err(draw_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_axis_labels_name_the_quantiles() {
+        assert_eq!(label(nines(0.5)), "p50");
+        assert_eq!(label(nines(0.9)), "p90");
+        assert_eq!(label(nines(0.99)), "p99");
+        assert_eq!(label(nines(0.999)), "p99.9");
+        assert_eq!(label(nines(0.9999)), "p99.99");
+    }
+}

@@ -1,0 +1,176 @@
+//! `coded-sidecar bench stragglers --quick` end to end, as a user runs it:
+//! real worker and frontend processes, a config file, two loads, SIGSTOP
+//! stragglers. Checks the report's structure and the figures, not timings
+//! (machines are noisy; numbers belong in docs/benchmarks.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_coded-sidecar");
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run coded-sidecar");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Small models, trained on part of the data and laid out as the bench's
+/// model cache expects for `--base-epochs 1 --parity-epochs 1`.
+fn cache(dir: &Path) -> PathBuf {
+    let cache = dir.join("models");
+    let base = cache.join("mlp-e1-s0");
+    let parity = cache.join("mlp-e1-s0-parity-k2-sum-e1");
+    let (b, p) = (base.to_str().unwrap(), parity.to_str().unwrap());
+    run(&[
+        "train", "base", "--epochs", "1", "--limit", "5000", "--quiet", "--out", b,
+    ]);
+    run(&[
+        "train", "parity", "--base", b, "--k", "2", "--epochs", "1", "--limit", "5000", "--quiet",
+        "--out", p,
+    ]);
+    cache
+}
+
+fn is_png(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.len() > 1000 && b.starts_with(b"\x89PNG\r\n\x1a\n"))
+}
+
+#[test]
+fn quick_stragglers_writes_a_complete_report_and_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path());
+    let config = dir.path().join("bench.json");
+    std::fs::write(
+        &config,
+        r#"{"rates": [100, 200], "only": ["eager", "equal"], "mode": "sigstop", "quick": true, "seconds": 600}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("report.json");
+    let plots = dir.path().join("plots");
+    let table = run(&[
+        "bench",
+        "stragglers",
+        "--config",
+        config.to_str().unwrap(),
+        "--base-epochs",
+        "1",
+        "--parity-epochs",
+        "1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]);
+    assert!(table.contains("| configuration | p50 µs |"), "{table}");
+    assert!(
+        table.contains("100 req/s") && table.contains("200 req/s"),
+        "{table}"
+    );
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["rates"], serde_json::json!([100.0, 200.0]));
+    assert_eq!(report["mode"], "sigstop");
+    // --quick wins over the file's 600 s.
+    assert_eq!(report["seconds"], 3.0);
+    assert!(report["machine"].as_str().is_some_and(|m| !m.is_empty()));
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<(&str, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["config"]["name"].as_str().unwrap(),
+                r["rate"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("coded k=2 eager", 100.0),
+            ("equal-resources", 100.0),
+            ("coded k=2 eager", 200.0),
+            ("equal-resources", 200.0)
+        ]
+    );
+    for row in rows {
+        let l = &row["latency"];
+        let count = l["count"].as_u64().unwrap();
+        let sent = row["sent"].as_u64().unwrap();
+        let errors = row["errors"].as_u64().unwrap();
+        assert!(count > 0 && count + errors == sent, "{row}");
+        let q: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
+            .iter()
+            .map(|k| l[k].as_u64().unwrap())
+            .collect();
+        assert!(
+            q.windows(2).all(|w| w[0] <= w[1]),
+            "quantiles in order: {q:?}"
+        );
+        let tail: Vec<(f64, u64)> = row["tail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap(), p[1].as_u64().unwrap()))
+            .collect();
+        assert!(tail.len() >= 5, "{tail:?}");
+        assert!(tail.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        assert_eq!(tail.last().unwrap(), &(1.0, q[4]));
+        let share = row["reconstructed_share"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&share));
+        assert!(row["throughput_rps"].as_f64().unwrap() > 0.0);
+        if row["config"]["name"] == "equal-resources" {
+            assert_eq!(share, 0.0, "nothing to rebuild from without parity");
+        }
+    }
+    assert!(is_png(&plots.join("stragglers-tail.png")));
+    assert!(is_png(&plots.join("stragglers-load.png")));
+}
+
+#[test]
+fn bad_bench_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.json");
+    std::fs::write(&config, r#"{"rates": [100], "no_such_flag": 1}"#).unwrap();
+    for (args, says) in [
+        (
+            vec!["bench", "stragglers", "--config", config.to_str().unwrap()],
+            "no-such-flag",
+        ),
+        (
+            vec!["bench", "stragglers", "--config", "/nonexistent.json"],
+            "reading --config",
+        ),
+        (
+            vec!["bench", "stragglers", "--rates", "0"],
+            "--rates must be positive",
+        ),
+        (
+            vec![
+                "bench",
+                "stragglers",
+                "--rates",
+                "100",
+                "--only",
+                "nothing-like-this",
+                "--quick",
+            ],
+            "matches no configuration",
+        ),
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
