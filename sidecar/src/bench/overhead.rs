@@ -1,8 +1,9 @@
 //! What the frontend costs with nothing straggling: latency of one query
 //! sent directly to a worker, through the frontend (k model calls and a
-//! parity call behind it), and to an echo server (the cost of one loopback
-//! HTTP hop), interleaved so all three see the same machine; then the most
-//! each sustains with concurrent clients.
+//! parity call behind it), through a frontend that only forwards
+//! (`--dispatch least-loaded`: the cost of the extra hop alone), and to an
+//! echo server (the cost of one loopback HTTP hop), interleaved so all see
+//! the same machine; then the most each sustains with concurrent clients.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,8 @@ pub struct OverheadReport {
     /// (frontend p50 − worker p50) / (echo p50): the frontend's added
     /// latency in loopback hops.
     pub added_p50_in_hops: f64,
+    /// The same for the forwarding frontend: what the hop alone costs.
+    pub forwarding_added_p50_in_hops: f64,
     /// Frontend throughput over the echo server's.
     pub throughput_vs_echo: f64,
 }
@@ -41,6 +44,8 @@ pub struct OverheadReport {
 pub struct Endpoints<'a> {
     pub worker: &'a str,
     pub frontend: &'a str,
+    /// A frontend with `--dispatch least-loaded` over the same workers.
+    pub forwarding: &'a str,
     pub echo: &'a str,
     pub model: &'a str,
     pub input: &'a str,
@@ -57,6 +62,10 @@ pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<Overhe
             call(e.frontend, e.model, e.input, e.shape),
         ),
         ("echo (one hop)", call(e.echo, e.model, e.input, e.shape)),
+        (
+            "frontend, forwarding only",
+            call(e.forwarding, e.model, e.input, e.shape),
+        ),
     ];
     let mut recorders: Vec<Recorder> = calls.iter().map(|_| Recorder::default()).collect();
     let bar = indicatif::ProgressBar::new((plan.warmup + plan.requests) as u64)
@@ -89,6 +98,7 @@ pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<Overhe
     let p50 = |i: usize| targets[i].latency.p50_us as f64;
     Ok(OverheadReport {
         added_p50_in_hops: (p50(1) - p50(0)) / p50(2).max(1.0),
+        forwarding_added_p50_in_hops: (p50(3) - p50(0)) / p50(2).max(1.0),
         throughput_vs_echo: targets[1].throughput_rps / targets[2].throughput_rps.max(1e-9),
         targets,
     })
@@ -140,8 +150,9 @@ pub fn markdown(r: &OverheadReport) -> String {
         ));
     }
     s.push_str(&format!(
-        "\nThe frontend adds {:.2} loopback hops at p50 (through-frontend minus direct, over the echo round trip); its throughput is {:.0}% of the echo server's.\n",
+        "\nThe frontend adds {:.2} loopback hops at p50 (through-frontend minus direct, over the echo round trip; forwarding only: {:.2}); its throughput is {:.0}% of the echo server's.\n",
         r.added_p50_in_hops,
+        r.forwarding_added_p50_in_hops,
         r.throughput_vs_echo * 100.0
     ));
     s

@@ -305,13 +305,27 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         prometheus: None,
         frontend_args: Vec::new(),
     };
+    let forwarding = ClusterSpec {
+        dispatch: crate::frontend::DispatchMode::LeastLoaded,
+        models: 1,
+        parities: 0,
+        ..spec.clone()
+    };
     let report = runtime()?.block_on(async {
         let cluster = Cluster::start(&dirs, &card.name, &spec).await?;
+        let forwarder = match Cluster::start(&dirs, &card.name, &forwarding).await {
+            Ok(f) => f,
+            Err(e) => {
+                cluster.stop().await;
+                return Err(e);
+            }
+        };
         let (echo_url, _echo) = echo::spawn().await?;
         let result = overhead::run(
             overhead::Endpoints {
                 worker: &cluster.model_urls[0],
                 frontend: &cluster.frontend_url,
+                forwarding: &forwarder.frontend_url,
                 echo: &echo_url,
                 model: &card.name,
                 input: &card.input.name,
@@ -326,6 +340,7 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         )
         .await;
         cluster.stop().await;
+        forwarder.stop().await;
         result
     })?;
     println!("{}", overhead::markdown(&report));
