@@ -241,6 +241,8 @@ impl Context {
             reporter,
             Arc::new(Metrics::new()),
             Settings::default(),
+            crate::latency::LatencyReader::new("5m", std::time::Duration::from_secs(1))
+                .expect("http client"),
         );
         (Arc::new(ctx), ApiServerVerifier(handle))
     }

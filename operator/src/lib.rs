@@ -9,6 +9,7 @@
 pub mod crd;
 pub mod error;
 pub mod events;
+pub mod latency;
 pub mod leader;
 pub mod metrics;
 pub mod rbac;

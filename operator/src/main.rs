@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use coded_operator::crd::CodedInferenceService;
+use coded_operator::latency::LatencyReader;
 use coded_operator::leader::{self, LeaderConfig};
 use coded_operator::metrics::Metrics;
 use coded_operator::reconcile::children::Settings;
@@ -20,6 +21,9 @@ use kube::api::{Api, ListParams};
 use kube::runtime::events::Reporter;
 use tracing::{error, info};
 
+/// A reading of a resource's latency never holds a reconcile up longer.
+const LATENCY_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Parser, Debug)]
 #[command(version, about = "Kubernetes operator for CodedInferenceServices")]
 struct Args {
@@ -29,6 +33,15 @@ struct Args {
     /// coded-sidecar image for pods whose resource names none.
     #[arg(long, env = "CODED_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
     sidecar_image: String,
+    /// Prometheus whose query API gives each resource's observed tail
+    /// latency (status.observedLatency, the SLOMet condition), for
+    /// resources whose spec.prometheus names none; their frontends' watchers
+    /// read worker latency from it too.
+    #[arg(long, env = "CODED_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    /// The window of those latency readings (a Prometheus duration).
+    #[arg(long, env = "CODED_SLO_WINDOW", default_value = "5m")]
+    slo_window: String,
     /// Watch only this namespace (default: all).
     #[arg(long, env = "CODED_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
@@ -88,12 +101,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let settings = Settings {
         sidecar_image: args.sidecar_image.clone(),
+        prometheus_url: args.prometheus_url.clone().filter(|u| !u.is_empty()),
     };
+    let latency = LatencyReader::new(&args.slo_window, LATENCY_QUERY_TIMEOUT)
+        .context("building the Prometheus client")?;
     let ctx = Arc::new(Context::new(
         client.clone(),
         reporter,
         metrics.clone(),
         settings,
+        latency,
     ));
     let shutdown = shutdown_signal().shared();
     let controller = reconcile::run(

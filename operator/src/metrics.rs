@@ -6,8 +6,8 @@ use std::time::Instant;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::crd::CodedInferenceService;
@@ -28,6 +28,7 @@ pub struct Metrics {
     instances: IntGaugeVec,
     /// Conditions per resource, one-hot over `status`, from the controller's cache.
     conditions: IntGaugeVec,
+    observed_latency: GaugeVec,
     /// The controller's cache of resources; per-resource gauges are read
     /// from it at scrape time, so a deleted resource leaves no stale series.
     services: OnceLock<Store<CodedInferenceService>>,
@@ -91,8 +92,17 @@ impl Metrics {
             &["namespace", "name", "condition", "status"],
         )
         .expect("valid metric");
+        let observed_latency = GaugeVec::new(
+            Opts::new(
+                "coded_service_observed_latency_seconds",
+                "Observed latency of a CodedInferenceService at its SLO quantile (status.observedLatency)",
+            ),
+            &["namespace", "name", "quantile"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(observed_latency.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconciliations.clone()),
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(leader.clone()),
@@ -109,6 +119,7 @@ impl Metrics {
             leader,
             instances,
             conditions,
+            observed_latency,
             services: OnceLock::new(),
         }
     }
@@ -124,6 +135,7 @@ impl Metrics {
         };
         self.instances.reset();
         self.conditions.reset();
+        self.observed_latency.reset();
         for cis in store.state() {
             let (ns, name) = (cis.namespace().unwrap_or_default(), cis.name_any());
             let Some(status) = &cis.status else { continue };
@@ -135,6 +147,17 @@ impl Metrics {
                 self.instances
                     .with_label_values(&[&ns, &name, role])
                     .set(i64::from(ready));
+            }
+            if let (Some(slo), Some(seconds)) = (
+                &cis.spec.slo,
+                status
+                    .observed_latency
+                    .as_deref()
+                    .and_then(crate::latency::parse_latency),
+            ) {
+                self.observed_latency
+                    .with_label_values(&[&ns, &name, &slo.quantile.to_string()])
+                    .set(seconds);
             }
             for c in &status.conditions {
                 for value in ["True", "False", "Unknown"] {
@@ -231,9 +254,26 @@ mod tests {
             frontend_ready: 1,
         };
         let now = k8s_openapi::jiff::Timestamp::UNIX_EPOCH;
-        cis.status = Some(compute(&cis, observed, "e".into(), now));
+        cis.spec.slo = Some(crate::crd::SloSpec {
+            latency_target: "50ms".into(),
+            quantile: 0.99,
+        });
+        let mut status = compute(&cis, observed, "e".into(), now);
+        let reading = crate::latency::SloReading::Observed(0.042);
+        crate::status::set_slo(
+            &mut status,
+            &cis,
+            Some("http://p"),
+            Some(&reading),
+            "5m",
+            now,
+        );
+        cis.status = Some(status);
         writer.apply_watcher_event(&Event::Apply(cis.clone()));
         let text = m.render();
+        assert!(text.contains(
+            r#"coded_service_observed_latency_seconds{name="demo",namespace="ns1",quantile="0.99"} 0.042"#
+        ));
         assert!(text.contains(
             r#"coded_service_ready_instances{name="demo",namespace="ns1",role="model"} 2"#
         ));

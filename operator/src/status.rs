@@ -6,13 +6,15 @@
 //!   enough to decode every group.
 //! - `Degraded`: ready, but with fewer than k model or r parity instances, so
 //!   some losses in a coding group can no longer be rebuilt.
-//! - `SLOMet`: whether the observed tail latency meets `spec.slo`; Unknown
-//!   until latencies are measured.
+//! - `SLOMet`: whether the observed tail latency meets `spec.slo`, from a
+//!   Prometheus reading ([`set_slo`]); Unknown, with the reason, while it
+//!   cannot be measured.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{CodedInferenceService, CodedInferenceServiceStatus};
+use crate::latency::{SloReading, format_latency, parse_latency};
 
 pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
@@ -181,6 +183,89 @@ fn slo_condition(cis: &CodedInferenceService, previous: &[Condition], now: Times
     )
 }
 
+/// Sets `SLOMet` and `observedLatency` from what Prometheus (at `url`, the
+/// resource's or the operator's) said of the resource's latency.
+pub fn set_slo(
+    status: &mut CodedInferenceServiceStatus,
+    cis: &CodedInferenceService,
+    url: Option<&str>,
+    reading: Option<&SloReading>,
+    window: &str,
+    now: Timestamp,
+) {
+    let previous = cis
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let Some(slo) = &cis.spec.slo else { return };
+    let q = format!("p{}", slo.quantile * 100.0);
+    let target = &slo.latency_target;
+    let (met, reason, message) = match (url, reading) {
+        (None, _) => (
+            None,
+            "NoPrometheus",
+            "neither spec.prometheus.url nor the operator's --prometheus-url is set: tail latency is not measured".to_string(),
+        ),
+        (Some(_), None) => (
+            None,
+            "NotMeasuredYet",
+            format!("{q} latency not measured yet (target {target})"),
+        ),
+        (Some(_), Some(SloReading::Observed(seconds))) => {
+            let observed = format_latency(*seconds);
+            match parse_latency(target) {
+                Some(limit) if *seconds <= limit => (
+                    Some(true),
+                    "TargetMet",
+                    format!("{q} latency {observed} over the last {window} meets the {target} target"),
+                ),
+                Some(_) => (
+                    Some(false),
+                    "TargetMissed",
+                    format!(
+                        "{q} latency {observed} over the last {window} is above the {target} target: see which instances straggle and each worker's latency on the coded-serving dashboard, or add model replicas"
+                    ),
+                ),
+                None => (
+                    None,
+                    "InvalidTarget",
+                    format!("slo.latencyTarget {target:?} is not a latency such as 50ms"),
+                ),
+            }
+        }
+        (Some(url), Some(SloReading::NoTraffic)) => (
+            None,
+            "NoTraffic",
+            format!(
+                "no answered requests in the last {window}: Prometheus at {url} has no coded_frontend_request_duration_seconds with namespace and coded_dev_service labels of this resource (are its frontends scraped? the ServiceMonitor needs the Prometheus operator)"
+            ),
+        ),
+        (Some(_), Some(SloReading::Unreachable(error))) => (
+            None,
+            "PrometheusUnreachable",
+            format!("cannot read the {q} latency: {error}"),
+        ),
+    };
+    status.observed_latency = match reading {
+        Some(SloReading::Observed(seconds)) => Some(format_latency(*seconds)),
+        _ => None,
+    };
+    let slo_met = condition(
+        previous,
+        SLO_MET,
+        met,
+        reason,
+        message,
+        cis.metadata.generation,
+        now,
+    );
+    match status.conditions.iter_mut().find(|c| c.type_ == SLO_MET) {
+        Some(c) => *c = slo_met,
+        None => status.conditions.push(slo_met),
+    }
+}
+
 /// A condition that keeps its previous transition time while its status holds.
 fn condition(
     previous: &[Condition],
@@ -329,6 +414,42 @@ mod tests {
             cond(&s, SLO_MET).message
         );
         assert_eq!(s.observed_latency, None);
+    }
+
+    #[test]
+    fn slo_follows_the_reading() {
+        let mut cis = cis("demo");
+        cis.spec.slo = Some(SloSpec {
+            latency_target: "50ms".into(),
+            quantile: 0.99,
+        });
+        let base = compute(&cis, observed(2, 1, 1), "e".into(), at(0));
+        let with = |url: Option<&str>, reading: Option<SloReading>| {
+            let mut s = base.clone();
+            set_slo(&mut s, &cis, url, reading.as_ref(), "5m", at(10));
+            s
+        };
+        let url = Some("http://prom:9090");
+        let met = with(url, Some(SloReading::Observed(0.042)));
+        assert_eq!(cond(&met, SLO_MET).status, "True");
+        assert_eq!(cond(&met, SLO_MET).reason, "TargetMet");
+        assert_eq!(met.observed_latency.as_deref(), Some("42ms"));
+        assert_eq!(met.conditions.len(), 3, "replaced, not added");
+        let missed = with(url, Some(SloReading::Observed(0.25)));
+        assert_eq!(cond(&missed, SLO_MET).status, "False");
+        assert_eq!(cond(&missed, SLO_MET).reason, "TargetMissed");
+        assert!(cond(&missed, SLO_MET).message.contains("p99 latency 250ms"));
+        let quiet = with(url, Some(SloReading::NoTraffic));
+        assert_eq!(cond(&quiet, SLO_MET).status, "Unknown");
+        assert_eq!(cond(&quiet, SLO_MET).reason, "NoTraffic");
+        assert_eq!(quiet.observed_latency, None);
+        let down = with(
+            url,
+            Some(SloReading::Unreachable("connection refused".into())),
+        );
+        assert_eq!(cond(&down, SLO_MET).reason, "PrometheusUnreachable");
+        assert!(cond(&down, SLO_MET).message.contains("connection refused"));
+        assert_eq!(cond(&with(None, None), SLO_MET).reason, "NoPrometheus");
     }
 
     #[test]

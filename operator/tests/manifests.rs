@@ -165,8 +165,9 @@ fn monitoring_files_match_and_use_exported_metrics() {
     let cis: CodedInferenceService = serde_json::from_value(serde_json::json!({
         "apiVersion": "coded.dev/v1alpha1", "kind": "CodedInferenceService",
         "metadata": {"name": "demo", "namespace": "ns1"},
-        "spec": {"model": {"uri": "file:///m"}, "parityModel": {"uri": "file:///p"}},
-        "status": {"modelReady": 2, "conditions": [{
+        "spec": {"model": {"uri": "file:///m"}, "parityModel": {"uri": "file:///p"},
+                 "slo": {"latencyTarget": "50ms"}},
+        "status": {"modelReady": 2, "observedLatency": "42ms", "conditions": [{
             "type": "Ready", "status": "True", "reason": "AllInstancesReady",
             "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"
         }]},

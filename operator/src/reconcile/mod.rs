@@ -26,12 +26,15 @@ use tracing::{debug, info, instrument, warn};
 use self::backoff::Backoff;
 use self::children::{Children, MANAGED_BY_LABEL, Owner, Settings, service_monitor};
 use crate::crd::{CodedInferenceService, CodedInferenceServiceStatus};
+use crate::latency::LatencyReader;
 use crate::metrics::Metrics;
 use crate::status::{self, Observed};
 use crate::{Error, FIELD_MANAGER, Result, events};
 
 /// Resync period of a resource once it is ready; changes of its children wake it sooner.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Resync period of a resource with an SLO: its latency is read again.
+const RESYNC_SLO: Duration = Duration::from_secs(30);
 /// Resync period while instances are still starting.
 const RESYNC_NOT_READY: Duration = Duration::from_secs(30);
 /// How long the answer to "is the ServiceMonitor CRD served?" is trusted.
@@ -43,6 +46,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    pub latency: LatencyReader,
     backoff: Backoff,
     service_monitor_served: Mutex<Option<(Instant, bool)>>,
 }
@@ -53,8 +57,10 @@ impl Context {
         reporter: Reporter,
         metrics: Arc<Metrics>,
         settings: Settings,
+        latency: LatencyReader,
     ) -> Self {
         Self {
+            latency,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
@@ -148,13 +154,31 @@ async fn reconcile_inner(cis: &CodedInferenceService, ctx: &Context) -> Result<A
             .unwrap_or(0),
     };
     debug!(?observed, "children applied");
-    let status = status::compute(cis, observed, owner.endpoint(), Timestamp::now());
+    let mut status = status::compute(cis, observed, owner.endpoint(), Timestamp::now());
+    let url = ctx.settings.prometheus_url(cis);
+    if let Some(slo) = &cis.spec.slo {
+        let reading = match url {
+            Some(url) => Some(ctx.latency.read(url, ns, &owner.name, slo.quantile).await),
+            None => None,
+        };
+        debug!(?reading, "observed latency");
+        status::set_slo(
+            &mut status,
+            cis,
+            url,
+            reading.as_ref(),
+            &ctx.latency.window,
+            Timestamp::now(),
+        );
+    }
     let ready = status::find(Some(&status), status::READY).is_some_and(|c| c.status == "True");
     write_status(cis, ctx, &owner, status).await?;
-    Ok(Action::requeue(if ready {
-        RESYNC
-    } else {
+    Ok(Action::requeue(if !ready {
         RESYNC_NOT_READY
+    } else if cis.spec.slo.is_some() && url.is_some() {
+        RESYNC_SLO
+    } else {
+        RESYNC
     }))
 }
 

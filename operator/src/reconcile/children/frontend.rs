@@ -12,7 +12,7 @@ use crate::SIDECAR_PORT;
 use crate::crd::SchedulingSpec;
 
 /// The `coded-sidecar frontend` arguments.
-pub fn args(owner: &Owner<'_>) -> Vec<String> {
+pub fn args(owner: &Owner<'_>, settings: &Settings) -> Vec<String> {
     let spec = &owner.cis.spec;
     let coding = &spec.coding;
     let model_endpoints = worker::endpoints(owner, Role::Model, spec.model_replicas()).join(",");
@@ -44,8 +44,17 @@ pub fn args(owner: &Owner<'_>) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
-    if let Some(prometheus) = &spec.prometheus {
-        args.extend(["--prometheus-url".to_string(), prometheus.url.clone()]);
+    if let Some(url) = settings.prometheus_url(owner.cis) {
+        // Only this resource's pods: names repeat across namespaces.
+        args.extend([
+            "--prometheus-url".to_string(),
+            url.to_string(),
+            "--prometheus-selector".to_string(),
+            format!(
+                "namespace=\"{}\",coded_dev_service=\"{}\"",
+                owner.namespace, owner.name
+            ),
+        ]);
     }
     args
 }
@@ -70,7 +79,7 @@ pub fn scheduling(owner: &Owner<'_>) -> SchedulingSpec {
 pub fn deployment(owner: &Owner<'_>, settings: &Settings) -> Deployment {
     let spec = &owner.cis.spec.frontend;
     let image = spec.image.as_deref().unwrap_or(&settings.sidecar_image);
-    let container = sidecar_container(image, args(owner), spec.resources.as_ref());
+    let container = sidecar_container(image, args(owner, settings), spec.resources.as_ref());
     let scheduling = scheduling(owner);
     Deployment {
         metadata: owner.meta(Role::Frontend),
@@ -124,7 +133,7 @@ mod tests {
         cis.spec.coding.reconstruct_policy = ReconstructPolicy::Deadline;
         cis.spec.model.replicas = Some(4);
         let owner = Owner::new(&cis).expect("owner");
-        let args = args(&owner);
+        let args = args(&owner, &Settings::default());
         assert_eq!(args[0], "frontend");
         assert_eq!(arg_after(&args, "--host"), Some("0.0.0.0"));
         assert_eq!(arg_after(&args, "--port"), Some("8080"));
@@ -155,9 +164,29 @@ mod tests {
             url: "http://prom.monitoring.svc:9090".into(),
         });
         let owner = Owner::new(&cis).expect("owner");
+        let settings = Settings::default();
         assert_eq!(
-            arg_after(&args(&owner), "--prometheus-url"),
+            arg_after(&args(&owner, &settings), "--prometheus-url"),
             Some("http://prom.monitoring.svc:9090")
+        );
+        assert_eq!(
+            arg_after(&args(&owner, &settings), "--prometheus-selector"),
+            Some(r#"namespace="ns1",coded_dev_service="demo""#)
+        );
+        // The operator's own Prometheus serves resources that name none.
+        cis.spec.prometheus = None;
+        let owner = Owner::new(&cis).expect("owner");
+        assert_eq!(
+            arg_after(&args(&owner, &settings), "--prometheus-url"),
+            None
+        );
+        let operator_wide = Settings {
+            prometheus_url: Some("http://prom:9090".into()),
+            ..Settings::default()
+        };
+        assert_eq!(
+            arg_after(&args(&owner, &operator_wide), "--prometheus-url"),
+            Some("http://prom:9090")
         );
     }
 

@@ -55,13 +55,27 @@ impl Role {
 pub struct Settings {
     /// Image of `coded-sidecar` used when the resource names none.
     pub sidecar_image: String,
+    /// Prometheus for resources whose spec names none.
+    pub prometheus_url: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             sidecar_image: crate::DEFAULT_SIDECAR_IMAGE.to_string(),
+            prometheus_url: None,
         }
+    }
+}
+
+impl Settings {
+    /// The Prometheus a resource's latency is read from: its own, or the operator's.
+    pub fn prometheus_url<'a>(&'a self, cis: &'a CodedInferenceService) -> Option<&'a str> {
+        cis.spec
+            .prometheus
+            .as_ref()
+            .map(|p| p.url.as_str())
+            .or(self.prometheus_url.as_deref())
     }
 }
 

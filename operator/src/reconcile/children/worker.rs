@@ -285,6 +285,7 @@ mod tests {
         let owner = Owner::new(&cis).expect("owner");
         let settings = Settings {
             sidecar_image: "registry.example/sidecar:1".into(),
+            ..Settings::default()
         };
         let c = Children::build(&owner, &settings);
         let image = |sts: &StatefulSet| pod_spec(sts).containers[0].image.clone();
