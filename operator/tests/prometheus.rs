@@ -82,8 +82,11 @@ async fn frontend_metrics(seconds: f64) -> u16 {
 
 fn start_prometheus(exe: &PathBuf, target_port: u16) -> (Running, String) {
     let dir = tempfile::tempdir().unwrap();
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/monitoring/prometheus-rules.yaml");
     let config = serde_json::json!({
-        "global": {"scrape_interval": "250ms", "scrape_timeout": "250ms"},
+        "global": {"scrape_interval": "250ms", "scrape_timeout": "250ms", "evaluation_interval": "250ms"},
+        "rule_files": [rules],
         "scrape_configs": [{
             "job_name": "frontends",
             "static_configs": [{
@@ -187,4 +190,169 @@ async fn slo_met_follows_the_frontends_latency_in_prometheus() {
         SloReading::Unreachable(e) => assert!(e.contains(&dead), "{e}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// Serves the operator's own registry (operator/src/metrics.rs) with one
+/// resource in its cache, as a running operator would.
+async fn operator_metrics() -> u16 {
+    use coded_operator::metrics::Metrics;
+    let metrics = std::sync::Arc::new(Metrics::new());
+    metrics.start_reconcile().finish(true);
+    metrics.record_failure(&coded_operator::Error::MissingField("x"));
+    let (store, mut writer) = kube::runtime::reflector::store::<CodedInferenceService>();
+    let mut cis = resource("50ms");
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let observed = Observed {
+        model_ready: 2,
+        parity_ready: 1,
+        frontend_ready: 1,
+    };
+    let mut s = status::compute(&cis, observed, "e".into(), now);
+    status::set_slo(
+        &mut s,
+        &cis,
+        Some("http://p"),
+        Some(&SloReading::Observed(0.02)),
+        "5m",
+        now,
+    );
+    cis.status = Some(s);
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(cis));
+    metrics.watch_services(store);
+    let ticking = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            ticking.start_reconcile().finish(true);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { metrics.render() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// An instant query; waits for a Prometheus that is still starting.
+async fn query(url: &str, expr: &str) -> serde_json::Value {
+    let mut target = reqwest::Url::parse(&format!("{url}/api/v1/query")).unwrap();
+    target.query_pairs_mut().append_pair("query", expr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match reqwest::get(target.clone()).await {
+            Ok(r) => return serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+            Err(e) if tokio::time::Instant::now() < deadline && e.is_connect() => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn has_series(answer: &serde_json::Value) -> bool {
+    answer["data"]["result"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty())
+}
+
+/// The operator's side of the dashboard and the rules (`coded_operator_*`,
+/// `coded_service_*`); the data plane's are checked in sidecar/tests.
+fn operator_side(expr: &str) -> bool {
+    expr.contains("coded_operator_") || expr.contains("coded_service_")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operator_panel_and_rule_returns_series() {
+    let Some(exe) = binary() else {
+        eprintln!("skipped: no `prometheus` binary (apt-get install prometheus)");
+        return;
+    };
+    let target = operator_metrics().await;
+    let (_prometheus, url) = start_prometheus(&exe, target);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // A rate needs two scrapes with a change between them.
+    while !has_series(&query(&url, "rate(coded_operator_reconciliations_total[1m]) > 0").await) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no scrapes after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/monitoring/grafana-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            if operator_side(expr) {
+                exprs.push((panel["title"].as_str().unwrap().to_owned(), expr.to_owned()));
+            }
+        }
+    }
+    assert!(exprs.len() >= 6, "operator panels: {exprs:?}");
+    let mut empty = Vec::new();
+    for (title, expr) in &exprs {
+        let e = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$namespace", ".*")
+            .replace("$service", ".*");
+        let answer = query(&url, &e).await;
+        assert_eq!(answer["status"], "success", "{title}: {e}: {answer}");
+        if !has_series(&answer) {
+            empty.push(format!("{title}: {e}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "panels without series:\n{}",
+        empty.join("\n")
+    );
+
+    // Every rule loaded and evaluated without error; every operator-side
+    // metric a rule reads exists.
+    let rules: serde_json::Value = serde_json::from_str(
+        &reqwest::get(format!("{url}/api/v1/rules"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let names = regex::Regex::new(r"coded_(operator|service)_[a-z_]+").unwrap();
+    let mut checked = 0;
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_ne!(rule["health"], "err", "{rule}");
+            let expr = rule["query"].as_str().unwrap();
+            for m in names.find_iter(expr) {
+                checked += 1;
+                let answer = query(
+                    &url,
+                    &format!("count({{__name__=~\"{}(_bucket)?\"}})", m.as_str()),
+                )
+                .await;
+                assert!(
+                    has_series(&answer),
+                    "{} (rule {}) has no series",
+                    m.as_str(),
+                    rule["name"]
+                );
+            }
+        }
+    }
+    assert!(checked >= 5, "operator-side rule metrics: {checked}");
 }
