@@ -25,10 +25,17 @@ impl Drop for Running {
     }
 }
 
+/// The `prometheus` binary; CI (`CODED_REQUIRE_PROMETHEUS=1`) fails rather
+/// than skips without it.
 fn binary() -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|d| d.join("prometheus"))
-        .find(|p| p.is_file())
+        .find(|p| p.is_file());
+    assert!(
+        found.is_some() || std::env::var_os("CODED_REQUIRE_PROMETHEUS").is_none(),
+        "CODED_REQUIRE_PROMETHEUS is set but there is no `prometheus` binary"
+    );
+    found
 }
 
 fn free_port() -> u16 {
