@@ -174,3 +174,50 @@ fn bad_bench_input_gets_a_clear_error() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+/// `--mode network` needs root (namespaces, veth, tc); CI runs as root.
+#[test]
+fn network_interference_mode_runs_and_cleans_up() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: --mode network needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path());
+    let out = dir.path().join("report.json");
+    run(&[
+        "bench",
+        "stragglers",
+        "--mode",
+        "network",
+        "--quick",
+        "--rates",
+        "100",
+        "--only",
+        "eager",
+        "--transfers-per-second",
+        "4",
+        "--base-epochs",
+        "1",
+        "--parity-epochs",
+        "1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--plots",
+        dir.path().to_str().unwrap(),
+    ]);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["mode"], "network");
+    let row = &report["rows"][0];
+    assert_eq!(row["config"]["name"], "coded k=2 eager");
+    assert!(row["latency"]["count"].as_u64().unwrap() > 0, "{row}");
+    // Its namespaces and links are gone.
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !listed.contains("coded-"),
+        "namespaces left behind: {listed}"
+    );
+}

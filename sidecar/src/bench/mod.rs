@@ -4,6 +4,7 @@
 pub mod echo;
 pub mod latency;
 pub mod load;
+pub mod netns;
 pub mod overhead;
 pub mod plot;
 pub mod request;

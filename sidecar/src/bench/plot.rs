@@ -15,7 +15,8 @@ fn nines(q: f64) -> f64 {
 
 fn label(nines: f64) -> String {
     let q = 100.0 * (1.0 - 10f64.powf(-nines));
-    let digits = (nines - 2.0).ceil().max(0.0) as usize;
+    // Rounded first: -log10(1 - 0.9999) is 4.000000000000001.
+    let digits = ((nines * 1e6).round() / 1e6 - 2.0).ceil().max(0.0) as usize;
     format!("p{q:.digits$}")
 }
 

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::latency::Summary;
 use super::load::{self, LoadPlan};
+use super::netns::{Namespaces, NetPlan};
 use super::request::call;
 use super::slowdown::{self, SlowPlan};
 use crate::frontend::{DispatchMode, ReconstructPolicy};
@@ -123,6 +124,10 @@ pub enum SlowMode {
     /// A slow worker is paused with SIGSTOP for the window (SIGCONT after):
     /// nothing it holds moves, as in a GC pause or a descheduled VM.
     Sigstop,
+    /// Real interference: each worker in its own network namespace behind
+    /// a `tbf`-limited veth pair, with seeded background transfers between
+    /// random pairs of instances (needs root).
+    Network,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +138,8 @@ pub struct Plan {
     pub seed: u64,
     pub slow: SlowPlan,
     pub mode: SlowMode,
+    /// Links and background transfers of `SlowMode::Network`.
+    pub net: NetPlan,
     /// Adds the configuration with the Prometheus-driven watcher.
     pub prometheus: bool,
     /// Only configurations whose names contain one of these.
@@ -220,6 +227,7 @@ async fn run_one(
             port: 0,
             interval: PROMETHEUS_SCRAPE,
         }),
+        worker_netns: Vec::new(),
         frontend_args: if config.prometheus {
             [
                 "--prometheus-interval-ms",
@@ -232,6 +240,20 @@ async fn run_one(
         } else {
             Vec::new()
         },
+    };
+    let namespaces = match plan.mode {
+        SlowMode::Network => Some(Namespaces::create(
+            config.models + config.parities,
+            plan.net.rate_mbit,
+        )?),
+        _ => None,
+    };
+    let spec = ClusterSpec {
+        worker_netns: namespaces
+            .iter()
+            .flat_map(|ns| (0..ns.len()).map(|i| (ns.name(i).to_owned(), ns.addr(i).to_string())))
+            .collect(),
+        ..spec
     };
     let cluster = Cluster::start(dirs, name, &spec).await?;
     // Slow windows hit every worker process, parity ones included.
@@ -254,25 +276,50 @@ async fn run_one(
         let _ = super::request::send_infer(http, &target).await;
     }
     let start = Instant::now();
-    let injector = match plan.mode {
-        SlowMode::Delay => tokio::spawn(slowdown::apply(
-            http.clone(),
-            workers,
-            schedule,
-            plan.slow.window,
-            start,
-        )),
-        SlowMode::Sigstop => tokio::spawn(slowdown::pause(pids, schedule, plan.slow.window, start)),
-    };
     let label = format!("{} @ {} req/s", config.name, load_plan.rate);
-    let result = load::run(http, target, &load_plan, &label).await;
-    let _ = injector.await;
+    let load = load::run(http, target, &load_plan, &label);
+    let (result, background_bytes) = match (plan.mode, &namespaces) {
+        (SlowMode::Network, Some(ns)) => {
+            let (result, sent) =
+                tokio::join!(load, ns.interfere(plan.net, load_plan.duration, start));
+            (result, sent.unwrap_or(0))
+        }
+        (SlowMode::Sigstop, _) => {
+            let injector = tokio::spawn(slowdown::pause(pids, schedule, plan.slow.window, start));
+            let result = load.await;
+            let _ = injector.await;
+            (result, 0)
+        }
+        _ => {
+            let injector = tokio::spawn(slowdown::apply(
+                http.clone(),
+                workers,
+                schedule,
+                plan.slow.window,
+                start,
+            ));
+            let result = load.await;
+            let _ = injector.await;
+            (result, 0)
+        }
+    };
     cluster.stop().await;
+    drop(namespaces);
     let latency = result.latency.summary();
     let answered = result.sent - result.errors;
     eprintln!(
-        "{label}: p50 {} µs, p99.9 {} µs, {} errors",
-        latency.p50_us, latency.p999_us, result.errors
+        "{label}: p50 {} µs, p99.9 {} µs, {} errors{}",
+        latency.p50_us,
+        latency.p999_us,
+        result.errors,
+        if background_bytes > 0 {
+            format!(
+                ", {} MB of background transfers",
+                background_bytes / 1_000_000
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(Row {
         config,

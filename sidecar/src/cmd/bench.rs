@@ -47,8 +47,9 @@ pub struct StragglerArgs {
     /// Seconds of load per configuration and load.
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
-    /// How a slow window is made: an added delay per answer, or a SIGSTOP
-    /// pause of the worker process.
+    /// How stragglers are made: an added delay per answer or a SIGSTOP
+    /// pause of the worker in seeded slow windows, or real network
+    /// interference (root: namespaces, veth, tbf).
     #[arg(long, value_enum, default_value_t = SlowMode::Delay)]
     pub mode: SlowMode,
     /// Chance that a worker is slow during a window.
@@ -60,6 +61,20 @@ pub struct StragglerArgs {
     /// Length of a slow window, in ms.
     #[arg(long, default_value_t = 500)]
     pub window_ms: u64,
+    /// `--mode network`: tbf rate of each direction of each worker's link,
+    /// in Mbit/s.
+    #[arg(long, default_value_t = 100)]
+    pub net_rate_mbit: u32,
+    /// `--mode network`: background transfers per second between random
+    /// pairs of instances (Poisson).
+    #[arg(long, default_value_t = 1.0)]
+    pub transfers_per_second: f64,
+    /// `--mode network`: transfer sizes, uniform in [min, max] MB (ParM's
+    /// 128-256 MB shuffles, scaled down by 100 for these links).
+    #[arg(long, default_value_t = 1.28)]
+    pub transfer_min_mb: f64,
+    #[arg(long, default_value_t = 2.56)]
+    pub transfer_max_mb: f64,
     /// Seed of the arrivals and the slow windows.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -209,6 +224,13 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
             seed: args.seed,
         },
         mode: args.mode,
+        net: crate::bench::netns::NetPlan {
+            rate_mbit: args.net_rate_mbit.max(1),
+            transfers_per_second: args.transfers_per_second,
+            min_bytes: (args.transfer_min_mb * 1e6) as u64,
+            max_bytes: (args.transfer_max_mb * 1e6) as u64,
+            seed: args.seed,
+        },
         prometheus: args.prometheus,
         only: args.only.clone(),
     };
@@ -303,6 +325,7 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         straggle_ms: 0,
         log: "warn".into(),
         prometheus: None,
+        worker_netns: Vec::new(),
         frontend_args: Vec::new(),
     };
     let forwarding = ClusterSpec {

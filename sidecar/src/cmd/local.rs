@@ -121,6 +121,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
             interval: Duration::from_secs(1),
         }),
         // Scraped every second: a short window follows a demo's changes.
+        worker_netns: Vec::new(),
         frontend_args: [
             "--prometheus-interval-ms",
             "1000",

@@ -30,6 +30,9 @@ pub struct ClusterSpec {
     pub prometheus: Option<PrometheusSpec>,
     /// More `frontend` flags (e.g. `--prometheus-window 10s`).
     pub frontend_args: Vec<String>,
+    /// Network namespace and address of each worker (models, then
+    /// parities), for `bench stragglers --mode network`; empty: loopback.
+    pub worker_netns: Vec<(String, String)>,
 }
 
 pub struct Cluster {
@@ -92,6 +95,25 @@ impl Cluster {
             .map(String::from)
             .to_vec()
         };
+        // Inside its network namespace when it has one.
+        let spawn = |index: usize, name: String, mut args: Vec<String>| async move {
+            match spec.worker_netns.get(index) {
+                Some((ns, addr)) => {
+                    let exe =
+                        std::env::current_exe().context("finding the coded-sidecar binary")?;
+                    args.extend(["--host".to_owned(), addr.clone()]);
+                    let mut wrapped = vec![
+                        "netns".to_owned(),
+                        "exec".to_owned(),
+                        ns.clone(),
+                        exe.display().to_string(),
+                    ];
+                    wrapped.extend(args);
+                    Child::spawn_exe("ip".as_ref(), &name, &wrapped, &spec.log).await
+                }
+                None => Child::spawn(&name, &args, &spec.log).await,
+            }
+        };
         let mut model_urls = Vec::new();
         for i in 0..spec.models {
             let delay = if i == 1.min(spec.models - 1) {
@@ -99,22 +121,17 @@ impl Cluster {
             } else {
                 0
             };
-            let child = Child::spawn(
-                &format!("model-{i}"),
-                &worker(&dirs.base, name, delay),
-                &spec.log,
-            )
-            .await?;
+            let child = spawn(i, format!("model-{i}"), worker(&dirs.base, name, delay)).await?;
             model_urls.push(child.url.clone());
             children.push(child);
         }
         let parity_name = format!("{name}-parity");
         let mut parity_urls = Vec::new();
         for i in 0..spec.parities {
-            let child = Child::spawn(
-                &format!("parity-{i}"),
-                &worker(&dirs.parity, &parity_name, 0),
-                &spec.log,
+            let child = spawn(
+                spec.models + i,
+                format!("parity-{i}"),
+                worker(&dirs.parity, &parity_name, 0),
             )
             .await?;
             parity_urls.push(child.url.clone());
