@@ -7,11 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use coded_sidecar::frontend::{self, FrontendOptions, ReconstructPolicy};
+use coded_sidecar::frontend::{FrontendOptions, ReconstructPolicy};
 use coded_sidecar::protocol::client::{Client, ClientError, Encoding};
 use coded_sidecar::protocol::{InferRequest, InferResponse, NamedTensor, OutputSelection};
 use common::linear::{INPUTS, OUTPUTS, expected};
-use common::{Linear, Running, options, start};
+use common::{Linear, Running, options, start, start_frontend};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -30,19 +30,7 @@ async fn setup(models: usize, tweak: impl FnOnce(&mut FrontendOptions)) -> Setup
         workers.push(start(admin.clone(), Linear::default()).await);
     }
     let parity = start(admin, Linear::default()).await;
-    let mut o = FrontendOptions::new(
-        &workers.iter().map(|w| w.url.clone()).collect::<Vec<_>>(),
-        std::slice::from_ref(&parity.url),
-    );
-    o.http.port = 0;
-    o.model_name = Some("linear".into());
-    o.parity_model = Some("linear".into());
-    tweak(&mut o);
-    let server = frontend::bind(&o).await.expect("frontend starts");
-    let url = format!("http://{}", server.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let _ = server.run(std::future::pending()).await;
-    });
+    let (url, task) = start_frontend(&workers, &parity, tweak).await;
     Setup {
         models: workers,
         parity,

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use coded_sidecar::frontend::{self, FrontendOptions};
+use coded_sidecar::frontend::FrontendOptions;
 use coded_sidecar::local::prometheus::{self, LocalPrometheus, PrometheusSpec, ScrapeTarget};
 use coded_sidecar::protocol::client::{Client, Encoding};
 use coded_sidecar::protocol::{InferRequest, NamedTensor, OutputSelection};
 use common::linear::{INPUTS, expected};
-use common::{Linear, Running, options, start};
+use common::{Linear, Running, options, start, start_frontend};
 use serde_json::{Value, json};
 
 /// Whether Prometheus is installed; CI (`CODED_REQUIRE_PROMETHEUS=1`)
@@ -50,20 +50,7 @@ async fn frontend(
     parity: &Running,
     tweak: impl FnOnce(&mut FrontendOptions),
 ) -> String {
-    let mut o = FrontendOptions::new(
-        &models.iter().map(|w| w.url.clone()).collect::<Vec<_>>(),
-        std::slice::from_ref(&parity.url),
-    );
-    o.http.port = 0;
-    o.model_name = Some("linear".into());
-    o.parity_model = Some("linear".into());
-    tweak(&mut o);
-    let server = frontend::bind(&o).await.expect("frontend starts");
-    let url = format!("http://{}", server.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = server.run(std::future::pending()).await;
-    });
-    url
+    start_frontend(models, parity, tweak).await.0
 }
 
 fn targets(models: &[Running], parity: &Running) -> Vec<ScrapeTarget> {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::stragglers::Report;
@@ -64,14 +65,46 @@ pub fn tail(report: &Report, rate: f64, out: &Path) -> Result<(), PlotError> {
         .draw()
         .map_err(draw_err)?;
     for (i, row) in rows.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let style = ShapeStyle::from(&color).stroke_width(2);
-        chart
-            .draw_series(LineSeries::new(points(row), style))
-            .map_err(draw_err)?
-            .label(row.config.name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        line(&mut chart, i, row.config.name, points(row), false)?;
     }
+    finish(chart, &root)
+}
+
+/// A chart of these figures: linear x, latency on a log y axis.
+type Chart<'a> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
+
+/// Series `i` of a figure, with its legend entry (and a dot per point).
+fn line(
+    chart: &mut Chart<'_>,
+    i: usize,
+    name: &str,
+    points: Vec<(f64, f64)>,
+    dots: bool,
+) -> Result<(), PlotError> {
+    let color = Palette99::pick(i).to_rgba();
+    let style = ShapeStyle::from(&color).stroke_width(2);
+    chart
+        .draw_series(LineSeries::new(points.clone(), style))
+        .map_err(draw_err)?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    if dots {
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )
+            .map_err(draw_err)?;
+    }
+    Ok(())
+}
+
+/// The legend, then the file.
+fn finish(
+    mut chart: Chart<'_>,
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+) -> Result<(), PlotError> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
@@ -79,8 +112,7 @@ pub fn tail(report: &Report, rate: f64, out: &Path) -> Result<(), PlotError> {
         .position(SeriesLabelPosition::UpperLeft)
         .draw()
         .map_err(draw_err)?;
-    root.present().map_err(draw_err)?;
-    Ok(())
+    root.present().map_err(draw_err)
 }
 
 /// p99.9 against offered load, one line per configuration.
@@ -134,26 +166,9 @@ pub fn load(report: &Report, out: &Path) -> Result<(), PlotError> {
             .map(|r| (r.rate, ms(r.latency.p999_us)))
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let color = Palette99::pick(i).to_rgba();
-        let style = ShapeStyle::from(&color).stroke_width(2);
-        chart
-            .draw_series(LineSeries::new(pts.clone(), style))
-            .map_err(draw_err)?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
-            .map_err(draw_err)?;
+        line(&mut chart, i, name, pts, true)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(draw_err)?;
-    root.present().map_err(draw_err)?;
-    Ok(())
+    finish(chart, &root)
 }
 
 #[cfg(test)]

@@ -55,3 +55,29 @@ pub async fn start(options: ServeOptions, model: Linear) -> Running {
         task,
     }
 }
+
+/// Starts a coding frontend in this process in front of `models` and
+/// `parity` (all serving the linear model as `linear`), with `tweak`ed
+/// options; returns its URL and its task.
+pub async fn start_frontend(
+    models: &[Running],
+    parity: &Running,
+    tweak: impl FnOnce(&mut coded_sidecar::frontend::FrontendOptions),
+) -> (String, JoinHandle<()>) {
+    let mut o = coded_sidecar::frontend::FrontendOptions::new(
+        &models.iter().map(|w| w.url.clone()).collect::<Vec<_>>(),
+        std::slice::from_ref(&parity.url),
+    );
+    o.http.port = 0;
+    o.model_name = Some("linear".into());
+    o.parity_model = Some("linear".into());
+    tweak(&mut o);
+    let server = coded_sidecar::frontend::bind(&o)
+        .await
+        .expect("frontend starts");
+    let url = format!("http://{}", server.local_addr().expect("local addr"));
+    let task = tokio::spawn(async move {
+        let _ = server.run(std::future::pending()).await;
+    });
+    (url, task)
+}
