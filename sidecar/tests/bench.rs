@@ -132,6 +132,11 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
         if row["config"]["name"] == "equal-resources" {
             assert_eq!(share, 0.0, "nothing to rebuild from without parity");
         }
+        // Rebuilt answers are checked against the base model's class.
+        match row["agreement"].as_f64() {
+            Some(a) => assert!(share > 0.0 && (0.0..=1.0).contains(&a), "{row}"),
+            None => assert_eq!(share, 0.0, "{row}"),
+        }
     }
     assert!(is_png(&plots.join("stragglers-tail.png")));
     assert!(is_png(&plots.join("stragglers-load.png")));

@@ -43,13 +43,25 @@ pub struct LoadResult {
     pub sent: u64,
     pub errors: u64,
     pub reconstructed: u64,
+    /// Reconstructed answers whose class is known from the base model, and
+    /// those of them that agree with it.
+    pub rebuilt_checked: u64,
+    pub rebuilt_agree: u64,
     pub wall: Duration,
 }
 
-/// Runs the plan against `call`, with a progress bar.
+/// The requests to send, in turn, and what the base model answers to each
+/// (empty when not known).
+pub struct Requests {
+    pub calls: Vec<Call>,
+    pub classes: Vec<usize>,
+}
+
+/// Runs the plan, sending request i as `requests.calls[i % n]`, with a
+/// progress bar.
 pub async fn run(
     http: &reqwest::Client,
-    call: Arc<Call>,
+    requests: Arc<Requests>,
     plan: &LoadPlan,
     label: &str,
 ) -> LoadResult {
@@ -58,19 +70,32 @@ pub async fn run(
     let bar = indicatif::ProgressBar::new(times.len() as u64).with_message(label.to_owned());
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for offset in times {
+    let n = requests.calls.len().max(1);
+    for (i, offset) in times.into_iter().enumerate() {
         let intended = start + offset;
         tokio::time::sleep_until(intended).await;
-        let (http, call, result, bar) = (http.clone(), call.clone(), result.clone(), bar.clone());
+        let (http, requests, result, bar) =
+            (http.clone(), requests.clone(), result.clone(), bar.clone());
         tasks.spawn(async move {
-            let outcome = send_infer(&http, &call).await;
+            let Some(call) = requests.calls.get(i % n) else {
+                return;
+            };
+            let outcome = send_infer(&http, call).await;
             let latency = intended.elapsed();
             let mut r = result.lock().await;
             r.sent += 1;
             match outcome {
-                Ok(rebuilt) => {
+                Ok(answer) => {
                     r.latency.record(latency);
-                    r.reconstructed += u64::from(rebuilt);
+                    if answer.rebuilt {
+                        r.reconstructed += 1;
+                        if let (Some(got), Some(&want)) =
+                            (answer.class, requests.classes.get(i % n))
+                        {
+                            r.rebuilt_checked += 1;
+                            r.rebuilt_agree += u64::from(got == want);
+                        }
+                    }
                 }
                 Err(_) => r.errors += 1,
             }

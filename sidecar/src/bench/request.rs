@@ -13,13 +13,18 @@ pub struct Call {
 /// A one-row request of `shape` (all values 0.5) for `model` at `base`.
 pub fn call(base: &str, model: &str, input: &str, shape: &[usize]) -> Call {
     let row: usize = shape.iter().product();
+    call_with(base, model, input, shape, vec![0.5; row])
+}
+
+/// A one-row request of `shape` with these values (an image).
+pub fn call_with(base: &str, model: &str, input: &str, shape: &[usize], data: Vec<f32>) -> Call {
     let request = InferRequest {
         id: None,
         parameters: Default::default(),
         inputs: vec![NamedTensor {
             name: input.to_owned(),
             shape: std::iter::once(1).chain(shape.iter().copied()).collect(),
-            data: vec![0.5; row],
+            data,
         }],
         outputs: OutputSelection::all(true),
     };
@@ -53,10 +58,29 @@ pub async fn send(http: &reqwest::Client, c: &Call) -> anyhow::Result<()> {
     post(http, c).await.map(|_| ())
 }
 
-/// Sends `c` to a v2 server; true when the answer says it was reconstructed.
-pub async fn send_infer(http: &reqwest::Client, c: &Call) -> anyhow::Result<bool> {
+/// What a v2 answer said.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    /// The frontend rebuilt it from parity (`parameters.reconstructed`).
+    pub rebuilt: bool,
+    /// The argmax of the first output (the predicted class).
+    pub class: Option<usize>,
+}
+
+/// Sends `c` to a v2 server and reads its answer.
+pub async fn send_infer(http: &reqwest::Client, c: &Call) -> anyhow::Result<Answer> {
     let (body, header_length) = post(http, c).await?;
     let header_length = binary::parse_header_length(header_length.as_deref())?;
     let decoded = binary::decode_response(&body, header_length)?;
-    Ok(decoded.parameters.get("reconstructed") == Some(&serde_json::Value::Bool(true)))
+    let class = decoded.outputs.first().and_then(|o| {
+        o.data
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+    });
+    Ok(Answer {
+        rebuilt: decoded.parameters.get("reconstructed") == Some(&serde_json::Value::Bool(true)),
+        class,
+    })
 }

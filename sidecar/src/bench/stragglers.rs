@@ -10,9 +10,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::latency::Summary;
+use super::load::Requests;
 use super::load::{self, LoadPlan};
 use super::netns::{Namespaces, NetPlan};
-use super::request::call;
+use super::request::{call, call_with};
 use super::slowdown::{self, SlowPlan};
 use crate::frontend::{DispatchMode, ReconstructPolicy};
 use crate::local::prometheus::PrometheusSpec;
@@ -111,8 +112,19 @@ pub struct Row {
     pub sent: u64,
     pub errors: u64,
     pub reconstructed_share: f64,
+    /// Share of the reconstructed answers whose class is the base model's
+    /// (live degraded-mode accuracy relative to the base model).
+    pub agreement: Option<f64>,
     /// p99.9 minus p50, the tail gap ParM reports.
     pub tail_gap_us: u64,
+}
+
+/// Test images sent in turn, and the base model's class for each; empty:
+/// one fixed input, no agreement measured.
+#[derive(Debug, Clone, Default)]
+pub struct Images {
+    pub rows: Vec<Vec<f32>>,
+    pub classes: Vec<usize>,
 }
 
 /// How stragglers are made.
@@ -165,6 +177,7 @@ pub async fn run(
     name: &str,
     input: &str,
     shape: &[usize],
+    images: &Images,
     plan: &Plan,
 ) -> anyhow::Result<Report> {
     crate::tls::init();
@@ -184,7 +197,18 @@ pub async fn run(
                 duration: plan.duration,
                 seed: plan.seed,
             };
-            rows.push(run_one(dirs, name, input, shape, &http, config, load, plan).await?);
+            rows.push(
+                run_one(
+                    dirs,
+                    (name, input, shape),
+                    images,
+                    &http,
+                    config,
+                    load,
+                    plan,
+                )
+                .await?,
+            );
         }
     }
     Ok(Report {
@@ -201,12 +225,10 @@ pub async fn run(
 }
 
 /// One configuration at one load, on fresh processes.
-#[allow(clippy::too_many_arguments)]
 async fn run_one(
     dirs: &ModelDirs,
-    name: &str,
-    input: &str,
-    shape: &[usize],
+    (name, input, shape): (&str, &str, &[usize]),
+    images: &Images,
     http: &reqwest::Client,
     config: Config,
     load_plan: LoadPlan,
@@ -270,14 +292,29 @@ async fn run_one(
         .map(|c| c.pid())
         .collect();
     let schedule = slowdown::schedule(&plan.slow, workers.len(), load_plan.duration);
-    let target = Arc::new(call(&cluster.frontend_url, name, input, shape));
+    let url = &cluster.frontend_url;
+    let requests = Arc::new(if images.rows.is_empty() {
+        Requests {
+            calls: vec![call(url, name, input, shape)],
+            classes: Vec::new(),
+        }
+    } else {
+        Requests {
+            calls: images
+                .rows
+                .iter()
+                .map(|row| call_with(url, name, input, shape, row.clone()))
+                .collect(),
+            classes: images.classes.clone(),
+        }
+    });
     // Warm up the frontend's latency windows before the clock starts.
-    for _ in 0..200 {
-        let _ = super::request::send_infer(http, &target).await;
+    for i in 0..200 {
+        let _ = super::request::send_infer(http, &requests.calls[i % requests.calls.len()]).await;
     }
     let start = Instant::now();
     let label = format!("{} @ {} req/s", config.name, load_plan.rate);
-    let load = load::run(http, target, &load_plan, &label);
+    let load = load::run(http, requests, &load_plan, &label);
     let (result, background_bytes) = match (plan.mode, &namespaces) {
         (SlowMode::Network, Some(ns)) => {
             let (result, sent) =
@@ -329,6 +366,8 @@ async fn run_one(
         sent: result.sent,
         errors: result.errors,
         reconstructed_share: result.reconstructed as f64 / answered.max(1) as f64,
+        agreement: (result.rebuilt_checked > 0)
+            .then(|| result.rebuilt_agree as f64 / result.rebuilt_checked as f64),
         tail_gap_us: latency.p999_us.saturating_sub(latency.p50_us),
         latency,
     })
@@ -363,7 +402,7 @@ pub fn markdown(r: &Report) -> String {
             s.push_str(&format!("\n{rate} req/s:\n\n"));
         }
         s.push_str(
-            "| configuration | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | req/s | errors | rebuilt | p99.9 − p50 vs equal-resources |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "| configuration | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | req/s | errors | rebuilt | rebuilt = base model | p99.9 − p50 vs equal-resources |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for row in rows {
             let l = &row.latency;
@@ -371,7 +410,7 @@ pub fn markdown(r: &Report) -> String {
                 .map(|b| format!("{:.2}×", row.tail_gap_us as f64 / b))
                 .unwrap_or_default();
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1}% | {ratio} |\n",
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1}% | {} | {ratio} |\n",
                 row.config.name,
                 l.p50_us,
                 l.p90_us,
@@ -380,7 +419,10 @@ pub fn markdown(r: &Report) -> String {
                 l.max_us,
                 row.throughput_rps,
                 row.errors,
-                row.reconstructed_share * 100.0
+                row.reconstructed_share * 100.0,
+                row.agreement
+                    .map(|a| format!("{:.1}%", a * 100.0))
+                    .unwrap_or_default()
             ));
         }
     }

@@ -75,6 +75,10 @@ pub struct StragglerArgs {
     pub transfer_min_mb: f64,
     #[arg(long, default_value_t = 2.56)]
     pub transfer_max_mb: f64,
+    /// Test images sent in turn (0: one fixed input); rebuilt answers are
+    /// checked against the base model's class for each.
+    #[arg(long, default_value_t = 1000)]
+    pub images: usize,
     /// Seed of the arrivals and the slow windows.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -234,11 +238,13 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
         prometheus: args.prometheus,
         only: args.only.clone(),
     };
+    let images = test_images(&dirs, &args.data, args.images)?;
     let report = runtime()?.block_on(stragglers::run(
         &dirs,
         &card.name,
         &card.input.name,
         &card.input.shape,
+        &images,
         &plan,
     ))?;
     println!("{}", stragglers::markdown(&report));
@@ -253,6 +259,34 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
         eprintln!("figure: {}", load.display());
     }
     write_json(&args.out, &report)
+}
+
+/// The first `n` Fashion-MNIST test images and the base model's class for
+/// each, so that rebuilt answers can be checked against the base model.
+fn test_images(
+    dirs: &crate::local::ModelDirs,
+    data: &DataArgs,
+    n: usize,
+) -> anyhow::Result<stragglers::Images> {
+    if n == 0 {
+        return Ok(stragglers::Images::default());
+    }
+    let test = data.load()?.test.take(n).context("taking test images")?;
+    let base = crate::model::load(&dirs.base).context("loading the base model")?;
+    let logits = base
+        .network
+        .forward(&test.images)
+        .context("the base model's answers")?;
+    let classes = crate::model::argmax(&logits)?
+        .into_iter()
+        .map(|c| c as usize)
+        .collect();
+    let flat: Vec<f32> = test.images.flatten_all()?.to_vec1()?;
+    let per_image = flat.len() / test.len().max(1);
+    Ok(stragglers::Images {
+        rows: flat.chunks(per_image.max(1)).map(<[f32]>::to_vec).collect(),
+        classes,
+    })
 }
 
 /// Re-reads the `stragglers` flags with those of a JSON file first, so that
