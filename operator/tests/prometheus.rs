@@ -248,16 +248,27 @@ async fn operator_metrics() -> u16 {
 
 /// An instant query; waits for a Prometheus that is still starting.
 async fn query(url: &str, expr: &str) -> serde_json::Value {
+    // reqwest has no crypto provider of its own (the operator installs ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut target = reqwest::Url::parse(&format!("{url}/api/v1/query")).unwrap();
     target.query_pairs_mut().append_pair("query", expr);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match reqwest::get(target.clone()).await {
-            Ok(r) => return serde_json::from_str(&r.text().await.unwrap()).unwrap(),
-            Err(e) if tokio::time::Instant::now() < deadline && e.is_connect() => {
+        // Refused, reset or "not ready" answers while it starts: try again.
+        let answer = match reqwest::get(target.clone()).await {
+            Ok(r) => r.text().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+        .and_then(|t| {
+            serde_json::from_str::<serde_json::Value>(&t).map_err(|e| format!("{e}: {t}"))
+        });
+        match answer {
+            Ok(v) => return v,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!("querying {url}: {e}"),
         }
     }
 }
