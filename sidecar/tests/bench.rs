@@ -24,19 +24,33 @@ fn run(args: &[&str]) -> String {
 }
 
 /// Small models, trained on part of the data and laid out as the bench's
-/// model cache expects for `--base-epochs 1 --parity-epochs 1`.
-fn cache(dir: &Path) -> PathBuf {
+/// model cache expects for `--base-epochs 1 --parity-epochs 1`: the base
+/// model and a parity model for each of `ks`.
+fn cache(dir: &Path, ks: &[usize]) -> PathBuf {
     let cache = dir.join("models");
     let base = cache.join("mlp-e1-s0");
-    let parity = cache.join("mlp-e1-s0-parity-k2-sum-e1");
-    let (b, p) = (base.to_str().unwrap(), parity.to_str().unwrap());
+    let b = base.to_str().unwrap();
     run(&[
         "train", "base", "--epochs", "1", "--limit", "5000", "--quiet", "--out", b,
     ]);
-    run(&[
-        "train", "parity", "--base", b, "--k", "2", "--epochs", "1", "--limit", "5000", "--quiet",
-        "--out", p,
-    ]);
+    for k in ks {
+        let parity = cache.join(format!("mlp-e1-s0-parity-k{k}-sum-e1"));
+        run(&[
+            "train",
+            "parity",
+            "--base",
+            b,
+            "--k",
+            &k.to_string(),
+            "--epochs",
+            "1",
+            "--limit",
+            "5000",
+            "--quiet",
+            "--out",
+            parity.to_str().unwrap(),
+        ]);
+    }
     cache
 }
 
@@ -47,11 +61,11 @@ fn is_png(path: &Path) -> bool {
 #[test]
 fn quick_stragglers_writes_a_complete_report_and_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = cache(dir.path());
+    let cache = cache(dir.path(), &[2, 3]);
     let config = dir.path().join("bench.json");
     std::fs::write(
         &config,
-        r#"{"rates": [100, 200], "only": ["eager", "equal"], "mode": "sigstop", "quick": true, "seconds": 600}"#,
+        r#"{"rates": [100, 200], "k": [2, 3], "only": ["eager", "equal"], "mode": "sigstop", "quick": true, "seconds": 600}"#,
     )
     .unwrap();
     let out = dir.path().join("report.json");
@@ -80,6 +94,7 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(report["rates"], serde_json::json!([100.0, 200.0]));
+    assert_eq!(report["ks"], serde_json::json!([2, 3]));
     assert_eq!(report["mode"], "sigstop");
     // --quick wins over the file's 600 s.
     assert_eq!(report["seconds"], 3.0);
@@ -98,12 +113,29 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
         names,
         [
             ("coded k=2 eager", 100.0),
-            ("equal-resources", 100.0),
+            ("equal-resources, 3 workers", 100.0),
+            ("coded k=3 eager", 100.0),
+            ("equal-resources, 4 workers", 100.0),
             ("coded k=2 eager", 200.0),
-            ("equal-resources", 200.0)
+            ("equal-resources, 3 workers", 200.0),
+            ("coded k=3 eager", 200.0),
+            ("equal-resources, 4 workers", 200.0),
         ]
     );
     for row in rows {
+        // Equal resources: coded k runs k models and one parity, the
+        // baselines k + 1 models.
+        let c = &row["config"];
+        let k = c["k"].as_u64().unwrap();
+        let (models, parities) = (
+            c["models"].as_u64().unwrap(),
+            c["parities"].as_u64().unwrap(),
+        );
+        assert_eq!(models + parities, k + 1, "{c}");
+        assert_eq!(
+            parities,
+            u64::from(c["name"].as_str().unwrap().starts_with("coded"))
+        );
         let l = &row["latency"];
         let count = l["count"].as_u64().unwrap();
         let sent = row["sent"].as_u64().unwrap();
@@ -129,7 +161,11 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
         let share = row["reconstructed_share"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&share));
         assert!(row["throughput_rps"].as_f64().unwrap() > 0.0);
-        if row["config"]["name"] == "equal-resources" {
+        if row["config"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("equal-resources")
+        {
             assert_eq!(share, 0.0, "nothing to rebuild from without parity");
         }
         // Rebuilt answers are checked against the base model's class.
@@ -138,8 +174,10 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
             None => assert_eq!(share, 0.0, "{row}"),
         }
     }
-    assert!(is_png(&plots.join("stragglers-tail.png")));
-    assert!(is_png(&plots.join("stragglers-load.png")));
+    for k in [2, 3] {
+        assert!(is_png(&plots.join(format!("stragglers-tail-k{k}.png"))));
+        assert!(is_png(&plots.join(format!("stragglers-load-k{k}.png"))));
+    }
 }
 
 #[test]
@@ -159,6 +197,10 @@ fn bad_bench_input_gets_a_clear_error() {
         (
             vec!["bench", "stragglers", "--rates", "0"],
             "--rates must be positive",
+        ),
+        (
+            vec!["bench", "stragglers", "--k", "1"],
+            "--k must be group sizes from 2",
         ),
         (
             vec![
@@ -188,13 +230,15 @@ fn network_interference_mode_runs_and_cleans_up() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cache = cache(dir.path());
+    let cache = cache(dir.path(), &[2]);
     let out = dir.path().join("report.json");
     run(&[
         "bench",
         "stragglers",
         "--mode",
         "network",
+        "--k",
+        "2",
         "--quick",
         "--rates",
         "100",

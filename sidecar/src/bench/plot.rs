@@ -1,5 +1,6 @@
-//! The figures of `bench stragglers`: each configuration's latency tail
-//! (median to p99.99, log scale) at one load, and p99.9 against load.
+//! The figures of `bench stragglers`, one of each per k: each
+//! configuration's latency tail (median to p99.99, log scale) at one load,
+//! and p99.9 against load.
 
 use std::path::Path;
 
@@ -21,9 +22,14 @@ fn label(nines: f64) -> String {
     format!("p{q:.digits$}")
 }
 
-/// Latency against quantile for every configuration at `rate`.
-pub fn tail(report: &Report, rate: f64, out: &Path) -> Result<(), PlotError> {
-    let rows: Vec<_> = report.rows.iter().filter(|r| r.rate == rate).collect();
+/// Latency against quantile for every configuration of group size `k` at
+/// `rate`.
+pub fn tail(report: &Report, rate: f64, k: usize, out: &Path) -> Result<(), PlotError> {
+    let rows: Vec<_> = report
+        .rows
+        .iter()
+        .filter(|r| r.rate == rate && r.config.k == k)
+        .collect();
     let points = |r: &super::stragglers::Row| -> Vec<(f64, f64)> {
         r.tail
             .iter()
@@ -44,7 +50,7 @@ pub fn tail(report: &Report, rate: f64, out: &Path) -> Result<(), PlotError> {
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "Latency tail at {rate} req/s, {}% of {} ms windows slow ({:?})",
+                "k = {k}: latency tail at {rate} req/s, {}% of {} ms windows slow ({:?})",
                 report.slow_probability * 100.0,
                 report.window_ms,
                 report.mode
@@ -65,7 +71,7 @@ pub fn tail(report: &Report, rate: f64, out: &Path) -> Result<(), PlotError> {
         .draw()
         .map_err(draw_err)?;
     for (i, row) in rows.iter().enumerate() {
-        line(&mut chart, i, row.config.name, points(row), false)?;
+        line(&mut chart, i, &row.config.name, points(row), false)?;
     }
     finish(chart, &root)
 }
@@ -115,27 +121,27 @@ fn finish(
     root.present().map_err(draw_err)
 }
 
-/// p99.9 against offered load, one line per configuration.
-pub fn load(report: &Report, out: &Path) -> Result<(), PlotError> {
-    if report.rates.len() < 2 || report.rows.is_empty() {
+/// p99.9 against offered load, one line per configuration of group size
+/// `k`.
+pub fn load(report: &Report, k: usize, out: &Path) -> Result<(), PlotError> {
+    let rows: Vec<_> = report.rows.iter().filter(|r| r.config.k == k).collect();
+    if report.rates.len() < 2 || rows.is_empty() {
         return Err(PlotError::Empty);
     }
     register_font()?;
     let mut names: Vec<&str> = Vec::new();
-    for r in &report.rows {
-        if !names.contains(&r.config.name) {
-            names.push(r.config.name);
+    for r in &rows {
+        if !names.contains(&r.config.name.as_str()) {
+            names.push(&r.config.name);
         }
     }
     let ms = |us: u64| us.max(1) as f64 / 1000.0;
-    let y_max = report
-        .rows
+    let y_max = rows
         .iter()
         .map(|r| ms(r.latency.p999_us))
         .fold(1.0, f64::max)
         * 1.5;
-    let y_min = report
-        .rows
+    let y_min = rows
         .iter()
         .map(|r| ms(r.latency.p999_us))
         .fold(f64::MAX, f64::min)
@@ -145,7 +151,10 @@ pub fn load(report: &Report, out: &Path) -> Result<(), PlotError> {
     let root = BitMapBackend::new(out, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("p99.9 latency against offered load", ("sans-serif", 20))
+        .caption(
+            format!("k = {k}: p99.9 latency against offered load"),
+            ("sans-serif", 20),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -159,8 +168,7 @@ pub fn load(report: &Report, out: &Path) -> Result<(), PlotError> {
         .draw()
         .map_err(draw_err)?;
     for (i, name) in names.iter().enumerate() {
-        let mut pts: Vec<(f64, f64)> = report
-            .rows
+        let mut pts: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| r.config.name == *name)
             .map(|r| (r.rate, ms(r.latency.p999_us)))

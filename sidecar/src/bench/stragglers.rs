@@ -22,9 +22,12 @@ use crate::local::{Cluster, ClusterSpec, ModelDirs};
 /// Scrape interval of the Prometheus of the `--prometheus` configuration.
 const PROMETHEUS_SCRAPE: std::time::Duration = std::time::Duration::from_millis(500);
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
-    pub name: &'static str,
+    pub name: String,
+    /// Queries per coding group; the baselines of a k run k + 1 model
+    /// instances, as many processes as coded's k models and one parity.
+    pub k: usize,
     #[serde(skip)]
     pub dispatch: DispatchMode,
     #[serde(skip)]
@@ -36,66 +39,62 @@ pub struct Config {
     pub prometheus: bool,
 }
 
-/// k = 2 coding and its baselines, three worker processes each; with
-/// `prometheus`, also coded eager with the Prometheus-driven watcher.
-pub fn configs(prometheus: bool) -> Vec<Config> {
-    let c = |name, dispatch, policy, models, parities| Config {
-        name,
-        dispatch,
-        policy,
-        models,
-        parities,
-        prometheus: false,
-    };
-    let watched = Config {
-        prometheus: true,
-        ..c(
-            "coded k=2 eager, Prometheus watcher",
-            DispatchMode::Coded,
+impl Config {
+    /// Worker processes, the resources every configuration of a k shares.
+    pub fn workers(&self) -> usize {
+        self.models + self.parities
+    }
+
+    /// The paper's baseline, which tail gaps are compared with.
+    pub fn is_baseline(&self) -> bool {
+        self.dispatch == DispatchMode::LeastLoaded
+    }
+}
+
+/// For each k: coded k (eager and deadline: k models and one parity) and
+/// its baselines on k + 1 model instances. With `prometheus`, also coded
+/// eager with the Prometheus-driven watcher, for the first k.
+pub fn configs(ks: &[usize], prometheus: bool) -> Vec<Config> {
+    let mut all = Vec::new();
+    for (i, &k) in ks.iter().enumerate() {
+        let coded = |name: String, policy| Config {
+            name,
+            k,
+            dispatch: DispatchMode::Coded,
+            policy,
+            models: k,
+            parities: 1,
+            prometheus: false,
+        };
+        let baseline = |what: &str, dispatch| Config {
+            name: format!("{what}, {} workers", k + 1),
+            k,
+            dispatch,
+            policy: ReconstructPolicy::Eager,
+            models: k + 1,
+            parities: 0,
+            prometheus: false,
+        };
+        all.push(coded(
+            format!("coded k={k} eager"),
             ReconstructPolicy::Eager,
-            2,
-            1,
-        )
-    };
-    let mut all = vec![
-        c(
-            "coded k=2 eager",
-            DispatchMode::Coded,
-            ReconstructPolicy::Eager,
-            2,
-            1,
-        ),
-        c(
-            "coded k=2 deadline",
-            DispatchMode::Coded,
+        ));
+        if prometheus && i == 0 {
+            all.push(Config {
+                prometheus: true,
+                ..coded(
+                    format!("coded k={k} eager, Prometheus watcher"),
+                    ReconstructPolicy::Eager,
+                )
+            });
+        }
+        all.push(coded(
+            format!("coded k={k} deadline"),
             ReconstructPolicy::Deadline,
-            2,
-            1,
-        ),
-        c(
-            "equal-resources",
-            DispatchMode::LeastLoaded,
-            ReconstructPolicy::Eager,
-            3,
-            0,
-        ),
-        c(
-            "hedged",
-            DispatchMode::Hedged,
-            ReconstructPolicy::Eager,
-            3,
-            0,
-        ),
-        c(
-            "replicated",
-            DispatchMode::Replicated,
-            ReconstructPolicy::Eager,
-            3,
-            0,
-        ),
-    ];
-    if prometheus {
-        all.insert(1, watched);
+        ));
+        all.push(baseline("equal-resources", DispatchMode::LeastLoaded));
+        all.push(baseline("hedged", DispatchMode::Hedged));
+        all.push(baseline("replicated", DispatchMode::Replicated));
     }
     all
 }
@@ -152,6 +151,8 @@ pub struct Plan {
     pub mode: SlowMode,
     /// Links and background transfers of `SlowMode::Network`.
     pub net: NetPlan,
+    /// Group sizes: each k runs coded k and its baselines.
+    pub ks: Vec<usize>,
     /// Adds the configuration with the Prometheus-driven watcher.
     pub prometheus: bool,
     /// Only configurations whose names contain one of these.
@@ -161,6 +162,7 @@ pub struct Plan {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub rates: Vec<f64>,
+    pub ks: Vec<usize>,
     pub seconds: f64,
     pub mode: SlowMode,
     pub slow_probability: f64,
@@ -172,8 +174,11 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
+/// The models of each k: one base model, a parity model per k.
+pub type Models = std::collections::BTreeMap<usize, ModelDirs>;
+
 pub async fn run(
-    dirs: &ModelDirs,
+    models: &Models,
     name: &str,
     input: &str,
     shape: &[usize],
@@ -182,7 +187,7 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     crate::tls::init();
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let chosen: Vec<Config> = configs(plan.prometheus)
+    let chosen: Vec<Config> = configs(&plan.ks, plan.prometheus)
         .into_iter()
         .filter(|c| plan.only.is_empty() || plan.only.iter().any(|o| c.name.contains(o.as_str())))
         .collect();
@@ -191,7 +196,10 @@ pub async fn run(
     }
     let mut rows = Vec::new();
     for &rate in &plan.rates {
-        for &config in &chosen {
+        for config in &chosen {
+            let dirs = models
+                .get(&config.k)
+                .ok_or_else(|| anyhow::anyhow!("no parity model for k = {}", config.k))?;
             let load = LoadPlan {
                 rate,
                 duration: plan.duration,
@@ -203,7 +211,7 @@ pub async fn run(
                     (name, input, shape),
                     images,
                     &http,
-                    config,
+                    config.clone(),
                     load,
                     plan,
                 )
@@ -213,6 +221,7 @@ pub async fn run(
     }
     Ok(Report {
         rates: plan.rates.clone(),
+        ks: plan.ks.clone(),
         seconds: plan.duration.as_secs_f64(),
         mode: plan.mode,
         slow_probability: plan.slow.probability,
@@ -235,7 +244,7 @@ async fn run_one(
     plan: &Plan,
 ) -> anyhow::Result<Row> {
     let spec = ClusterSpec {
-        k: 2,
+        k: config.k,
         encoder: crate::coding::EncoderKind::Sum,
         policy: config.policy,
         dispatch: config.dispatch,
@@ -264,10 +273,7 @@ async fn run_one(
         },
     };
     let namespaces = match plan.mode {
-        SlowMode::Network => Some(Namespaces::create(
-            config.models + config.parities,
-            plan.net.rate_mbit,
-        )?),
+        SlowMode::Network => Some(Namespaces::create(config.workers(), plan.net.rate_mbit)?),
         _ => None,
     };
     let spec = ClusterSpec {
@@ -389,24 +395,25 @@ pub fn machine() -> String {
 }
 
 /// The report as markdown tables, one per load, with the tail gap relative
-/// to `equal-resources` at the same load.
+/// to `equal-resources` on as many workers at the same load.
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     for &rate in &r.rates {
         let rows: Vec<&Row> = r.rows.iter().filter(|row| row.rate == rate).collect();
-        let base = rows
-            .iter()
-            .find(|row| row.config.name == "equal-resources")
-            .map(|row| row.tail_gap_us.max(1) as f64);
+        let base = |k: usize| {
+            rows.iter()
+                .find(|row| row.config.k == k && row.config.is_baseline())
+                .map(|row| row.tail_gap_us.max(1) as f64)
+        };
         if r.rates.len() > 1 {
             s.push_str(&format!("\n{rate} req/s:\n\n"));
         }
         s.push_str(
             "| configuration | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | req/s | errors | rebuilt | rebuilt = base model | p99.9 − p50 vs equal-resources |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
-        for row in rows {
+        for row in &rows {
             let l = &row.latency;
-            let ratio = base
+            let ratio = base(row.config.k)
                 .map(|b| format!("{:.2}×", row.tail_gap_us as f64 / b))
                 .unwrap_or_default();
             s.push_str(&format!(

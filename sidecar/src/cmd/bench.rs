@@ -15,6 +15,10 @@ use crate::frontend::ReconstructPolicy;
 use crate::local::{Cluster, ClusterSpec, ModelPlan, default_cache_dir};
 use crate::model::Arch;
 
+/// Largest group size `bench stragglers` runs: k + 1 worker processes on
+/// a machine of a few cores.
+const MAX_K: usize = 8;
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// The frontend's cost with nothing straggling: p50/p99 of a direct
@@ -22,13 +26,14 @@ pub enum BenchCommand {
     /// server's round trip (one loopback HTTP hop), interleaved; then the
     /// throughput of each with concurrent clients.
     Overhead(OverheadArgs),
-    /// Tail latency under injected stragglers at equal resources: coded
-    /// k = 2 (eager and deadline) against least-loaded, hedged and
-    /// replicated serving, each on three fresh worker processes, the same
-    /// seeded Poisson load (latency from the intended send time) and the
-    /// same seeded slow windows (added delay or SIGSTOP pauses). Prints a
-    /// table per load, writes JSON and PNG figures (tail per
-    /// configuration; p99.9 against load with several --rates).
+    /// Tail latency under stragglers at equal resources: for each k, coded
+    /// (k models + 1 parity; eager and deadline) against least-loaded,
+    /// hedged and replicated serving on k + 1 model instances, each on
+    /// fresh worker processes, the same seeded Poisson load (latency from
+    /// the intended send time) and the same seeded stragglers (added
+    /// delay, SIGSTOP pauses or network interference). Prints a table per
+    /// load, writes JSON and PNG figures per k (tail per configuration;
+    /// p99.9 against load with several --rates).
     Stragglers(StragglerArgs),
 }
 
@@ -44,6 +49,11 @@ pub struct StragglerArgs {
     /// p99.9 against load.
     #[arg(long, alias = "rate", value_delimiter = ',', default_value = "300")]
     pub rates: Vec<f64>,
+    /// Queries per coding group (comma-separated): each k runs coded k and
+    /// its baselines on k + 1 workers; a parity model per k is trained
+    /// once (about 30 s each) and cached.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    pub k: Vec<usize>,
     /// Seconds of load per configuration and load.
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
@@ -82,9 +92,9 @@ pub struct StragglerArgs {
     /// Seed of the arrivals and the slow windows.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Add coded k = 2 eager with the watcher reading worker latency from a
-    /// Prometheus (scraping every 500 ms) instead of the frontend's own
-    /// windows; needs the `prometheus` binary.
+    /// Add coded eager (first k) with the watcher reading worker latency
+    /// from a Prometheus (scraping every 500 ms) instead of the frontend's
+    /// own windows; needs the `prometheus` binary.
     #[arg(long)]
     pub prometheus: bool,
     /// Run only the configurations whose names contain one of these
@@ -97,8 +107,8 @@ pub struct StragglerArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "target/bench/stragglers.json")]
     pub out: PathBuf,
-    /// Where the figures go: `stragglers-tail.png`, and with several
-    /// rates `stragglers-load.png`.
+    /// Where the figures go: `stragglers-tail-k<k>.png` per k (at the
+    /// first rate), and with several rates `stragglers-load-k<k>.png`.
     #[arg(long, default_value = "target/bench")]
     pub plots: PathBuf,
     /// Base model training epochs (when not cached).
@@ -144,16 +154,16 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The models `local` serves (trained once, cached).
+/// The models `local` serves for group size `k` (trained once, cached).
 fn models(
     cache: Option<PathBuf>,
     data: &DataArgs,
-    base_epochs: usize,
-    parity_epochs: usize,
+    k: usize,
+    (base_epochs, parity_epochs): (usize, usize),
 ) -> anyhow::Result<(crate::local::ModelDirs, crate::model::ModelCard)> {
     let plan = ModelPlan {
         arch: Arch::Mlp,
-        k: 2,
+        k,
         encoder: EncoderKind::Sum,
         base_epochs,
         parity_epochs,
@@ -195,10 +205,11 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
     if args.rates.is_empty() || args.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
         anyhow::bail!("--rates must be positive numbers, e.g. 100,300");
     }
-    let names: Vec<&str> = stragglers::configs(args.prometheus)
-        .iter()
-        .map(|c| c.name)
-        .collect();
+    if args.k.is_empty() || args.k.iter().any(|&k| !(2..=MAX_K).contains(&k)) {
+        anyhow::bail!("--k must be group sizes from 2 to {MAX_K}, e.g. 2,3,4");
+    }
+    let configs = stragglers::configs(&args.k, args.prometheus);
+    let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
     if !args.only.is_empty()
         && !names
             .iter()
@@ -210,12 +221,30 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
             names.join(", ")
         );
     }
-    let (dirs, card) = models(
-        args.cache_dir.clone(),
-        &args.data,
-        args.base_epochs,
-        args.parity_epochs,
-    )?;
+    // Only the ks that some chosen configuration needs.
+    let mut dirs = stragglers::Models::new();
+    let mut card = None;
+    for c in &configs {
+        if dirs.contains_key(&c.k)
+            || !(args.only.is_empty() || args.only.iter().any(|o| c.name.contains(o.as_str())))
+        {
+            continue;
+        }
+        let (d, cd) = models(
+            args.cache_dir.clone(),
+            &args.data,
+            c.k,
+            (args.base_epochs, args.parity_epochs),
+        )?;
+        dirs.insert(c.k, d);
+        card = Some(cd);
+    }
+    let card = card.context("no configuration chosen")?;
+    let base_dir = dirs
+        .values()
+        .next()
+        .map(|d| d.base.clone())
+        .context("no model chosen")?;
     let seconds = if args.quick { 3 } else { args.seconds };
     let plan = stragglers::Plan {
         rates: args.rates.clone(),
@@ -235,10 +264,11 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
             max_bytes: (args.transfer_max_mb * 1e6) as u64,
             seed: args.seed,
         },
+        ks: args.k.clone(),
         prometheus: args.prometheus,
         only: args.only.clone(),
     };
-    let images = test_images(&dirs, &args.data, args.images)?;
+    let images = test_images(&base_dir, &args.data, args.images)?;
     let report = runtime()?.block_on(stragglers::run(
         &dirs,
         &card.name,
@@ -250,13 +280,15 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
     println!("{}", stragglers::markdown(&report));
     std::fs::create_dir_all(&args.plots)
         .with_context(|| format!("creating {}", args.plots.display()))?;
-    let tail = args.plots.join("stragglers-tail.png");
-    plot::tail(&report, report.rates[0], &tail).context("plotting the tail")?;
-    eprintln!("figure: {}", tail.display());
-    if report.rates.len() > 1 {
-        let load = args.plots.join("stragglers-load.png");
-        plot::load(&report, &load).context("plotting p99.9 against load")?;
-        eprintln!("figure: {}", load.display());
+    for &k in dirs.keys() {
+        let tail = args.plots.join(format!("stragglers-tail-k{k}.png"));
+        plot::tail(&report, report.rates[0], k, &tail).context("plotting the tail")?;
+        eprintln!("figure: {}", tail.display());
+        if report.rates.len() > 1 {
+            let load = args.plots.join(format!("stragglers-load-k{k}.png"));
+            plot::load(&report, k, &load).context("plotting p99.9 against load")?;
+            eprintln!("figure: {}", load.display());
+        }
     }
     write_json(&args.out, &report)
 }
@@ -264,7 +296,7 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
 /// The first `n` Fashion-MNIST test images and the base model's class for
 /// each, so that rebuilt answers can be checked against the base model.
 fn test_images(
-    dirs: &crate::local::ModelDirs,
+    base: &std::path::Path,
     data: &DataArgs,
     n: usize,
 ) -> anyhow::Result<stragglers::Images> {
@@ -272,7 +304,7 @@ fn test_images(
         return Ok(stragglers::Images::default());
     }
     let test = data.load()?.test.take(n).context("taking test images")?;
-    let base = crate::model::load(&dirs.base).context("loading the base model")?;
+    let base = crate::model::load(base).context("loading the base model")?;
     let logits = base
         .network
         .forward(&test.images)
@@ -346,7 +378,7 @@ fn scalar(v: &serde_json::Value) -> String {
 }
 
 fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
-    let (dirs, card) = models(args.cache_dir.clone(), &args.data, 10, 40)?;
+    let (dirs, card) = models(args.cache_dir.clone(), &args.data, 2, (10, 40))?;
     let spec = ClusterSpec {
         k: 2,
         encoder: EncoderKind::Sum,

@@ -72,6 +72,29 @@ pub struct Instance {
     errors: IntCounter,
 }
 
+/// One call in flight at an instance, counted until it finishes or is
+/// dropped: hedged and replicated requests cancel the losing call, and a
+/// count that leaked there would rank the instance as busy, then stalled,
+/// for good.
+struct InFlight<'a>(&'a Instance);
+
+impl<'a> InFlight<'a> {
+    fn enter(instance: &'a Instance, at: Instant) -> Self {
+        if instance.inflight.fetch_add(1, Ordering::SeqCst) == 0 {
+            instance
+                .progress_at
+                .store(instance.micros(at), Ordering::SeqCst);
+        }
+        Self(instance)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// What the watcher reads of an instance.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InstanceStats {
@@ -131,10 +154,7 @@ impl Instance {
         timeout: Duration,
     ) -> Result<Vec<f32>, CallError> {
         let started = Instant::now();
-        if self.inflight.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.progress_at
-                .store(self.micros(started), Ordering::SeqCst);
-        }
+        let call = InFlight::enter(self, started);
         let request = InferRequest {
             id: None,
             parameters: Default::default(),
@@ -176,7 +196,7 @@ impl Instance {
                 }
             });
         let done = Instant::now();
-        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        drop(call);
         self.progress_at.store(self.micros(done), Ordering::SeqCst);
         match &result {
             Ok(_) => self.record_success(done, done - started),
@@ -293,11 +313,16 @@ pub fn quantile(values: &mut [f32], q: f64) -> Option<f32> {
 /// An instance at a made-up loopback URL, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_instance(index: usize, role: Role) -> std::sync::Arc<Instance> {
+    test_instance_at(index, role, format!("http://127.0.0.1:{}", 1 + index))
+}
+
+#[cfg(test)]
+fn test_instance_at(index: usize, role: Role, url: String) -> std::sync::Arc<Instance> {
     use prometheus::{HistogramOpts, IntCounter};
     let spec = InstanceSpec {
         index,
         role,
-        url: format!("http://127.0.0.1:{}", 1 + index),
+        url,
         model: "m".into(),
         input_name: "input".into(),
         output_name: "logits".into(),
@@ -320,5 +345,36 @@ mod tests {
         assert_eq!(quantile(&mut v, 0.99), Some(5.0));
         assert_eq!(quantile(&mut v, 0.0), Some(1.0));
         assert_eq!(quantile(&mut [], 0.5), None);
+    }
+
+    /// A call dropped before its answer (the loser of a hedge or a
+    /// replica race) no longer counts as in flight.
+    #[tokio::test]
+    async fn a_cancelled_call_leaves_the_inflight_count() {
+        // Accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let instance = test_instance_at(0, Role::Model, url);
+        let calling = instance.clone();
+        let call = tokio::spawn(async move {
+            calling
+                .infer(1, &[2], vec![0.0, 0.0], 1, Duration::from_secs(30))
+                .await
+        });
+        while instance.inflight() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(instance.inflight(), 1);
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        assert_eq!(instance.inflight(), 0);
+        assert_eq!(instance.stalled_for(Instant::now()), Duration::ZERO);
+        held.abort();
     }
 }

@@ -54,7 +54,9 @@ pub struct FrontendOptions {
     /// for the real answer until the observed latency quantile.
     #[arg(long, value_enum, default_value_t = ReconstructPolicy::Eager)]
     pub reconstruct_policy: ReconstructPolicy,
-    /// Latency quantile (of model calls) that the `deadline` policy waits.
+    /// Latency quantile that the `deadline` policy waits: of the calls to
+    /// model instances not marked slow (the frontend's own windows), or of
+    /// every model instance's calls (Prometheus).
     #[arg(long, default_value_t = 0.99)]
     pub deadline_quantile: f64,
     /// A query not answered after this many ms gets a 504.

@@ -192,7 +192,13 @@ pub fn assess(
             .map(Duration::from_secs_f32)
     };
     let p95_all = pooled(&mut all, 0.95);
-    let local_tail = pooled(&mut all, config.quantile);
+    // The deadline is how long a call of an instance not marked slow takes
+    // at the quantile: over every call, a few percent of calls at
+    // stragglers put p99 at the straggler's own latency, and the deadline
+    // policy then waits as long as no coding at all would (`bench
+    // stragglers --mode delay`: coded deadline p99 ~54 ms, as
+    // equal-resources).
+    let local_tail = pooled(&mut healthy, config.quantile);
     let p99 = pooled(&mut healthy, 0.99);
     let prom_tail = prom
         .and_then(|p| p.tail)
@@ -412,9 +418,10 @@ mod tests {
             s.eager_after
         );
         assert!(s.eager_after >= Duration::from_micros(300));
-        // The deadline policy's quantile covers every call, the slow ones too.
+        // The deadline policy waits as long as a healthy instance's calls
+        // take at the quantile, not the straggler's 50 ms.
         assert!(
-            s.reconstruct_after >= Duration::from_millis(50),
+            s.reconstruct_after < Duration::from_millis(1),
             "{:?}",
             s.reconstruct_after
         );
