@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the measured parts of docs/benchmarks.md: every data-plane
 # benchmark, each into docs/bench/<name>.md (the exact command, when, the
-# machine, the tables) with its figures beside it. About 20 minutes; with
-# --quick about 3 (a check that everything runs, not numbers for the docs:
+# machine, the tables) with its figures beside it. About 30 minutes; with
+# --quick about 4 (a check that everything runs, not numbers for the docs:
 # it writes to target/bench/docs instead).
 #
 # Needs: dataset-fashion-mnist (models are trained once and cached),
@@ -48,15 +48,18 @@ section() {
 
 section overhead "Frontend cost with nothing straggling" \
   bench overhead --out "$out/overhead.json" ${quick:+--requests 500 --seconds 2}
-section stragglers-delay "Tail latency under injected delays (+50 ms in 5% of 500 ms windows), three loads" \
-  bench stragglers "${quick[@]}" --mode delay --rates 150,300,450 --prometheus \
+section stragglers-delay "Tail latency under injected delays (+50 ms in 5% of 500 ms windows), k = 2, three loads" \
+  bench stragglers "${quick[@]}" --mode delay --k 2 --rates 150,300,450 --prometheus \
   --out "$out/stragglers-delay.json" --plots "$out/stragglers-delay"
-section stragglers-sigstop "Tail latency under SIGSTOP pauses (5% of 500 ms windows)" \
-  bench stragglers "${quick[@]}" --mode sigstop \
+section stragglers-delay-k "Tail latency under injected delays (+50 ms in 5% of 500 ms windows), k = 2, 3, 4" \
+  bench stragglers "${quick[@]}" --mode delay --k 2,3,4 --rates 300 \
+  --out "$out/stragglers-delay-k.json" --plots "$out/stragglers-delay-k"
+section stragglers-sigstop "Tail latency under SIGSTOP pauses (5% of 500 ms windows), k = 2, 3, 4" \
+  bench stragglers "${quick[@]}" --mode sigstop --k 2,3,4 \
   --out "$out/stragglers-sigstop.json" --plots "$out/stragglers-sigstop"
 if [ "$(id -u)" = 0 ]; then
   section stragglers-network "Tail latency under network interference (tbf-limited veth, background transfers)" \
-    bench stragglers "${quick[@]}" --mode network \
+    bench stragglers "${quick[@]}" --mode network --k 2 \
     --out "$out/stragglers-network.json" --plots "$out/stragglers-network"
 else
   echo "--- skipping --mode network: it needs root" >&2

@@ -181,6 +181,64 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
 }
 
 #[test]
+fn overhead_reports_every_target_and_the_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path(), &[2]);
+    let out = dir.path().join("overhead.json");
+    let table = run(&[
+        "bench",
+        "overhead",
+        "--requests",
+        "50",
+        "--warmup",
+        "10",
+        "--concurrency",
+        "4",
+        "--seconds",
+        "1",
+        "--base-epochs",
+        "1",
+        "--parity-epochs",
+        "1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(table.contains("loopback hops at p50"), "{table}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let names: Vec<&str> = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "worker (direct)",
+            "frontend (k = 2)",
+            "echo (one hop)",
+            "frontend, forwarding only",
+            "frontend (k = 2), 2 I/O threads"
+        ]
+    );
+    for t in report["targets"].as_array().unwrap() {
+        assert_eq!(t["latency"]["count"], 50, "{t}");
+        assert!(t["throughput_rps"].as_f64().unwrap() > 0.0, "{t}");
+    }
+    for ratio in [
+        "added_p50_in_hops",
+        "forwarding_added_p50_in_hops",
+        "two_threads_added_p50_in_hops",
+        "throughput_vs_echo",
+        "throughput_vs_worker",
+    ] {
+        assert!(report[ratio].as_f64().unwrap().is_finite(), "{ratio}");
+    }
+}
+
+#[test]
 fn bad_bench_input_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.json");

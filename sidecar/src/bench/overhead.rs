@@ -2,8 +2,9 @@
 //! sent directly to a worker, through the frontend (k model calls and a
 //! parity call behind it), through a frontend that only forwards
 //! (`--dispatch least-loaded`: the cost of the extra hop alone), and to an
-//! echo server (the cost of one loopback HTTP hop), interleaved so all see
-//! the same machine; then the most each sustains with concurrent clients.
+//! echo server (the cost of one loopback HTTP hop), and through the coding
+//! frontend on two I/O threads instead of one, interleaved so all see the
+//! same machine; then the most each sustains with concurrent clients.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,8 +38,12 @@ pub struct OverheadReport {
     pub added_p50_in_hops: f64,
     /// The same for the forwarding frontend: what the hop alone costs.
     pub forwarding_added_p50_in_hops: f64,
+    /// The same for the frontend on two I/O threads.
+    pub two_threads_added_p50_in_hops: f64,
     /// Frontend throughput over the echo server's.
     pub throughput_vs_echo: f64,
+    /// Frontend throughput over the worker's, called directly.
+    pub throughput_vs_worker: f64,
 }
 
 pub struct Endpoints<'a> {
@@ -46,6 +51,8 @@ pub struct Endpoints<'a> {
     pub frontend: &'a str,
     /// A frontend with `--dispatch least-loaded` over the same workers.
     pub forwarding: &'a str,
+    /// The coding frontend with `--io-threads 2`.
+    pub two_threads: &'a str,
     pub echo: &'a str,
     pub model: &'a str,
     pub input: &'a str,
@@ -65,6 +72,10 @@ pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<Overhe
         (
             "frontend, forwarding only",
             call(e.forwarding, e.model, e.input, e.shape),
+        ),
+        (
+            "frontend (k = 2), 2 I/O threads",
+            call(e.two_threads, e.model, e.input, e.shape),
         ),
     ];
     let mut recorders: Vec<Recorder> = calls.iter().map(|_| Recorder::default()).collect();
@@ -99,7 +110,9 @@ pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<Overhe
     Ok(OverheadReport {
         added_p50_in_hops: (p50(1) - p50(0)) / p50(2).max(1.0),
         forwarding_added_p50_in_hops: (p50(3) - p50(0)) / p50(2).max(1.0),
+        two_threads_added_p50_in_hops: (p50(4) - p50(0)) / p50(2).max(1.0),
         throughput_vs_echo: targets[1].throughput_rps / targets[2].throughput_rps.max(1e-9),
+        throughput_vs_worker: targets[1].throughput_rps / targets[0].throughput_rps.max(1e-9),
         targets,
     })
 }
@@ -150,10 +163,12 @@ pub fn markdown(r: &OverheadReport) -> String {
         ));
     }
     s.push_str(&format!(
-        "\nThe frontend adds {:.2} loopback hops at p50 (through-frontend minus direct, over the echo round trip; forwarding only: {:.2}); its throughput is {:.0}% of the echo server's.\n",
+        "\nThe frontend adds {:.2} loopback hops at p50 (through-frontend minus direct, over the echo round trip; forwarding only: {:.2}; on 2 I/O threads: {:.2}); its throughput is {:.0}% of the echo server's and {:.0}% of the worker's called directly.\n",
         r.added_p50_in_hops,
         r.forwarding_added_p50_in_hops,
-        r.throughput_vs_echo * 100.0
+        r.two_threads_added_p50_in_hops,
+        r.throughput_vs_echo * 100.0,
+        r.throughput_vs_worker * 100.0
     ));
     s
 }

@@ -22,9 +22,10 @@ const MAX_K: usize = 8;
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// The frontend's cost with nothing straggling: p50/p99 of a direct
-    /// worker call, the same through the frontend (k = 2), and an echo
-    /// server's round trip (one loopback HTTP hop), interleaved; then the
-    /// throughput of each with concurrent clients.
+    /// worker call, the same through the frontend (k = 2), through a
+    /// frontend that only forwards, through the frontend on 2 I/O threads,
+    /// and an echo server's round trip (one loopback HTTP hop),
+    /// interleaved; then the throughput of each with concurrent clients.
     Overhead(OverheadArgs),
     /// Tail latency under stragglers at equal resources: for each k, coded
     /// (k models + 1 parity; eager and deadline) against least-loaded,
@@ -140,6 +141,12 @@ pub struct OverheadArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "target/bench/overhead.json")]
     pub out: PathBuf,
+    /// Base model training epochs (when not cached).
+    #[arg(long, default_value_t = 10)]
+    pub base_epochs: usize,
+    /// Parity model training epochs (when not cached).
+    #[arg(long, default_value_t = 40)]
+    pub parity_epochs: usize,
     /// Trained models are kept here [default: ~/.cache/coded-serving/models].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -378,7 +385,12 @@ fn scalar(v: &serde_json::Value) -> String {
 }
 
 fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
-    let (dirs, card) = models(args.cache_dir.clone(), &args.data, 2, (10, 40))?;
+    let (dirs, card) = models(
+        args.cache_dir.clone(),
+        &args.data,
+        2,
+        (args.base_epochs, args.parity_epochs),
+    )?;
     let spec = ClusterSpec {
         k: 2,
         encoder: EncoderKind::Sum,
@@ -400,6 +412,10 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         parities: 0,
         ..spec.clone()
     };
+    let two_threads = ClusterSpec {
+        frontend_args: ["--io-threads", "2"].map(String::from).to_vec(),
+        ..spec.clone()
+    };
     let report = runtime()?.block_on(async {
         let cluster = Cluster::start(&dirs, &card.name, &spec).await?;
         let forwarder = match Cluster::start(&dirs, &card.name, &forwarding).await {
@@ -409,12 +425,21 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
                 return Err(e);
             }
         };
+        let threaded = match Cluster::start(&dirs, &card.name, &two_threads).await {
+            Ok(f) => f,
+            Err(e) => {
+                cluster.stop().await;
+                forwarder.stop().await;
+                return Err(e);
+            }
+        };
         let (echo_url, _echo) = echo::spawn().await?;
         let result = overhead::run(
             overhead::Endpoints {
                 worker: &cluster.model_urls[0],
                 frontend: &cluster.frontend_url,
                 forwarding: &forwarder.frontend_url,
+                two_threads: &threaded.frontend_url,
                 echo: &echo_url,
                 model: &card.name,
                 input: &card.input.name,
@@ -430,6 +455,7 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         .await;
         cluster.stop().await;
         forwarder.stop().await;
+        threaded.stop().await;
         result
     })?;
     println!("{}", overhead::markdown(&report));

@@ -6,8 +6,16 @@ use crate::frontend::{self, FrontendOptions};
 use crate::http::shutdown;
 
 pub fn run(options: FrontendOptions) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let mut builder = match options.io_threads {
+        0 => anyhow::bail!("--io-threads must be at least 1"),
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?;

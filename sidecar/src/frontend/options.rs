@@ -67,6 +67,14 @@ pub struct FrontendOptions {
     /// waits for traffic (tokio rounds other values up to ~1 ms).
     #[arg(long, default_value_t = 0)]
     pub linger_us: u64,
+    /// Threads that serve requests and make calls. One (the default) runs
+    /// everything on one thread: on a few cores shared with the workers,
+    /// hand-offs between threads cost more than they gain (`bench
+    /// overhead`, 2 cores: with 2 threads the frontend added 2.2 loopback
+    /// hops at p50 and served 7,500-9,500 req/s; with 1, 1.6-1.8 hops and
+    /// 15,000-17,800 req/s).
+    #[arg(long, env = "CODED_IO_THREADS", default_value_t = 1)]
+    pub io_threads: usize,
     /// Most coding groups in one batch of calls.
     #[arg(long, default_value_t = 32)]
     pub max_groups: usize,
