@@ -57,7 +57,11 @@ pub struct Pool {
     pub parities: Vec<Arc<Instance>>,
     /// Shared, not copied: read on every dispatch and wait decision.
     snapshot: RwLock<Arc<Snapshot>>,
-    turn: AtomicUsize,
+    /// Where each role's rotation starts next (models, parities). One
+    /// counter per role: a shared one advanced twice per batch (models,
+    /// then parity), so with two model instances every batch started at
+    /// the same one, and a lone query always went to it.
+    turns: [AtomicUsize; 2],
 }
 
 /// How usable an instance is right now; lower is better.
@@ -75,7 +79,7 @@ impl Pool {
             models,
             parities,
             snapshot: RwLock::new(Arc::new(snapshot)),
-            turn: AtomicUsize::new(0),
+            turns: [AtomicUsize::new(0), AtomicUsize::new(0)],
         }
     }
 
@@ -129,7 +133,11 @@ impl Pool {
         }
         let snapshot = self.snapshot();
         let now = Instant::now();
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let turn = self.turns[match role {
+            Role::Model => 0,
+            Role::Parity => 1,
+        }]
+        .fetch_add(1, Ordering::Relaxed);
         let mut ranked: Vec<(bool, Standing, usize, usize, &Arc<Instance>)> = all
             .iter()
             .enumerate()
@@ -193,7 +201,20 @@ mod tests {
     }
 
     #[test]
-    fn slow_instances_are_avoided_by_reusing_usable_ones() {
+    fn slow_instances_are_avoided_when_enough_others_are_usable() {
+        let p = pool(3);
+        let mut s = (*p.snapshot()).clone();
+        s.slow_models[1] = true;
+        p.set_snapshot(s);
+        for _ in 0..4 {
+            let mut picked = indices(&p.pick(Role::Model, 2, &[]));
+            picked.sort();
+            assert_eq!(picked, vec![0, 2]);
+        }
+    }
+
+    #[test]
+    fn with_m_equal_k_a_straggler_slot_doubles_up_on_a_usable_instance() {
         let p = pool(2);
         let mut s = (*p.snapshot()).clone();
         s.slow_models[1] = true;
@@ -212,6 +233,20 @@ mod tests {
         let picked = indices(&p.pick(Role::Model, 2, &[]));
         assert_eq!(picked.len(), 2);
         assert_ne!(picked[0], picked[1]);
+    }
+
+    #[test]
+    fn lone_queries_rotate_over_the_models_despite_parity_picks() {
+        // A batch of one query picks one model, then the parity.
+        let p = pool(2);
+        let firsts: Vec<usize> = (0..4)
+            .map(|_| {
+                let m = indices(&p.pick(Role::Model, 1, &[]))[0];
+                p.pick(Role::Parity, 1, &[]);
+                m
+            })
+            .collect();
+        assert_eq!(firsts, vec![0, 1, 0, 1]);
     }
 
     #[test]

@@ -192,13 +192,23 @@ pub fn assess(
             .map(Duration::from_secs_f32)
     };
     let p95_all = pooled(&mut all, 0.95);
-    // The deadline is how long a call of an instance not marked slow takes
-    // at the quantile: over every call, a few percent of calls at
-    // stragglers put p99 at the straggler's own latency, and the deadline
-    // policy then waits as long as no coding at all would (`bench
-    // stragglers --mode delay`: coded deadline p99 ~54 ms, as
-    // equal-resources).
-    let local_tail = pooled(&mut healthy, config.quantile);
+    // The deadline is how long the typical instance's calls take at the
+    // quantile (each instance's own quantile, then their median). Pooled
+    // over every call, or over instances not marked slow, a slow spell
+    // too short to move a median to a mark still puts p99 at the
+    // straggler's own latency, and the deadline policy then waits as long
+    // as no coding at all would (`bench stragglers --mode delay`: coded
+    // deadline p99.9 ~54 ms, as equal-resources).
+    let per_instance: Vec<Option<f64>> = recent
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            (r.len() >= MIN_SAMPLES)
+                .then(|| quantile(&mut r, config.quantile).map(f64::from))
+                .flatten()
+        })
+        .collect();
+    let local_tail = typical_of(&per_instance).and_then(|t| Duration::try_from_secs_f64(t).ok());
     let p99 = pooled(&mut healthy, 0.99);
     let prom_tail = prom
         .and_then(|p| p.tail)

@@ -10,6 +10,19 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+/// Has the child killed (SIGTERM) when this process dies, even by a signal
+/// that skips destructors (Ctrl-C on `bench`, a killed test): otherwise
+/// its workers would outlive it, holding ports and CPU.
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes one async-signal-safe system call.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+}
+
 /// A running child and the URL it serves on.
 pub struct Child {
     pub name: String,
@@ -44,6 +57,7 @@ impl Child {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        die_with_parent(&mut command);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", log_level);
         }

@@ -136,7 +136,9 @@ impl LocalPrometheus {
         let address = format!("127.0.0.1:{port}");
         let log = dir.path().join("prometheus.log");
         let log_file = std::fs::File::create(&log).context("creating Prometheus' log")?;
-        let child = tokio::process::Command::new(&exe)
+        let mut command = tokio::process::Command::new(&exe);
+        super::process::die_with_parent(&mut command);
+        let child = command
             .arg(format!("--config.file={}", config_file.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
