@@ -73,7 +73,7 @@ impl Frontend {
             .unwrap_or_else(|| format!("{name}-parity"));
         let code = encoder(options.encoder, options.k, &info.input.shape)
             .context("setting up the encoder")?;
-        if options.model_endpoints.len() < options.k {
+        if options.dispatch == DispatchMode::Coded && options.model_endpoints.len() < options.k {
             tracing::warn!(
                 models = options.model_endpoints.len(),
                 k = options.k,
