@@ -45,6 +45,12 @@ impl Config {
         self.models + self.parities
     }
 
+    /// Whether `--only` chooses it: its name contains one of `only`, or
+    /// `only` is empty.
+    pub fn chosen(&self, only: &[String]) -> bool {
+        only.is_empty() || only.iter().any(|o| self.name.contains(o.as_str()))
+    }
+
     /// The paper's baseline, which tail gaps are compared with.
     pub fn is_baseline(&self) -> bool {
         self.dispatch == DispatchMode::LeastLoaded
@@ -189,7 +195,7 @@ pub async fn run(
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let chosen: Vec<Config> = configs(&plan.ks, plan.prometheus)
         .into_iter()
-        .filter(|c| plan.only.is_empty() || plan.only.iter().any(|o| c.name.contains(o.as_str())))
+        .filter(|c| c.chosen(&plan.only))
         .collect();
     if chosen.is_empty() {
         anyhow::bail!("--only {:?} matches no configuration", plan.only);

@@ -216,12 +216,8 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
         anyhow::bail!("--k must be group sizes from 2 to {MAX_K}, e.g. 2,3,4");
     }
     let configs = stragglers::configs(&args.k, args.prometheus);
-    let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
-    if !args.only.is_empty()
-        && !names
-            .iter()
-            .any(|n| args.only.iter().any(|o| n.contains(o.as_str())))
-    {
+    if !configs.iter().any(|c| c.chosen(&args.only)) {
+        let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
         anyhow::bail!(
             "--only {:?} matches no configuration; they are: {}",
             args.only,
@@ -231,10 +227,8 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
     // Only the ks that some chosen configuration needs.
     let mut dirs = stragglers::Models::new();
     let mut card = None;
-    for c in &configs {
-        if dirs.contains_key(&c.k)
-            || !(args.only.is_empty() || args.only.iter().any(|o| c.name.contains(o.as_str())))
-        {
+    for c in configs.iter().filter(|c| c.chosen(&args.only)) {
+        if dirs.contains_key(&c.k) {
             continue;
         }
         let (d, cd) = models(
@@ -417,29 +411,27 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         ..spec.clone()
     };
     let report = runtime()?.block_on(async {
-        let cluster = Cluster::start(&dirs, &card.name, &spec).await?;
-        let forwarder = match Cluster::start(&dirs, &card.name, &forwarding).await {
-            Ok(f) => f,
-            Err(e) => {
-                cluster.stop().await;
-                return Err(e);
-            }
-        };
-        let threaded = match Cluster::start(&dirs, &card.name, &two_threads).await {
-            Ok(f) => f,
-            Err(e) => {
-                cluster.stop().await;
-                forwarder.stop().await;
-                return Err(e);
-            }
-        };
         let (echo_url, _echo) = echo::spawn().await?;
+        // The coding frontend, the forwarding one, the coding one on 2 I/O
+        // threads; those started are stopped if one fails to start.
+        let mut clusters = Vec::new();
+        for spec in [&spec, &forwarding, &two_threads] {
+            match Cluster::start(&dirs, &card.name, spec).await {
+                Ok(c) => clusters.push(c),
+                Err(e) => {
+                    for c in clusters {
+                        c.stop().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
         let result = overhead::run(
             overhead::Endpoints {
-                worker: &cluster.model_urls[0],
-                frontend: &cluster.frontend_url,
-                forwarding: &forwarder.frontend_url,
-                two_threads: &threaded.frontend_url,
+                worker: &clusters[0].model_urls[0],
+                frontend: &clusters[0].frontend_url,
+                forwarding: &clusters[1].frontend_url,
+                two_threads: &clusters[2].frontend_url,
                 echo: &echo_url,
                 model: &card.name,
                 input: &card.input.name,
@@ -453,9 +445,9 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
             },
         )
         .await;
-        cluster.stop().await;
-        forwarder.stop().await;
-        threaded.stop().await;
+        for c in clusters {
+            c.stop().await;
+        }
         result
     })?;
     println!("{}", overhead::markdown(&report));
