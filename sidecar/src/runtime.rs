@@ -31,3 +31,19 @@ pub fn flush_denormals() {
         _mm_setcsr(_mm_getcsr() | FTZ_DAZ);
     }
 }
+
+/// The async runtime of a server process on `threads` I/O threads: one is
+/// a current-thread runtime (no hand-offs between threads at all), more a
+/// multi-thread one.
+pub fn io_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        0 => anyhow::bail!("--io-threads must be at least 1"),
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    Ok(builder.enable_all().build()?)
+}

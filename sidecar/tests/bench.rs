@@ -226,13 +226,17 @@ fn overhead_reports_every_target_and_the_ratios() {
     for t in report["targets"].as_array().unwrap() {
         assert_eq!(t["latency"]["count"], 50, "{t}");
         assert!(t["throughput_rps"].as_f64().unwrap() > 0.0, "{t}");
+        // Every target is a process of its own, whose CPU time is read.
+        assert!(t["cpu_us_per_request"].as_f64().unwrap() >= 0.0, "{t}");
     }
+    assert!(table.contains("server CPU µs/req"), "{table}");
     for ratio in [
         "added_p50_in_hops",
         "forwarding_added_p50_in_hops",
         "two_threads_added_p50_in_hops",
         "throughput_vs_echo",
         "throughput_vs_worker",
+        "cpu_throughput_vs_echo",
     ] {
         assert!(report[ratio].as_f64().unwrap().is_finite(), "{ratio}");
     }

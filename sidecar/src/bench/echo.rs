@@ -1,5 +1,9 @@
 //! The ceiling for one loopback HTTP hop: an axum server that answers every
-//! POST with the body it got, and nothing else.
+//! POST with the body it got, and nothing else. `bench overhead` runs it as
+//! a process of its own (`coded-sidecar bench echo`) on one thread, as the
+//! frontend runs by default, so that its hop pays what the frontend's
+//! does: a wake-up of another process on each side, and its CPU time is
+//! measured apart from the load generator's.
 
 use std::net::SocketAddr;
 
@@ -8,13 +12,14 @@ use axum::body::Bytes;
 use axum::routing::post;
 use tokio::net::TcpListener;
 
-/// Serves on a free loopback port until the runtime stops; returns its URL.
-pub async fn spawn() -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let addr = listener.local_addr()?;
-    let app = Router::new().fallback(post(|body: Bytes| async move { body }));
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+/// Binds `addr`, prints the URL (the line [`crate::local::Child`] waits
+/// for) and serves until the process is stopped.
+pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    println!("echo serving on http://{}", listener.local_addr()?);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
     });
-    Ok((format!("http://{addr}"), task))
+    let app = Router::new().fallback(post(|body: Bytes| async move { body }));
+    axum::serve(listener, app).await
 }

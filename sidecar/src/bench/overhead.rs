@@ -2,14 +2,19 @@
 //! sent directly to a worker, through the frontend (k model calls and a
 //! parity call behind it), through a frontend that only forwards
 //! (`--dispatch least-loaded`: the cost of the extra hop alone), and to an
-//! echo server (the cost of one loopback HTTP hop), and through the coding
-//! frontend on two I/O threads instead of one, interleaved so all see the
-//! same machine; then the most each sustains with concurrent clients.
+//! echo server in a process of its own (the cost of one loopback HTTP
+//! hop), and through the coding frontend on two I/O threads instead of one,
+//! interleaved so all see the same machine; then the most each sustains
+//! with concurrent clients, and the CPU time each server process spent per
+//! request meanwhile (all share two cores with the load generator, so CPU
+//! per request is what tells a server's own cost apart from its
+//! neighbours').
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::latency::{Recorder, Summary};
@@ -28,6 +33,10 @@ pub struct Target {
     pub name: String,
     pub latency: Summary,
     pub throughput_rps: f64,
+    /// CPU time (user + system) of the server process per request during
+    /// the throughput run, in µs; for the frontends, their own process
+    /// only, not the workers behind them.
+    pub cpu_us_per_request: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,16 +53,25 @@ pub struct OverheadReport {
     pub throughput_vs_echo: f64,
     /// Frontend throughput over the worker's, called directly.
     pub throughput_vs_worker: f64,
+    /// The echo server's CPU per request over the frontend's: the
+    /// frontend's throughput per core of its own, against the echo's.
+    pub cpu_throughput_vs_echo: Option<f64>,
+}
+
+/// Where one target listens, and its process (for its CPU time).
+pub struct Endpoint<'a> {
+    pub url: &'a str,
+    pub pid: Option<Pid>,
 }
 
 pub struct Endpoints<'a> {
-    pub worker: &'a str,
-    pub frontend: &'a str,
+    pub worker: Endpoint<'a>,
+    pub frontend: Endpoint<'a>,
     /// A frontend with `--dispatch least-loaded` over the same workers.
-    pub forwarding: &'a str,
+    pub forwarding: Endpoint<'a>,
     /// The coding frontend with `--io-threads 2`.
-    pub two_threads: &'a str,
-    pub echo: &'a str,
+    pub two_threads: Endpoint<'a>,
+    pub echo: Endpoint<'a>,
     pub model: &'a str,
     pub input: &'a str,
     pub shape: &'a [usize],
@@ -63,26 +81,18 @@ pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<Overhe
     crate::tls::init();
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let calls = [
-        ("worker (direct)", call(e.worker, e.model, e.input, e.shape)),
-        (
-            "frontend (k = 2)",
-            call(e.frontend, e.model, e.input, e.shape),
-        ),
-        ("echo (one hop)", call(e.echo, e.model, e.input, e.shape)),
-        (
-            "frontend, forwarding only",
-            call(e.forwarding, e.model, e.input, e.shape),
-        ),
-        (
-            "frontend (k = 2), 2 I/O threads",
-            call(e.two_threads, e.model, e.input, e.shape),
-        ),
-    ];
+        ("worker (direct)", &e.worker),
+        ("frontend (k = 2)", &e.frontend),
+        ("echo (one hop)", &e.echo),
+        ("frontend, forwarding only", &e.forwarding),
+        ("frontend (k = 2), 2 I/O threads", &e.two_threads),
+    ]
+    .map(|(name, at)| (name, call(at.url, e.model, e.input, e.shape), at.pid));
     let mut recorders: Vec<Recorder> = calls.iter().map(|_| Recorder::default()).collect();
     let bar = indicatif::ProgressBar::new((plan.warmup + plan.requests) as u64)
         .with_message("latency, one request at a time");
     for i in 0..plan.warmup + plan.requests {
-        for (j, (_, c)) in calls.iter().enumerate() {
+        for (j, (_, c, _)) in calls.iter().enumerate() {
             let started = Instant::now();
             send(&http, c).await?;
             if i >= plan.warmup {
@@ -94,16 +104,21 @@ pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<Overhe
     bar.finish_and_clear();
 
     let mut targets = Vec::new();
-    for ((name, c), rec) in calls.iter().zip(&recorders) {
+    for ((name, c, pid), rec) in calls.iter().zip(&recorders) {
         eprintln!(
             "throughput of {name}: {} clients for {:?}",
             plan.concurrency, plan.throughput_for
         );
-        let rps = throughput(&http, c, plan.concurrency, plan.throughput_for).await?;
+        let cpu_before = pid.and_then(cpu_time);
+        let (rps, requests) = throughput(&http, c, plan.concurrency, plan.throughput_for).await?;
+        let cpu = cpu_before
+            .zip(pid.and_then(cpu_time))
+            .map(|(a, b)| b.saturating_sub(a));
         targets.push(Target {
             name: (*name).to_owned(),
             latency: rec.summary(),
             throughput_rps: rps,
+            cpu_us_per_request: cpu.map(|c| c.as_secs_f64() * 1e6 / requests.max(1) as f64),
         });
     }
     let p50 = |i: usize| targets[i].latency.p50_us as f64;
@@ -113,17 +128,36 @@ pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<Overhe
         two_threads_added_p50_in_hops: (p50(4) - p50(0)) / p50(2).max(1.0),
         throughput_vs_echo: targets[1].throughput_rps / targets[2].throughput_rps.max(1e-9),
         throughput_vs_worker: targets[1].throughput_rps / targets[0].throughput_rps.max(1e-9),
+        cpu_throughput_vs_echo: targets[2]
+            .cpu_us_per_request
+            .zip(targets[1].cpu_us_per_request)
+            .map(|(echo, frontend)| echo / frontend.max(1e-9)),
         targets,
     })
 }
 
-/// Requests per second that `concurrency` closed-loop clients get.
+/// CPU time (user + system) that process `pid` has used so far.
+fn cpu_time(pid: Pid) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 from here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&hz| hz > 0)? as u64;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// Requests per second that `concurrency` closed-loop clients get, and how
+/// many they sent.
 async fn throughput(
     http: &reqwest::Client,
     c: &Call,
     concurrency: usize,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, u64)> {
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let end = started + duration;
@@ -147,18 +181,22 @@ async fn throughput(
     for t in tasks {
         t.await??;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    let done = done.load(Ordering::Relaxed);
+    Ok((done as f64 / started.elapsed().as_secs_f64(), done))
 }
 
 /// The report as a markdown table.
 pub fn markdown(r: &OverheadReport) -> String {
     let mut s = String::from(
-        "| target | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | throughput req/s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| target | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | throughput req/s | server CPU µs/req |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for t in &r.targets {
         let l = &t.latency;
+        let cpu = t
+            .cpu_us_per_request
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {cpu} |\n",
             t.name, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, t.throughput_rps
         ));
     }
@@ -170,5 +208,11 @@ pub fn markdown(r: &OverheadReport) -> String {
         r.throughput_vs_echo * 100.0,
         r.throughput_vs_worker * 100.0
     ));
+    if let Some(ratio) = r.cpu_throughput_vs_echo {
+        s.push_str(&format!(
+            "Per core of its own (its process's CPU time per request), the frontend serves {:.0}% of what the echo server does.\n",
+            ratio * 100.0
+        ));
+    }
     s
 }

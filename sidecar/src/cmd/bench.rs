@@ -12,7 +12,7 @@ use crate::bench::stragglers::SlowMode;
 use crate::bench::{echo, overhead, plot, stragglers};
 use crate::coding::EncoderKind;
 use crate::frontend::ReconstructPolicy;
-use crate::local::{Cluster, ClusterSpec, ModelPlan, default_cache_dir};
+use crate::local::{Child, Cluster, ClusterSpec, ModelPlan, default_cache_dir};
 use crate::model::Arch;
 
 /// Largest group size `bench stragglers` runs: k + 1 worker processes on
@@ -36,6 +36,19 @@ pub enum BenchCommand {
     /// load, writes JSON and PNG figures per k (tail per configuration;
     /// p99.9 against load with several --rates).
     Stragglers(StragglerArgs),
+    /// The echo server `bench overhead` measures one loopback HTTP hop
+    /// with: answers every POST with its body, on one thread. Prints its
+    /// URL and serves until stopped.
+    Echo(EchoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +171,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Overhead(args) => run_overhead(args),
         BenchCommand::Stragglers(args) => run_stragglers(args),
+        BenchCommand::Echo(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(echo::serve((args.host, args.port).into()))
+            .context("echo server"),
     }
 }
 
@@ -378,6 +396,14 @@ fn scalar(v: &serde_json::Value) -> String {
     }
 }
 
+/// Where a child listens, and its process.
+fn endpoint(c: Option<&Child>) -> overhead::Endpoint<'_> {
+    overhead::Endpoint {
+        url: c.map_or("", |c| c.url.as_str()),
+        pid: c.and_then(Child::pid),
+    }
+}
+
 fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
     let (dirs, card) = models(
         args.cache_dir.clone(),
@@ -411,7 +437,7 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         ..spec.clone()
     };
     let report = runtime()?.block_on(async {
-        let (echo_url, _echo) = echo::spawn().await?;
+        let echo = Child::spawn("echo", &["bench".into(), "echo".into()], "warn").await?;
         // The coding frontend, the forwarding one, the coding one on 2 I/O
         // threads; those started are stopped if one fails to start.
         let mut clusters = Vec::new();
@@ -422,17 +448,22 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
                     for c in clusters {
                         c.stop().await;
                     }
+                    echo.stop().await;
                     return Err(e);
                 }
             }
         }
+        // A cluster's children: model workers first, its frontend last.
+        fn frontend(c: &Cluster) -> overhead::Endpoint<'_> {
+            endpoint(c.children.last())
+        }
         let result = overhead::run(
             overhead::Endpoints {
-                worker: &clusters[0].model_urls[0],
-                frontend: &clusters[0].frontend_url,
-                forwarding: &clusters[1].frontend_url,
-                two_threads: &clusters[2].frontend_url,
-                echo: &echo_url,
+                worker: endpoint(clusters[0].children.first()),
+                frontend: frontend(&clusters[0]),
+                forwarding: frontend(&clusters[1]),
+                two_threads: frontend(&clusters[2]),
+                echo: endpoint(Some(&echo)),
                 model: &card.name,
                 input: &card.input.name,
                 shape: &card.input.shape,
@@ -448,6 +479,7 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         for c in clusters {
             c.stop().await;
         }
+        echo.stop().await;
         result
     })?;
     println!("{}", overhead::markdown(&report));

@@ -6,19 +6,8 @@ use crate::frontend::{self, FrontendOptions};
 use crate::http::shutdown;
 
 pub fn run(options: FrontendOptions) -> anyhow::Result<()> {
-    let mut builder = match options.io_threads {
-        0 => anyhow::bail!("--io-threads must be at least 1"),
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    let runtime = builder
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        crate::runtime::io_runtime(options.io_threads).context("starting the async runtime")?;
     runtime.block_on(async {
         let server = frontend::bind(&options).await?;
         println!("frontend serving on http://{}", server.local_addr()?);

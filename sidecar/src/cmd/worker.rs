@@ -23,11 +23,8 @@ pub struct WorkerArgs {
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        crate::runtime::io_runtime(args.serve.io_threads).context("starting the async runtime")?;
     let model = runtime
         .block_on(crate::model::fetch::load(&args.model))
         .with_context(|| format!("loading the model {}", args.model))?;

@@ -51,6 +51,13 @@ pub enum CodingError {
         shape: Vec<usize>,
         reason: String,
     },
+    #[error("{values} values are not {groups} groups of {k} queries of {item} values")]
+    FlatLength {
+        values: usize,
+        groups: usize,
+        k: usize,
+        item: usize,
+    },
     #[error("outputs of shape {found:?} do not fit the parity output of shape {expected:?}")]
     OutputShape {
         expected: Vec<usize>,

@@ -59,14 +59,7 @@ impl BatchContext {
         for (q, row) in rows.iter().enumerate() {
             flat[q * self.in_len..(q + 1) * self.in_len].copy_from_slice(row);
         }
-        let mut shape = vec![groups, self.k];
-        shape.extend_from_slice(&self.item_shape);
-        let queries = Tensor::from_vec(flat, shape, &Device::Cpu)?;
-        Ok(self
-            .encoder
-            .encode(&queries)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+        self.encoder.encode_flat(flat, groups)
     }
 
     /// Rebuilds one output per group from parity outputs `[n, out]` and the

@@ -27,6 +27,11 @@ pub struct Snapshot {
     pub retry_after: Duration,
     /// Calls in flight this long with none finishing mark a straggler.
     pub stall_after: Duration,
+    /// An instance whose oldest call in flight is older than this gets no
+    /// new calls while usable ones remain: an instance turned slow is
+    /// avoided within a few typical latencies, not once its slow answers
+    /// have moved a median (a 500 ms slow spell is over by then).
+    pub lag_after: Duration,
     /// Per model instance, then per parity instance: slow enough to avoid.
     pub slow_models: Vec<bool>,
     pub slow_parities: Vec<bool>,
@@ -44,6 +49,7 @@ impl Snapshot {
             hedge_after: Duration::from_millis(10),
             retry_after: Duration::from_millis(50),
             stall_after: Duration::from_millis(50),
+            lag_after: Duration::from_millis(50),
             slow_models: vec![false; models],
             slow_parities: vec![false; parities],
             observed_tail: None,
@@ -117,6 +123,7 @@ impl Pool {
         };
         if slow.get(instance.index).copied().unwrap_or(false)
             || instance.stalled_for(now) > snapshot.stall_after
+            || instance.oldest_call_age(now) > snapshot.lag_after
         {
             Standing::Straggler
         } else {
@@ -222,6 +229,32 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(indices(&p.pick(Role::Model, 2, &[])), vec![0, 0]);
         }
+    }
+
+    #[test]
+    fn an_instance_with_a_call_out_too_long_gets_no_new_calls() {
+        let p = pool(3);
+        let mut s = (*p.snapshot()).clone();
+        s.lag_after = Duration::from_millis(5);
+        p.set_snapshot(s);
+        let now = Instant::now();
+        let _late = p.models[1].hold_call(now - Duration::from_millis(8));
+        for _ in 0..4 {
+            let mut picked = indices(&p.pick(Role::Model, 2, &[]));
+            picked.sort();
+            assert_eq!(picked, vec![0, 2]);
+        }
+        // A call out for less than the limit changes nothing.
+        let _recent = p.models[2].hold_call(now - Duration::from_millis(1));
+        let snapshot = p.snapshot();
+        assert_eq!(
+            p.standing(&p.models[2], &snapshot, Instant::now()),
+            Standing::Usable
+        );
+        assert_eq!(
+            p.standing(&p.models[1], &snapshot, Instant::now()),
+            Standing::Straggler
+        );
     }
 
     #[test]

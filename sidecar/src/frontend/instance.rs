@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter};
 
-use crate::protocol::client::{Client, ClientError, Encoding};
+use crate::protocol::client::{Client, ClientError, Encoding, InferTarget};
 use crate::protocol::{InferRequest, NamedTensor, OutputSelection};
 
 /// Latencies kept per instance, and how long one stays relevant.
@@ -57,9 +57,14 @@ pub struct Instance {
     input_name: String,
     output_name: String,
     client: Client,
+    target: InferTarget,
     /// Clock origin for the atomics below (µs since `epoch`).
     epoch: Instant,
     inflight: AtomicUsize,
+    /// When each call now in flight started (µs since `epoch`): the oldest
+    /// tells a lagging instance within a few typical latencies, long before
+    /// its slow answers move a median.
+    started: Mutex<Vec<u64>>,
     /// Last time a call finished, or the first call started after an idle
     /// spell: a paused instance stops moving it.
     progress_at: AtomicU64,
@@ -76,22 +81,32 @@ pub struct Instance {
 /// dropped: hedged and replicated requests cancel the losing call, and a
 /// count that leaked there would rank the instance as busy, then stalled,
 /// for good.
-struct InFlight<'a>(&'a Instance);
+struct InFlight<'a> {
+    instance: &'a Instance,
+    started: u64,
+}
 
 impl<'a> InFlight<'a> {
     fn enter(instance: &'a Instance, at: Instant) -> Self {
+        let started = instance.micros(at);
         if instance.inflight.fetch_add(1, Ordering::SeqCst) == 0 {
-            instance
-                .progress_at
-                .store(instance.micros(at), Ordering::SeqCst);
+            instance.progress_at.store(started, Ordering::SeqCst);
         }
-        Self(instance)
+        if let Ok(mut s) = instance.started.lock() {
+            s.push(started);
+        }
+        Self { instance, started }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.instance.inflight.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(mut s) = self.instance.started.lock()
+            && let Some(i) = s.iter().position(|&t| t == self.started)
+        {
+            s.swap_remove(i);
+        }
     }
 }
 
@@ -119,8 +134,10 @@ pub struct InstanceSpec {
 
 impl Instance {
     pub fn new(spec: InstanceSpec, epoch: Instant, timeout: Duration) -> Result<Self, ClientError> {
+        let client = Client::new(&spec.url, timeout)?;
         Ok(Instance {
-            client: Client::new(&spec.url, timeout)?,
+            target: client.infer_target(&spec.model, None)?,
+            client,
             index: spec.index,
             role: spec.role,
             url: spec.url,
@@ -129,6 +146,7 @@ impl Instance {
             output_name: spec.output_name,
             epoch,
             inflight: AtomicUsize::new(0),
+            started: Mutex::new(Vec::new()),
             progress_at: AtomicU64::new(0),
             down_until: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -169,7 +187,7 @@ impl Instance {
         };
         let result = self
             .client
-            .infer_with_timeout(&self.model, None, &request, Encoding::Binary, timeout)
+            .infer_at(&self.target, &request, Encoding::Binary, timeout)
             .await
             .map_err(CallError::from)
             .and_then(|mut response| {
@@ -273,6 +291,17 @@ impl Instance {
         Duration::from_micros(self.micros(now).saturating_sub(since))
     }
 
+    /// How long the oldest call now in flight has been out (zero when none is).
+    pub fn oldest_call_age(&self, now: Instant) -> Duration {
+        let oldest = match self.started.lock() {
+            Ok(s) => s.iter().min().copied(),
+            Err(_) => None,
+        };
+        oldest.map_or(Duration::ZERO, |t| {
+            Duration::from_micros(self.micros(now).saturating_sub(t))
+        })
+    }
+
     /// Latencies of successful calls in the last few seconds.
     pub fn recent_latencies(&self, now: Instant) -> Vec<f32> {
         let oldest = self
@@ -308,6 +337,14 @@ pub fn quantile(values: &mut [f32], q: f64) -> Option<f32> {
     values.sort_by(f32::total_cmp);
     let rank = ((q.clamp(0.0, 1.0) * values.len() as f64).ceil() as usize).clamp(1, values.len());
     Some(values[rank - 1])
+}
+
+impl Instance {
+    /// A call held in flight from `at` until the guard drops, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn hold_call(&self, at: Instant) -> impl Drop + '_ {
+        InFlight::enter(self, at)
+    }
 }
 
 /// An instance at a made-up loopback URL, for unit tests.
@@ -375,6 +412,21 @@ mod tests {
         assert!(call.await.unwrap_err().is_cancelled());
         assert_eq!(instance.inflight(), 0);
         assert_eq!(instance.stalled_for(Instant::now()), Duration::ZERO);
+        assert_eq!(instance.oldest_call_age(Instant::now()), Duration::ZERO);
         held.abort();
+    }
+
+    #[test]
+    fn the_oldest_call_in_flight_sets_the_age() {
+        let instance = test_instance(0, Role::Model);
+        let t0 = Instant::now();
+        let first = instance.hold_call(t0);
+        let second = instance.hold_call(t0 + Duration::from_millis(3));
+        let now = t0 + Duration::from_millis(10);
+        assert_eq!(instance.oldest_call_age(now), Duration::from_millis(10));
+        drop(first);
+        assert_eq!(instance.oldest_call_age(now), Duration::from_millis(7));
+        drop(second);
+        assert_eq!(instance.oldest_call_age(now), Duration::ZERO);
     }
 }

@@ -72,8 +72,14 @@ impl LatencySource {
 /// ordinary jitter into retries and stragglers.
 const MIN_EAGER_AFTER: Duration = Duration::from_micros(200);
 const MIN_RECONSTRUCT_AFTER: Duration = Duration::from_micros(500);
-const MIN_RETRY_AFTER: Duration = Duration::from_millis(20);
+const MIN_RETRY_AFTER: Duration = Duration::from_millis(5);
 const MIN_STALL_AFTER: Duration = Duration::from_millis(20);
+const MIN_LAG_AFTER: Duration = Duration::from_millis(2);
+/// A call out this many times the typical instance's median marks its
+/// instance as lagging; an undecodable slot is sent again after this many
+/// times the typical instance's tail.
+const LAG_FACTOR: f64 = 4.0;
+const RETRY_FACTOR: u32 = 2;
 /// Samples an instance needs before its median is trusted, and the pool
 /// before its quantiles are.
 const MIN_SAMPLES: usize = 8;
@@ -226,12 +232,20 @@ pub fn assess(
         hedge_after: p95_all
             .map(|t| t.max(MIN_EAGER_AFTER))
             .unwrap_or(initial.hedge_after),
-        retry_after: p99
-            .map(|t| (t * 4).max(MIN_RETRY_AFTER))
+        // The typical instance's own tail, not the pooled p99: a slow
+        // spell of an instance not marked any more keeps the pooled p99 at
+        // its latency for seconds, and slots that no parity can rebuild
+        // (two slow instances at once) then waited for the slow answers
+        // instead of being sent elsewhere (`bench stragglers --k 3,4`).
+        retry_after: local_tail
+            .map(|t| (t * RETRY_FACTOR).max(MIN_RETRY_AFTER))
             .unwrap_or(initial.retry_after),
         stall_after: p99
             .map(|t| (t * 4).max(MIN_STALL_AFTER))
             .unwrap_or(initial.stall_after),
+        lag_after: local_typical
+            .map(|t| Duration::from_secs_f64(t * LAG_FACTOR).max(MIN_LAG_AFTER))
+            .unwrap_or(initial.lag_after),
         slow_models,
         slow_parities,
         observed_tail: tail,
@@ -433,6 +447,18 @@ mod tests {
             s.reconstruct_after
         );
         assert!(s.stall_after >= MIN_STALL_AFTER && s.retry_after >= MIN_RETRY_AFTER);
+        // Lagging is a few typical medians, and retries wait a couple of
+        // the typical instance's tails: neither is the straggler's 50 ms.
+        assert!(
+            s.lag_after >= MIN_LAG_AFTER && s.lag_after < Duration::from_millis(5),
+            "{:?}",
+            s.lag_after
+        );
+        assert!(
+            s.retry_after < Duration::from_millis(10),
+            "{:?}",
+            s.retry_after
+        );
     }
 
     #[test]

@@ -60,6 +60,12 @@ pub enum Encoding {
     Json,
 }
 
+/// A model's infer endpoint, from [`Client::infer_target`].
+#[derive(Debug, Clone)]
+pub struct InferTarget {
+    url: reqwest::Url,
+}
+
 /// Client of one v2 server. Cheap to clone; clones share the connection pool.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -155,9 +161,36 @@ impl Client {
         encoding: Encoding,
         timeout: Duration,
     ) -> Result<InferResponse, ClientError> {
+        let target = self.infer_target(model, version)?;
+        self.infer_at(&target, request, encoding, timeout).await
+    }
+
+    /// The infer endpoint of `model` at this server, parsed once for calls
+    /// made many times (the frontend's: building and parsing the URL showed
+    /// in its per-call profile).
+    pub fn infer_target(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<InferTarget, ClientError> {
         let url = format!("{}{}/infer", self.base, model_path(model, version));
+        match reqwest::Url::parse(&url) {
+            Ok(parsed) => Ok(InferTarget { url: parsed }),
+            Err(_) => Err(ClientError::BadUrl(url)),
+        }
+    }
+
+    /// `POST` to an infer endpoint of this server, bounded by `timeout`.
+    pub async fn infer_at(
+        &self,
+        target: &InferTarget,
+        request: &InferRequest,
+        encoding: Encoding,
+        timeout: Duration,
+    ) -> Result<InferResponse, ClientError> {
+        let url = target.url.as_str();
         let encoded = binary::encode_request(request, encoding == Encoding::Binary);
-        let mut call = self.http.post(&url).timeout(timeout);
+        let mut call = self.http.post(target.url.clone()).timeout(timeout);
         call = match encoded.header_length {
             Some(n) => call.header(HEADER_LENGTH, n).header(
                 CONTENT_TYPE,
@@ -169,18 +202,18 @@ impl Client {
             .body(encoded.body)
             .send()
             .await
-            .map_err(|e| transport(&url, e))?;
+            .map_err(|e| transport(url, e))?;
         let status = response.status();
         let header_length = response
             .headers()
             .get(HEADER_LENGTH)
             .map(|v| v.as_bytes().to_vec());
-        let body = response.bytes().await.map_err(|e| transport(&url, e))?;
+        let body = response.bytes().await.map_err(|e| transport(url, e))?;
         if !status.is_success() {
-            return Err(status_error(&url, status, &body));
+            return Err(status_error(url, status, &body));
         }
         let bad = |source| ClientError::BadResponse {
-            url: url.clone(),
+            url: url.to_owned(),
             source,
         };
         let header_length = binary::parse_header_length(header_length.as_deref()).map_err(bad)?;

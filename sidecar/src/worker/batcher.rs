@@ -28,6 +28,11 @@ pub struct BatchConfig {
     pub max_queue_delay: Duration,
     /// Model calls that may run at once (each on its own blocking thread).
     pub concurrency: usize,
+    /// Run the model on the batcher's own thread instead of a blocking
+    /// thread: for a server on one I/O thread, where a hand-off to another
+    /// thread and back costs more than these models' compute. One call at
+    /// a time.
+    pub inline: bool,
 }
 
 impl Default for BatchConfig {
@@ -37,6 +42,7 @@ impl Default for BatchConfig {
             // Batches still form under load; see `ServeOptions::max_queue_delay_us`.
             max_queue_delay: Duration::ZERO,
             concurrency: 1,
+            inline: false,
         }
     }
 }
@@ -87,7 +93,11 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(4096);
         let config = BatchConfig {
             max_batch_size: config.max_batch_size.max(1),
-            concurrency: config.concurrency.max(1),
+            concurrency: if config.inline {
+                1
+            } else {
+                config.concurrency.max(1)
+            },
             ..config
         };
         let task = tokio::spawn(run(backend, input_shape, output_len, config, metrics, rx));
@@ -156,11 +166,24 @@ async fn run(
             rows += next.rows;
             jobs.push(next);
         }
+        if config.inline {
+            run_batch(
+                backend.clone(),
+                &input_shape,
+                output_len,
+                jobs,
+                &metrics,
+                true,
+            )
+            .await;
+            drop(slot);
+            continue;
+        }
         let backend = backend.clone();
         let metrics = metrics.clone();
         let input_shape = input_shape.clone();
         tokio::spawn(async move {
-            run_batch(backend, &input_shape, output_len, jobs, &metrics).await;
+            run_batch(backend, &input_shape, output_len, jobs, &metrics, false).await;
             drop(slot);
         });
     }
@@ -175,6 +198,7 @@ async fn run_batch(
     output_len: usize,
     jobs: Vec<Job>,
     metrics: &Metrics,
+    inline: bool,
 ) {
     // Callers that went away (client disconnected) need no compute.
     let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
@@ -207,7 +231,16 @@ async fn run_batch(
         .chain(input_shape.iter().copied())
         .collect();
 
-    let outcome = tokio::task::spawn_blocking(move || backend.infer_batch(&shape, &data)).await;
+    let outcome = if inline {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            backend.infer_batch(&shape, &data)
+        }))
+        .map_err(|_| ())
+    } else {
+        tokio::task::spawn_blocking(move || backend.infer_batch(&shape, &data))
+            .await
+            .map_err(|_| ())
+    };
     let expected = rows * output_len;
     let output = match outcome {
         Ok(Ok(out)) if out.len() == expected => Ok(out),
@@ -217,7 +250,7 @@ async fn run_batch(
             got: out.len(),
         }),
         Ok(Err(e)) => Err(BatchError::Backend(e.to_string())),
-        Err(_) => Err(BatchError::Panicked),
+        Err(()) => Err(BatchError::Panicked),
     };
     match output {
         Ok(mut out) => {
@@ -289,10 +322,20 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_requests_share_batches_and_get_their_own_rows() {
+        share_batches(false).await;
+    }
+
+    #[tokio::test]
+    async fn inline_batches_share_and_answer_alike() {
+        share_batches(true).await;
+    }
+
+    async fn share_batches(inline: bool) {
         let config = BatchConfig {
             max_batch_size: 8,
             max_queue_delay: Duration::from_millis(20),
             concurrency: 1,
+            inline,
         };
         let (backend, batcher, task) = start(false, config);
         let mut handles = Vec::new();
@@ -318,6 +361,39 @@ mod tests {
             batches.iter().sum::<usize>(),
             (0..20usize).map(|i| 1 + i % 3).sum::<usize>()
         );
+    }
+
+    /// Panics on a batch whose first value is negative.
+    struct Fragile;
+
+    impl Backend for Fragile {
+        fn metadata(&self) -> ModelInfo {
+            Recorder {
+                batches: Mutex::new(Vec::new()),
+                fail: false,
+            }
+            .metadata()
+        }
+
+        fn infer_batch(&self, _shape: &[usize], data: &[f32]) -> Result<Vec<f32>, BackendError> {
+            assert!(data[0] >= 0.0, "negative input");
+            Ok(vec![data[0]; data.len() / 2])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_model_fails_its_batch_and_the_next_one_runs() {
+        for inline in [false, true] {
+            let metrics = Arc::new(Metrics::new("r").unwrap());
+            let config = BatchConfig {
+                inline,
+                ..Default::default()
+            };
+            let (batcher, _task) = Batcher::spawn(Arc::new(Fragile), vec![2], 1, config, metrics);
+            let failed = batcher.infer(1, vec![-1.0, 0.0]).await;
+            assert!(matches!(failed, Err(BatchError::Panicked)), "{failed:?}");
+            assert_eq!(batcher.infer(1, vec![3.0, 0.0]).await.unwrap(), vec![3.0]);
+        }
     }
 
     #[tokio::test]

@@ -36,9 +36,18 @@ pub struct ServeOptions {
     /// rounds any non-zero wait up to ~1 ms.
     #[arg(long, default_value_t = 0)]
     pub max_queue_delay_us: u64,
-    /// Model calls that may run at once.
+    /// Model calls that may run at once (with more than one I/O thread).
     #[arg(long, default_value_t = 1)]
     pub batch_concurrency: usize,
+    /// Threads that serve requests. With one (the default) the model runs
+    /// on that same thread between reads: no hand-off to a compute thread
+    /// and back for each batch, and requests that arrive meanwhile wait in
+    /// their sockets and form the next batch (`bench overhead`, 2 cores:
+    /// see docs/benchmarks.md). With more, the model runs on a blocking
+    /// thread while they keep serving, which suits models that take long
+    /// per batch.
+    #[arg(long, env = "CODED_IO_THREADS", default_value_t = 1)]
+    pub io_threads: usize,
     /// Added to every answer, in ms: makes this worker a straggler on purpose.
     #[arg(long, default_value_t = 0)]
     pub inject_delay_ms: u64,
@@ -54,6 +63,7 @@ impl Default for ServeOptions {
             max_batch_size: 64,
             max_queue_delay_us: 0,
             batch_concurrency: 1,
+            io_threads: 1,
             inject_delay_ms: 0,
             admin: false,
         }
@@ -127,6 +137,7 @@ impl Server {
             max_batch_size: options.max_batch_size,
             max_queue_delay: Duration::from_micros(options.max_queue_delay_us),
             concurrency: options.batch_concurrency,
+            inline: options.io_threads == 1,
         };
         let (batcher, batcher_task) = Batcher::spawn(
             Arc::new(backend),
