@@ -3,7 +3,10 @@
 # benchmark, each into docs/bench/<name>.md (the exact command, when, the
 # machine, the tables) with its figures beside it. About 30 minutes; with
 # --quick about 4 (a check that everything runs, not numbers for the docs:
-# it writes to target/bench/docs instead).
+# it writes to target/bench/docs instead). Names after the flags rerun only
+# those sections, e.g. `scripts/benchmarks.sh overhead stragglers-sigstop`.
+# Run it on an otherwise idle machine: anything else running shows in the
+# numbers.
 #
 # Needs: dataset-fashion-mnist (models are trained once and cached),
 # prometheus (the --prometheus configuration), root (--mode network).
@@ -15,7 +18,16 @@ out=docs/bench
 if [ "${1:-}" = "--quick" ]; then
   quick=(--quick)
   out=target/bench/docs
+  shift
 fi
+only=("$@")
+names="overhead stragglers-delay stragglers-delay-k stragglers-sigstop stragglers-network"
+for n in "${only[@]}"; do
+  case " $names " in
+    *" $n "*) ;;
+    *) echo "unknown section '$n'; the sections are: $names" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$out"
 
 cargo build --release --locked -p coded-sidecar
@@ -26,6 +38,9 @@ machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') × 
 section() {
   local name=$1 title=$2
   shift 2
+  if [ ${#only[@]} -gt 0 ] && [[ " ${only[*]} " != *" $name "* ]]; then
+    return 0
+  fi
   echo "--- $title: coded-sidecar $*" >&2
   {
     echo "# $title"
