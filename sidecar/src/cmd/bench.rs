@@ -44,6 +44,7 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub struct EchoArgs {
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
     /// Port to listen on (0 picks a free one).
@@ -171,9 +172,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Overhead(args) => run_overhead(args),
         BenchCommand::Stragglers(args) => run_stragglers(args),
-        BenchCommand::Echo(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
+        BenchCommand::Echo(args) => crate::runtime::io_runtime(1)?
             .block_on(echo::serve((args.host, args.port).into()))
             .context("echo server"),
     }
