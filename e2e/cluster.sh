@@ -30,73 +30,12 @@ NODE_CPU=${CODED_E2E_NODE_CPU:-1000}
 NODE_MEMORY=${CODED_E2E_NODE_MEMORY:-4Ti}
 NODE_PODS=${CODED_E2E_NODE_PODS:-2000}
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
-STARTED=()
 
 log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-bin_dir() { "$HERE/tools.sh" --print-bin-dir; }
-
-# ---- processes --------------------------------------------------------------------
-# A pid file is trusted only while /proc/PID/exe is still the binary we started,
-# so a stale file never makes us signal somebody else's process.
-ours() { # NAME -> pid on stdout if it is alive and ours
-  local f="$DIR/pids/$1.pid" pid exe
-  [[ -f $f ]] || return 1
-  pid=$(<"$f")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-  [[ $exe == "$(<"$DIR/pids/$1.exe")" ]] || return 1
-  echo "$pid"
-}
-
-start() { # NAME ARGS...   (binary = $BIN/NAME) in its own session, logs in $DIR/logs
-  local name=$1; shift
-  local exe="$BIN/$name"
-  readlink -f "$exe" >"$DIR/pids/$name.exe"
-  setsid "$exe" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$DIR/pids/$name.pid"
-  STARTED+=("$name")
-  # wait (max 10 s) until setsid has exec'd the binary, so `ours` (and so
-  # `down`) recognises the process from here on
-  local i
-  for ((i = 0; i < 500; i++)); do
-    ours "$name" >/dev/null || exited "$name" && break
-    sleep 0.02
-  done
-}
-
-gone() { # PID: exited (a zombie waiting to be reaped counts as exited)
-  local st
-  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
-  [[ -z $st || $st == Z ]]
-}
-
-exited() { # NAME: the process `start` launched is gone (pid file = our own child's pid)
-  local pid
-  pid=$(<"$DIR/pids/$1.pid") || return 0
-  gone "$pid"
-}
-
-stop() { # GRACE_SECONDS NAME...: TERM, wait up to GRACE, then KILL
-  local grace=$1; shift
-  local name pid i left
-  local -A pids=()
-  for name in "$@"; do
-    if pid=$(ours "$name"); then kill -TERM "$pid" 2>/dev/null || true; pids[$name]=$pid; fi
-  done
-  for ((i = 0; i < grace * 10; i++)); do
-    left=0
-    for name in "${!pids[@]}"; do gone "${pids[$name]}" || left=1; done
-    ((left)) || return 0
-    sleep 0.1
-  done
-  for name in "${!pids[@]}"; do
-    gone "${pids[$name]}" && continue
-    log "$name (${pids[$name]}) still running ${grace}s after TERM: KILL"
-    kill -KILL "${pids[$name]}" 2>/dev/null || true
-  done
-}
+# shellcheck source=e2e/lib.sh
+source "$HERE/lib.sh"
 
 stop_all() {
   [[ -d $DIR/pids ]] || return 0
@@ -105,37 +44,6 @@ stop_all() {
   stop 5 kwok kube-scheduler kube-controller-manager
   stop 10 kube-apiserver
   stop 5 etcd
-}
-
-wait_until() { # SECONDS DESCRIPTION CMD...  (gives up early if a component died)
-  local limit=$1 what=$2; shift 2
-  local t0=$SECONDS n
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS - t0 < limit)) || { log "timed out after ${limit}s waiting for $what"; return 1; }
-    for n in "${STARTED[@]}"; do
-      exited "$n" && { log "$n exited while waiting for $what"; return 1; }
-    done
-    sleep 0.2
-  done
-  log "$what ($((SECONDS - t0))s)"
-}
-
-alive_or_die() { local n; for n in "$@"; do ours "$n" >/dev/null || { tail -n 30 "$DIR/logs/$n.log" >&2 || true; die "$n exited"; }; done; }
-
-# ---- ports ----------------------------------------------------------------------------
-declare -A TAKEN=()
-free_port() { # VAR: set VAR to a TCP port nobody listens on (nor picked before)
-  local p used
-  used=$(ss -Htan 2>/dev/null | awk '{print $4}' | sed 's/.*://' | sort -u)
-  for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 40000))
-    [[ -z ${TAKEN[$p]:-} ]] || continue
-    grep -qx "$p" <<<"$used" && continue
-    TAKEN[$p]=1
-    printf -v "$1" '%s' "$p"
-    return 0
-  done
-  die "no free port found"
 }
 
 # ---- certificates ---------------------------------------------------------------------
@@ -150,16 +58,8 @@ pki() {
     # service-account token signing key (RSA: RS256 is what every client expects)
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
     openssl pkey -in sa.key -pubout -out sa.pub
-    cert() { # NAME SUBJECT EXT
-      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      printf '%s\n' "$3" >"$1.ext"
-      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out "$1.crt" -extfile "$1.ext" 2>/dev/null
-      rm -f "$1.csr" "$1.ext"
-    }
-    local client="basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth"
-    cert apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
+    local client=$CLIENT_CERT_EXT
+    issue_cert apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
@@ -175,25 +75,19 @@ subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubern
     openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial \
       -days 2 -out front-proxy-client.crt -extfile front-proxy-client.ext 2>/dev/null
     rm -f front-proxy-client.csr front-proxy-client.ext
-    cert admin "/O=system:masters/CN=coded-e2e-admin" "$client"
-    cert kube-controller-manager "/CN=system:kube-controller-manager" "$client"
-    cert kube-scheduler "/CN=system:kube-scheduler" "$client"
+    issue_cert admin "/O=system:masters/CN=coded-e2e-admin" "$client"
+    issue_cert kube-controller-manager "/CN=system:kube-controller-manager" "$client"
+    issue_cert kube-scheduler "/CN=system:kube-scheduler" "$client"
     # kwok plays the kubelet of every fake node: it updates node and pod status
     # and node leases, which the Node authorizer only allows per node, so it
     # gets an admin identity of its own.
-    cert kwok "/O=system:masters/CN=kwok-controller" "$client"
+    issue_cert kwok "/O=system:masters/CN=kwok-controller" "$client"
+    # the API server's identity towards kubelets (logs, exec, port-forward on
+    # the real node of node.sh)
+    issue_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
   )
 }
 
-kubeconfig() { # NAME (cert in pki/NAME.*)
-  local kc="$DIR/$1.kubeconfig"
-  KUBECONFIG=$kc "$BIN/kubectl" config set-cluster coded-e2e --server="https://127.0.0.1:$API_PORT" \
-    --certificate-authority="$DIR/pki/ca.crt" --embed-certs=true >/dev/null
-  KUBECONFIG=$kc "$BIN/kubectl" config set-credentials "$1" \
-    --client-certificate="$DIR/pki/$1.crt" --client-key="$DIR/pki/$1.key" --embed-certs=true >/dev/null
-  KUBECONFIG=$kc "$BIN/kubectl" config set-context coded-e2e --cluster=coded-e2e --user="$1" >/dev/null
-  KUBECONFIG=$kc "$BIN/kubectl" config use-context coded-e2e >/dev/null
-}
 
 # ---- up -------------------------------------------------------------------------------
 up() {
@@ -252,6 +146,7 @@ EOF
     --cert-dir="$DIR/apiserver" \
     --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
     --client-ca-file="$P/ca.crt" \
+    --kubelet-client-certificate="$P/apiserver-kubelet-client.crt" --kubelet-client-key="$P/apiserver-kubelet-client.key" \
     --requestheader-client-ca-file="$P/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
     --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
@@ -372,6 +267,8 @@ up_exit() {
 down() {
   local t0=$SECONDS
   if [[ ! -e $DIR ]]; then log "cluster '$NAME' is not up"; return 0; fi
+  # the real node first (e2e/node.sh), while the API server is still there
+  if [[ -d $DIR/node ]]; then "$HERE/node.sh" down || true; fi
   stop_all
   rm -rf "$DIR"
   log "down in $((SECONDS - t0))s"

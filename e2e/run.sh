@@ -4,7 +4,13 @@
 # failure, Ctrl-C, TERM). See e2e/README.md.
 #
 #   e2e/run.sh                      tools + cluster + smoke test
-#   CODED_E2E_TESTS=1 e2e/run.sh    ... plus the Rust e2e tests (operator/tests/e2e.rs)
+#   CODED_E2E_TESTS=1 e2e/run.sh    ... plus the real node and the Rust e2e tests (operator/tests/e2e.rs)
+#
+# The real node (e2e/node.sh: kubelet, containerd, CNI, kube-proxy, CoreDNS)
+# joins after the smoke test when CODED_E2E_REAL_NODE is 1 (required: CI),
+# or `auto` (the default: when running as root and `scripts/images.sh` has
+# built the sidecar image); 0 leaves it out. After the teardown, anything the
+# node left on the machine fails the run.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,6 +38,10 @@ step() {
   return "$rc"
 }
 
+REAL_NODE=${CODED_E2E_REAL_NODE:-auto}
+SIDECAR_IMAGE=${CODED_E2E_SIDECAR_IMAGE:-localhost/coded-sidecar:dev}
+NODE_UP=""
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -48,6 +58,10 @@ cleanup() {
     wait "$CHILD" 2>/dev/null || true
   fi
   "$HERE/cluster.sh" down || true
+  if [[ -n $NODE_UP ]] && ! "$HERE/node.sh" leftovers >&2; then
+    log "the real node left something behind (above)"
+    ((rc != 0)) || rc=1
+  fi
   log "finished in $((SECONDS - T0))s (exit $rc)"
   exit "$rc"
 }
@@ -65,6 +79,30 @@ log "cluster up in $((SECONDS - t))s"
 eval "$("$HERE/cluster.sh" env)"
 
 step "$HERE/smoke.sh"
+
+if [[ $REAL_NODE == auto ]]; then
+  if [[ $(id -u) -eq 0 ]] && command -v buildah >/dev/null && buildah inspect --type image "$SIDECAR_IMAGE" >/dev/null 2>&1; then
+    REAL_NODE=1
+  else
+    REAL_NODE=0
+    log "no real node: it needs root and the image $SIDECAR_IMAGE (scripts/images.sh); CODED_E2E_REAL_NODE=1 requires it"
+  fi
+fi
+if [[ $REAL_NODE == 1 ]]; then
+  buildah inspect --type image "$SIDECAR_IMAGE" >/dev/null 2>&1 \
+    || { log "ERROR: the image $SIDECAR_IMAGE is missing: run scripts/images.sh first"; exit 1; }
+  t=$SECONDS
+  NODE_UP=1
+  step "$HERE/node.sh" up
+  archive="$CODED_E2E_CLUSTER_DIR/sidecar-image.tar"
+  rm -f "$archive"
+  buildah push --quiet "$SIDECAR_IMAGE" "oci-archive:$archive:$SIDECAR_IMAGE"
+  step "$HERE/node.sh" import "$archive"
+  rm -f "$archive"
+  log "real node up with $SIDECAR_IMAGE in $((SECONDS - t))s"
+  eval "$("$HERE/cluster.sh" env)"
+  export CODED_E2E_REQUIRE_REAL_NODE=1 CODED_E2E_SIDECAR_IMAGE="$SIDECAR_IMAGE"
+fi
 
 # The Rust e2e tests (operator/tests/e2e.rs): they read KUBECONFIG and
 # CODED_E2E_SERVER and find kubectl/helm on PATH, all set above from

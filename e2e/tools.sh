@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build (once) and cache the real control-plane binaries used by the e2e tier:
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (Go modules, k8s.io/kubernetes)
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
+#   kubelet, kube-proxy                                              (one go build, k8s.io/kubernetes)
 #   etcd                                                              (Go module, go.etcd.io/etcd/server/v3)
+#   coredns (cluster DNS of node.sh's real node)                     (Go module, github.com/coredns/coredns)
 #   kwok                                                              (go install, sigs.k8s.io/kwok)
 #   helm                                                              (go install, helm.sh/helm/v3)
 #
@@ -24,6 +26,8 @@ K8S_VERSION=v1.37.1
 # build/dependencies.yaml: 3.7.0; its client libraries are 3.7), newest patch.
 ETCD_VERSION=v3.7.3
 KWOK_VERSION=v0.8.0
+# CoreDNS 1.15 is built against client-go v0.37, as Kubernetes 1.37 is.
+COREDNS_VERSION=v1.15.0
 HELM_VERSION=v3.22.0
 
 CACHE_ROOT=${CODED_E2E_CACHE:-$HOME/.cache/coded-serving/e2e}
@@ -75,7 +79,7 @@ re() { printf '%s' "$1" | sed 's/[.+]/\\&/g'; }   # escape a version for grep -E
 
 k8s_ok() {
   local b
-  for b in kube-apiserver kube-controller-manager kube-scheduler; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
     built_from "$BIN_DIR/$b" k8s.io/kubernetes "$K8S_VERSION" || return 1
     says "Kubernetes $(re "$K8S_VERSION")" "$BIN_DIR/$b" --version || return 1
   done
@@ -84,6 +88,9 @@ k8s_ok() {
 }
 etcd_ok() { built_from "$BIN_DIR/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" && says "etcd Version: $(re "${ETCD_VERSION#v}")" "$BIN_DIR/etcd" --version; }
 kwok_ok() { built_from "$BIN_DIR/kwok" sigs.k8s.io/kwok "$KWOK_VERSION" && says "kwok version v?$(re "${KWOK_VERSION#v}") .*" "$BIN_DIR/kwok" --version; }
+coredns_ok() { built_from "$BIN_DIR/coredns" github.com/coredns/coredns "$COREDNS_VERSION" && says "CoreDNS-$(re "${COREDNS_VERSION#v}")" "$BIN_DIR/coredns" -version; }
+PAUSE_SRC="$SHARE_DIR/pause.c"
+pause_ok() { [[ -s $PAUSE_SRC ]] && grep -qx "// from k8s.io/kubernetes@$K8S_VERSION build/pause/linux/pause.c" "$PAUSE_SRC"; }
 STAGES="$SHARE_DIR/kwok-stages.yaml"
 stages_ok() { [[ -s $STAGES ]] && grep -qx "# kwok $KWOK_VERSION" "$STAGES"; }
 helm_ok() { built_from "$BIN_DIR/helm" helm.sh/helm/v3 "$HELM_VERSION" && says "$(re "$HELM_VERSION")(\+.*)?" "$BIN_DIR/helm" version --short; }
@@ -133,6 +140,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 EOF
     # k8s.io/kubernetes requires every staging module at v0.0.0 and replaces
@@ -166,7 +175,9 @@ EOF
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler \
-      k8s.io/kubernetes/cmd/kubectl
+      k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kubelet \
+      k8s.io/kubernetes/cmd/kube-proxy
   )
   install -m 0755 "$WORK"/out/* "$BIN_DIR/"
 }
@@ -197,6 +208,53 @@ EOF
     "${NICE[@]}" go build -trimpath -ldflags "-s -w" -o "$WORK/out-etcd/etcd" go.etcd.io/etcd/server/v3
   )
   install -m 0755 "$WORK/out-etcd/etcd" "$BIN_DIR/etcd"
+}
+
+# CoreDNS with only the plugins cluster DNS needs (its own main, as CoreDNS
+# documents for custom builds): a fraction of the full build.
+build_coredns() {
+  workdir
+  local mod="$WORK/coredns"
+  mkdir -p "$mod"
+  (
+    cd "$mod"
+    cat > go.mod <<EOF
+module coded-serving.invalid/e2e-coredns
+
+go 1.26.0
+
+require github.com/coredns/coredns $COREDNS_VERSION
+EOF
+    cat > main.go <<'EOF'
+package main
+
+import (
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func main() { coremain.Run() }
+EOF
+    go mod tidy -e >/dev/null 2>"$WORK/tidy-coredns.log" || { cat "$WORK/tidy-coredns.log" >&2; die "go mod tidy (coredns) failed"; }
+    "${NICE[@]}" go build -trimpath -ldflags "-s -w" -o "$WORK/out-coredns/coredns" .
+  )
+  install -m 0755 "$WORK/out-coredns/coredns" "$BIN_DIR/coredns"
+}
+
+# The pod sandbox ("pause") program of the real node, from the same module.
+install_pause_src() {
+  local dir
+  dir=$(go mod download -json k8s.io/kubernetes@"$K8S_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+  [[ -f $dir/build/pause/linux/pause.c ]] || die "pause.c not found in k8s.io/kubernetes@$K8S_VERSION ($dir)"
+  { echo "// from k8s.io/kubernetes@$K8S_VERSION build/pause/linux/pause.c"; cat "$dir/build/pause/linux/pause.c"; } >"$PAUSE_SRC.tmp"
+  mv "$PAUSE_SRC.tmp" "$PAUSE_SRC"
 }
 
 build_kwok() {
@@ -248,6 +306,10 @@ else timed "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8
      k8s_ok || die "Kubernetes binaries do not report $K8S_VERSION after the build"; fi
 if etcd_ok; then log "etcd $ETCD_VERSION: cached"
 else timed "etcd $ETCD_VERSION" build_etcd; etcd_ok || die "etcd does not report $ETCD_VERSION after the build"; fi
+if coredns_ok; then log "coredns $COREDNS_VERSION: cached"
+else timed "coredns $COREDNS_VERSION" build_coredns; coredns_ok || die "coredns does not report $COREDNS_VERSION after the build"; fi
+if pause_ok; then log "pause.c: cached"
+else install_pause_src; pause_ok || die "pause.c not installed"; log "pause.c installed: $PAUSE_SRC"; fi
 if kwok_ok; then log "kwok $KWOK_VERSION: cached"
 else timed "kwok $KWOK_VERSION" build_kwok; kwok_ok || die "kwok is not built from $KWOK_VERSION"; fi
 if stages_ok; then log "kwok stages: cached"

@@ -2,11 +2,14 @@
 # Builds the operator and CPU sidecar images and runs them, with no Docker
 # daemon (CI runs it after the tests).
 #
-# Usage: scripts/images.sh [--profile release|debug] [--help]
+# Usage: scripts/images.sh [--profile release|debug] [--no-build] [--help]
 #
 #   --profile P  cargo profile whose binaries go into the images (default
-#                release; CI passes debug to reuse the binaries `cargo test`
-#                already built). Also read from CODED_IMAGE_PROFILE.
+#                release). Also read from CODED_IMAGE_PROFILE.
+#   --no-build   take the binaries already in target/<profile> instead of
+#                running cargo build (CI: `cargo test --workspace` has just
+#                built them, and a `cargo build` resolves dev-dependency
+#                features differently and would rebuild half the workspace).
 #
 # What it does, as root on a Debian machine:
 #   1. installs debootstrap, podman and buildah with apt if they are missing;
@@ -36,8 +39,10 @@ usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 die() { echo "images.sh: $*" >&2; exit 1; }
 
 profile=${CODED_IMAGE_PROFILE:-release}
+build=1
 while [ $# -gt 0 ]; do
   case $1 in
+    --no-build) build=; shift ;;
     --profile) [ $# -ge 2 ] || die "--profile needs release or debug"; profile=$2; shift 2 ;;
     --profile=*) profile=${1#*=}; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -165,8 +170,15 @@ else
 fi
 lap base
 
-echo "--- cargo build (${profile})"
-nice -n 10 cargo build --locked --quiet "${cargo_profile[@]}" -p coded-operator -p coded-sidecar --bins
+if [ -n "$build" ]; then
+  echo "--- cargo build (${profile})"
+  nice -n 10 cargo build --locked --quiet "${cargo_profile[@]}" -p coded-operator -p coded-sidecar --bins
+else
+  echo "--- binaries already built (target/${profile})"
+  for bin in coded-operator crdgen coded-sidecar; do
+    [ -x "target/$profile/$bin" ] || die "target/$profile/$bin is missing: build it, or drop --no-build"
+  done
+fi
 # A context with only the binaries, at the paths the Dockerfiles COPY, their
 # debug info stripped (the debug ones are ~300 MB each with it, ~30 MB without).
 context=$work/context
@@ -174,7 +186,7 @@ mkdir -p "$context/target/$profile"
 for bin in coded-operator crdgen coded-sidecar; do
   strip --strip-debug -o "$context/target/$profile/$bin" "target/$profile/$bin"
 done
-lap "cargo build + strip"
+lap "binaries + strip"
 
 # bud DOCKERFILE IMAGE: builds IMAGE from the staging context, then removes
 # the image that IMAGE named before (else each run leaves one behind).

@@ -14,6 +14,8 @@ mod cluster;
 mod fixtures;
 #[path = "e2e/operator.rs"]
 mod operator;
+#[path = "e2e/real.rs"]
+mod real;
 #[path = "e2e/table.rs"]
 mod table;
 
@@ -22,6 +24,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
 use kube::{CustomResourceExt, ResourceExt};
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use children::{Expected, condition, wait_ready};
@@ -556,13 +559,31 @@ async fn the_plain_manifests_install_an_operator_that_works_like_the_chart() {
     );
 }
 
-/// `deploy/` applied as its header says; deleted again after the test.
+/// `deploy/` applied as its header says; deleted again after the test. The
+/// operator's pod goes to a kwok node (selector and toleration added), not
+/// to the real node, which would try to pull its image.
 struct PlainManifests;
 
 impl PlainManifests {
     fn apply() -> Self {
         ensure_crd();
-        kubectl(&["apply", "-f", "deploy/operator.yaml"]);
+        let text = std::fs::read_to_string(cluster::repo().join("deploy/operator.yaml"))
+            .expect("deploy/operator.yaml");
+        let mut docs = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let mut object = Value::deserialize(doc).expect("a YAML document");
+            if object.is_null() {
+                continue;
+            }
+            if object["kind"] == "Deployment" {
+                let pod = &mut object["spec"]["template"]["spec"];
+                pod["nodeSelector"] = json!({"type": "kwok"});
+                pod["tolerations"] = json!([fixtures::kwok_toleration()]);
+            }
+            docs.push(object);
+        }
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": docs});
+        cluster::kubectl_stdin(&["apply", "-f", "-"], &list.to_string());
         PlainManifests
     }
 }
@@ -580,5 +601,175 @@ impl Drop for PlainManifests {
             ])
             .current_dir(cluster::repo())
             .output();
+    }
+}
+
+/// The resource the real-node tests serve: the MLP and its parity model
+/// from ConfigMaps (as the quick-start ships them), small CPU requests so
+/// that a rolling update fits on the one 2-core node.
+fn real_mlp() -> Value {
+    let pool = |uri: &str, configmap: &str, replicas: i32| {
+        json!({
+            "uri": uri,
+            "replicas": replicas,
+            "volumes": [{"name": "model", "configMap": {"name": configmap}}],
+            "volumeMounts": [{"name": "model", "mountPath": uri, "readOnly": true}],
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+        })
+    };
+    json!({
+        "apiVersion": "coded.dev/v1alpha1",
+        "kind": "CodedInferenceService",
+        "metadata": {"name": "fashion-mlp"},
+        "spec": {
+            "model": pool("/models/fashion-mlp", "fashion-mlp", 2),
+            "parityModel": pool("/models/fashion-mlp-parity-k2-sum", "fashion-mlp-parity-k2-sum", 1),
+            "coding": {"k": 2, "r": 1, "encoder": "sum", "reconstructPolicy": "eager"},
+            "frontend": {"replicas": 1, "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+        },
+    })
+}
+
+/// Polls the resource until `Degraded` is True, in the background of a load.
+fn watch_degraded(api: Api<CodedInferenceService>, name: &'static str) -> tokio::task::JoinHandle<bool> {
+    tokio::spawn(async move {
+        for _ in 0..240 {
+            if let Ok(cis) = api.get(name).await {
+                if condition(&cis, "Degraded").map(|c| c.0) == Some("True") {
+                    return true;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        false
+    })
+}
+
+#[tokio::test]
+async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_and_rollouts() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+    let never = || Arc::new(AtomicBool::new(false));
+
+    let Some(cluster) = cluster::cluster().await else {
+        return;
+    };
+    let Some(node) = real::real_node() else {
+        return;
+    };
+    let image = real::sidecar_image();
+    let (repository, tag) = image.rsplit_once(':').expect("image:tag");
+    let (ns, deployed) = install_chart(
+        &cluster,
+        "e2e-real",
+        Watch::Own,
+        &[
+            &format!("sidecarImage.repository={repository}"),
+            &format!("sidecarImage.tag={tag}"),
+        ],
+        1,
+    )
+    .await;
+    let _op = Operator::start(&cluster, &deployed, &deployed.pods[0]).await;
+    let models = real::model_dir();
+    let (base, parity) = real::train_models(models.path());
+    real::configmap_from_dir(&ns.name, "fashion-mlp", &base);
+    real::configmap_from_dir(&ns.name, "fashion-mlp-parity-k2-sum", &parity);
+    apply(&ns.name, &[real_mlp()]);
+    let api = cis_api(&cluster, &ns.name);
+    let ready = wait_ready(&api, "fashion-mlp").await;
+
+    // Every pod runs on the real node, started by the kubelet.
+    for role in ["model", "parity", "frontend"] {
+        let pods = real::pods(&cluster, &ns.name, "fashion-mlp", role).await;
+        let want = match role {
+            "model" => ready.spec.model_replicas(),
+            "parity" => ready.spec.parity_replicas(),
+            _ => ready.spec.frontend.replicas,
+        };
+        assert_eq!(pods.len(), want as usize, "{role} pods");
+        for pod in &pods {
+            real::assert_running_on(pod, &node);
+        }
+    }
+    let table = kubectl(&["get", "cis", "fashion-mlp", "-n", &ns.name]);
+    let row = &parse_table(&table)["fashion-mlp"];
+    assert_eq!(cell(row, "MODEL READY"), "2", "{table}");
+    assert_eq!(cell(row, "PARITY READY"), "1", "{table}");
+
+    // The stock client through the Service (ClusterIP, kube-proxy) gives the
+    // answers a model pod gives directly.
+    let url = real::service_url(&cluster, &ns.name, "fashion-mlp").await;
+    let model_pods = real::pods(&cluster, &ns.name, "fashion-mlp", "model").await;
+    let worker_ip = model_pods[0].status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+    let check = real::tritonclient_check(&url, &format!("{worker_ip}:8080"), "fashion-mlp");
+    assert_eq!(check["queries"], 16, "{check}");
+    assert!(check["equal"].as_u64().unwrap_or(0) >= 8, "{check}");
+
+    // 1. A model pod killed (no grace) under load.
+    let progress = Arc::new(AtomicUsize::new(0));
+    let run = tokio::spawn(real::load(url.clone(), "fashion-mlp", 1500, 6, Duration::from_millis(5), progress.clone(), never()));
+    real::until_answered(&progress, 300).await;
+    kubectl(&["delete", "pod", "fashion-mlp-model-0", "-n", &ns.name, "--grace-period=0", "--force"]);
+    let killed = run.await.expect("load");
+    eprintln!("model pod killed: {killed:?}");
+    assert!(killed.failed.is_empty(), "queries lost to a killed pod: {:?}", killed.failed);
+    assert_eq!(killed.answered, 1500);
+    wait_ready(&api, "fashion-mlp").await;
+
+    // 2. A model container frozen (runc pause) under load, long enough for
+    // its readiness probe to fail: answers rebuilt and marked, the resource
+    // Degraded, then Ready again once it is thawed.
+    let frozen = real::pods(&cluster, &ns.name, "fashion-mlp", "model").await;
+    let id = real::container_id(&frozen[1]);
+    let progress = Arc::new(AtomicUsize::new(0));
+    let run = tokio::spawn(real::load(url.clone(), "fashion-mlp", 2000, 4, Duration::from_millis(20), progress.clone(), never()));
+    real::until_answered(&progress, 100).await;
+    let degraded = watch_degraded(api.clone(), "fashion-mlp");
+    real::ctr_task("pause", &id);
+    let saw_degraded = degraded.await.expect("watch");
+    real::ctr_task("resume", &id);
+    let paused = run.await.expect("load");
+    eprintln!("model container paused: {paused:?}");
+    assert!(saw_degraded, "the resource never became Degraded while a model instance was frozen");
+    assert!(paused.failed.is_empty(), "queries lost to a frozen pod: {:?}", paused.failed);
+    assert_eq!(paused.answered, 2000);
+    assert!(paused.reconstructed >= 1, "no answer was rebuilt while a model instance was frozen: {paused:?}");
+    wait_ready(&api, "fashion-mlp").await;
+
+    // 3. A spec edit that rolls the frontend (its arguments) and both worker
+    // pools (their pod templates), under load until every rollout is done.
+    let progress = Arc::new(AtomicUsize::new(0));
+    let stop = never();
+    let run = tokio::spawn(real::load(url.clone(), "fashion-mlp", 100_000, 4, Duration::from_millis(20), progress.clone(), stop.clone()));
+    real::until_answered(&progress, 100).await;
+    let before = api.get("fashion-mlp").await.expect("cis").metadata.generation;
+    kubectl(&[
+        "patch", "cis", "fashion-mlp", "-n", &ns.name, "--type", "merge", "-p",
+        r#"{"spec": {"coding": {"reconstructPolicy": "deadline"}, "model": {"resources": {"requests": {"cpu": "110m"}}}, "parityModel": {"resources": {"requests": {"cpu": "110m"}}}}}"#,
+    ]);
+    wait_for("the edit to be observed", || async {
+        let cis = api.get("fashion-mlp").await.map_err(|e| e.to_string())?;
+        let seen = cis.status.as_ref().and_then(|s| s.observed_generation);
+        if seen > before { Ok(()) } else { Err(format!("observedGeneration {seen:?}")) }
+    })
+    .await;
+    for object in ["statefulset/fashion-mlp-model", "statefulset/fashion-mlp-parity", "deployment/fashion-mlp-frontend"] {
+        kubectl(&["rollout", "status", object, "-n", &ns.name, "--timeout=240s"]);
+    }
+    wait_ready(&api, "fashion-mlp").await;
+    // a few more answers from the new pods, then stop
+    let after = progress.load(Ordering::Relaxed);
+    real::until_answered(&progress, after + 100).await;
+    stop.store(true, Ordering::Relaxed);
+    let rolling = run.await.expect("load");
+    eprintln!("rollout: {rolling:?}");
+    assert!(rolling.failed.is_empty(), "queries lost in a rollout: {:?}", rolling.failed);
+    assert!(rolling.answered >= 1000, "{rolling:?}");
+    for role in ["model", "parity", "frontend"] {
+        for pod in real::pods(&cluster, &ns.name, "fashion-mlp", role).await {
+            real::assert_running_on(&pod, &node);
+        }
     }
 }

@@ -216,8 +216,11 @@ impl Namespace {
             "--timeout",
             "120s",
         ];
-        // The Deployment's pods land on kwok's fake nodes, which are tainted.
+        // The Deployment's pods land on kwok's fake nodes, which are tainted
+        // (and not on the real node, which would try to pull its image).
         let kwok = [
+            "--set",
+            "nodeSelector.type=kwok",
             "--set",
             "tolerations[0].key=kwok.x-k8s.io/node",
             "--set",

@@ -28,23 +28,49 @@ pub fn example(path: &str) -> Value {
     serde_yaml::from_str(&text).expect("example YAML")
 }
 
-/// The resource with the kwok toleration added to its scheduling: the one
-/// change a real cluster would not need.
+/// The resource with its pods (workers and frontends) sent to kwok's fake
+/// nodes: the kwok toleration and a `type: kwok` node selector, the one
+/// change a real cluster would not need. Without the selector they could
+/// land on the real node (`e2e/node.sh`), which would try to run their images.
 pub fn on_kwok(mut cis: Value) -> Value {
-    let scheduling = cis["spec"]
+    let spec = cis["spec"].as_object_mut().expect("spec");
+    let frontend = spec
+        .entry("frontend")
+        .or_insert_with(|| json!({}))
         .as_object_mut()
-        .expect("spec")
-        .entry("scheduling")
-        .or_insert_with(|| json!({}));
-    let tolerations = scheduling
-        .as_object_mut()
-        .expect("scheduling")
-        .entry("tolerations")
-        .or_insert_with(|| json!([]));
-    tolerations
-        .as_array_mut()
-        .expect("tolerations")
-        .push(kwok_toleration());
+        .expect("frontend");
+    if !frontend.contains_key("scheduling") {
+        // What the operator gives frontends by default (the workers'
+        // tolerations), plus the selector.
+        let tolerations = cis["spec"]["scheduling"]["tolerations"].clone();
+        let mut scheduling = json!({});
+        if tolerations.is_array() {
+            scheduling["tolerations"] = tolerations;
+        }
+        cis["spec"]["frontend"]["scheduling"] = scheduling;
+    }
+    for path in [&["scheduling"][..], &["frontend", "scheduling"][..]] {
+        let mut at = &mut cis["spec"];
+        for key in path {
+            if at.get(*key).is_none() {
+                at[*key] = json!({});
+            }
+            at = &mut at[*key];
+        }
+        let scheduling = at.as_object_mut().expect("scheduling");
+        scheduling
+            .entry("tolerations")
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .expect("tolerations")
+            .push(kwok_toleration());
+        scheduling
+            .entry("nodeSelector")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("nodeSelector")
+            .insert("type".to_string(), json!("kwok"));
+    }
     cis
 }
 
