@@ -328,6 +328,7 @@ EOF
   wait_until 90 "node $NODE Ready" "$BIN/kubectl" wait --for=condition=Ready "node/$NODE" --timeout=2s
   wait_until 30 "kube-proxy healthy" curl -fsS "http://127.0.0.1:$PROXY_HEALTH_PORT/healthz"
   alive_or_die "${COMPONENTS[@]}"
+  sed -i '/^export CODED_E2E_REAL_NODE=/d; /^export CODED_E2E_NODE_DIR=/d' "$DIR/env"
   cat >>"$DIR/env" <<EOF
 export CODED_E2E_REAL_NODE="$NODE"
 export CODED_E2E_NODE_DIR="$N"
@@ -387,6 +388,7 @@ down_node() {
     [[ -L $l && $(readlink "$l") == "$N"/* ]] && rm -f "$l"
   done
   rm -rf "$N"
+  if [[ -f $DIR/env ]]; then sed -i '/^export CODED_E2E_REAL_NODE=/d; /^export CODED_E2E_NODE_DIR=/d' "$DIR/env"; fi
   if [[ -e $LOCK && $(<"$LOCK") == "$DIR" ]]; then rm -f "$LOCK"; fi
   log "node down in $((SECONDS - t0))s"
 }

@@ -94,12 +94,21 @@ if [[ $REAL_NODE == 1 ]]; then
   t=$SECONDS
   NODE_UP=1
   step "$HERE/node.sh" up
-  archive="$CODED_E2E_CLUSTER_DIR/sidecar-image.tar"
-  rm -f "$archive"
-  buildah push --quiet "$SIDECAR_IMAGE" "oci-archive:$archive:$SIDECAR_IMAGE"
-  step "$HERE/node.sh" import "$archive"
-  rm -f "$archive"
-  log "real node up with $SIDECAR_IMAGE in $((SECONDS - t))s"
+  # The images as scripts/images.sh tagged them, and under the names the
+  # chart defaults to (so the quick-start runs as written: nothing is pulled).
+  app_version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ROOT/charts/coded-serving/Chart.yaml")
+  OPERATOR_IMAGE=${SIDECAR_IMAGE/coded-sidecar/coded-operator}
+  archives=()
+  for pair in "$SIDECAR_IMAGE=$SIDECAR_IMAGE" "$SIDECAR_IMAGE=ghcr.io/coded-serving/coded-sidecar:$app_version" \
+              "$OPERATOR_IMAGE=ghcr.io/coded-serving/coded-operator:$app_version"; do
+    archive="$CODED_E2E_CLUSTER_DIR/image-${#archives[@]}.tar"
+    buildah push --quiet "${pair%%=*}" "oci-archive:$archive:${pair#*=}" >/dev/null \
+      || { log "ERROR: cannot export ${pair%%=*} (scripts/images.sh builds it)"; exit 1; }
+    archives+=("$archive")
+  done
+  step "$HERE/node.sh" import "${archives[@]}"
+  rm -f "${archives[@]}"
+  log "real node up with $SIDECAR_IMAGE and $OPERATOR_IMAGE (also as the chart's ghcr.io/coded-serving/*:$app_version) in $((SECONDS - t))s"
   eval "$("$HERE/cluster.sh" env)"
   export CODED_E2E_REQUIRE_REAL_NODE=1 CODED_E2E_SIDECAR_IMAGE="$SIDECAR_IMAGE"
 fi

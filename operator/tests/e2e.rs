@@ -773,3 +773,85 @@ async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_a
         }
     }
 }
+
+/// The fenced `sh` blocks of docs/operations.md that follow a
+/// `<!-- e2e: quick-start -->` marker, in order: the quick-start as a user
+/// copies it.
+fn quick_start_blocks() -> String {
+    let docs = std::fs::read_to_string(cluster::repo().join("docs/operations.md"))
+        .expect("docs/operations.md");
+    let mut script = String::new();
+    let mut lines = docs.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "<!-- e2e: quick-start -->" {
+            continue;
+        }
+        let fence = lines.find(|l| !l.trim().is_empty()).unwrap_or_default();
+        assert_eq!(fence.trim(), "```sh", "a quick-start marker must precede a ```sh block");
+        for l in lines.by_ref() {
+            if l.trim() == "```" {
+                break;
+            }
+            script.push_str(l);
+            script.push('\n');
+        }
+    }
+    assert!(!script.is_empty(), "docs/operations.md has no quick-start blocks");
+    script
+}
+
+/// Undoes what the quick-start made, pass or fail.
+struct QuickStartCleanup;
+
+impl Drop for QuickStartCleanup {
+    fn drop(&mut self) {
+        let sh = "kubectl delete cis fashion-mlp --ignore-not-found --wait=false; \
+                  kubectl delete configmap fashion-mlp fashion-mlp-parity-k2-sum --ignore-not-found; \
+                  helm uninstall coded-serving --namespace coded-system --wait --timeout 60s; \
+                  kubectl delete namespace coded-system --ignore-not-found --timeout=90s";
+        let _ = std::process::Command::new("bash")
+            .args(["-c", sh])
+            .current_dir(cluster::repo())
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn the_quick_start_of_docs_operations_md_runs_as_written() {
+    let Some(_cluster) = cluster::cluster().await else {
+        return;
+    };
+    let Some(_node) = real::real_node() else {
+        return;
+    };
+    let script = quick_start_blocks();
+    let _cleanup = QuickStartCleanup;
+    // The commands as written, from the repository root, with `coded-sidecar`
+    // on PATH (a user installs it; here cargo built it) and the cluster's
+    // kubectl and helm. Helm's state stays in a temp dir.
+    let helm_home = cluster::TempDir::new();
+    let bin = cluster::repo().join("target/debug");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(cluster::repo())
+        .env("PATH", path)
+        .env("HELM_CACHE_HOME", helm_home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", helm_home.path().join("config"))
+        .env("HELM_DATA_HOME", helm_home.path().join("data"))
+        .env("CODED_THREADS", "1")
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the quick-start failed:\n--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    // Its last command asks the frontend for a prediction.
+    assert!(stdout.contains("\"outputs\""), "no v2 answer in:\n{stdout}");
+}
