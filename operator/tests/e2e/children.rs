@@ -259,7 +259,6 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
     let coding = &spec.coding;
     let expected_args = [
         ("--model-name", want.name.clone()),
-        ("--model-card", spec.model.uri.clone()),
         ("--k", coding.k.to_string()),
         ("--r", coding.r.to_string()),
         ("--encoder", json_str(&coding.encoder)),
@@ -277,6 +276,11 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
     for (f, value) in expected_args {
         assert_eq!(flag(c, f), Some(value.as_str()), "{name} {f}");
     }
+    assert_eq!(
+        flag(c, "--model-card"),
+        None,
+        "{name}: metadata from an instance"
+    );
     assert_eq!(
         flag(c, "--prometheus-url"),
         spec.prometheus.as_ref().map(|p| p.url.as_str()),

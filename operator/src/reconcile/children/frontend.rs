@@ -27,8 +27,6 @@ pub fn args(owner: &Owner<'_>, settings: &Settings) -> Vec<String> {
         &SIDECAR_PORT.to_string(),
         "--model-name",
         &owner.name,
-        "--model-card",
-        &spec.model.uri,
         "--model-endpoints",
         &model_endpoints,
         "--parity-endpoints",
@@ -146,7 +144,9 @@ mod tests {
         assert_eq!(arg_after(&args, "--host"), Some("0.0.0.0"));
         assert_eq!(arg_after(&args, "--port"), Some("8080"));
         assert_eq!(arg_after(&args, "--model-name"), Some("demo"));
-        assert_eq!(arg_after(&args, "--model-card"), Some("file:///models/mlp"));
+        // The model's metadata comes from a model instance: the URI means
+        // nothing in the frontend's pod.
+        assert_eq!(arg_after(&args, "--model-card"), None);
         let models: Vec<&str> = arg_after(&args, "--model-endpoints")
             .expect("models")
             .split(',')
