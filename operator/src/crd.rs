@@ -9,10 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
 /// API group of the resource.
@@ -89,12 +92,14 @@ pub struct CodedInferenceServiceSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
-    /// Where the model card and weights live: a path, `file://`, `http(s)://`,
-    /// `s3://`, `gs://` or `az://` URI.
-    #[schemars(
-        length(min = 1, max = 2048),
-        regex(pattern = r"^(/|file://|https?://|s3://|gs://|az://)[^\s]+$")
-    )]
+    /// Where the model card and weights live. `/path` or `file:///path`: a
+    /// volume of the pool's `volumes`, mounted by its `volumeMounts`.
+    /// `pvc://<claim>/<path>`: that PersistentVolumeClaim, mounted read-only
+    /// at `/mnt/models`. `http(s)://`, `s3://`, `gs://` or `az://`: fetched by
+    /// an init container `storage-initializer` into an emptyDir at
+    /// `/mnt/models`, with the pool's `env` and `envFrom` as credentials.
+    /// Weights are checked against the card's sha256.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// Number of instances; defaults to `coding.k` for the model and
     /// `coding.r` for the parity model.
@@ -108,6 +113,205 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+    #[serde(flatten)]
+    pub pod: PodOverrides,
+}
+
+/// Accepted model URIs: see [`ModelSpec::uri`] and [`ModelSource`].
+pub const URI_PATTERN: &str = r"^((/|file:///|https?://|s3://|gs://|az://)[^\s]+|pvc://[a-z0-9]([-.a-z0-9]*[a-z0-9])?(/[^\s]*)?)$";
+
+/// Where the pods of a pool mount a model they do not read from a volume of
+/// their own: the claim of a `pvc://` URI, or the emptyDir a remote model
+/// is fetched into.
+pub const MODEL_DIR: &str = "/mnt/models";
+
+/// How a model reaches the worker, decided from the scheme of its URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource<'a> {
+    /// `/path` or `file:///path`: a path in the pod, on a volume the user mounts.
+    Path(&'a str),
+    /// `pvc://<claim>/<path>`: a PersistentVolumeClaim, `path` inside it
+    /// (empty for its root).
+    Pvc { claim: &'a str, path: &'a str },
+    /// `http(s)://`, `s3://`, `gs://`, `az://`: fetched before the worker starts.
+    Remote(&'a str),
+}
+
+impl ModelSpec {
+    /// The model's source; `None` for a URI the schema's pattern refuses.
+    pub fn source(&self) -> Option<ModelSource<'_>> {
+        ModelSource::parse(&self.uri)
+    }
+}
+
+impl<'a> ModelSource<'a> {
+    pub fn parse(uri: &'a str) -> Option<Self> {
+        if let Some(rest) = uri.strip_prefix("pvc://") {
+            let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let path = path.trim_matches('/');
+            return (!claim.is_empty()).then_some(ModelSource::Pvc { claim, path });
+        }
+        if let Some(path) = uri.strip_prefix("file://") {
+            return (path.starts_with('/') && path.len() > 1).then_some(ModelSource::Path(path));
+        }
+        if uri.starts_with('/') && uri.len() > 1 {
+            return Some(ModelSource::Path(uri));
+        }
+        ["http://", "https://", "s3://", "gs://", "az://"]
+            .iter()
+            .any(|scheme| uri.len() > scheme.len() && uri.starts_with(scheme))
+            .then_some(ModelSource::Remote(uri))
+    }
+
+    /// The `--model` argument of the worker: where the model is inside its pod.
+    pub fn model_path(&self) -> String {
+        match self {
+            ModelSource::Path(path) => (*path).to_string(),
+            ModelSource::Pvc { path: "", .. } => MODEL_DIR.to_string(),
+            ModelSource::Pvc { path, .. } => format!("{MODEL_DIR}/{path}"),
+            ModelSource::Remote(_) => MODEL_DIR.to_string(),
+        }
+    }
+}
+
+/// Default of `drainSeconds`.
+pub const DEFAULT_DRAIN_SECONDS: i32 = 5;
+
+/// Pod settings of a pool (`model`, `parityModel`, `frontend`), passed
+/// through to its pods as in a Pod's spec: what a KServe predictor's user
+/// sets to reach credentials, mounts and private registries.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.terminationGracePeriodSeconds) || self.terminationGracePeriodSeconds > 2 * (has(self.drainSeconds) ? self.drainSeconds : 5)")
+        .message(GRACE_TOO_SHORT),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Environment variables of the pool's containers (the sidecar, and the
+    /// `storage-initializer` that fetches a remote model), as in a
+    /// container's `env`. A variable the operator also sets (`CODED_THREADS`)
+    /// takes the value given here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128), schema_with = "terse::<Vec<EnvVar>>")]
+    pub env: Vec<EnvVar>,
+    /// Variables from whole Secrets or ConfigMaps, e.g. object-storage
+    /// credentials (`AWS_ACCESS_KEY_ID`, ...), as in a container's `envFrom`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), schema_with = "terse::<Vec<EnvFromSource>>")]
+    pub env_from: Vec<EnvFromSource>,
+    /// Volumes of the pool's pods, as in a Pod's `volumes`; the names
+    /// `model-cache` and `model-pvc` are the operator's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), schema_with = "terse::<Vec<Volume>>")]
+    pub volumes: Vec<Volume>,
+    /// Where the sidecar (and the `storage-initializer`) mount `volumes`, as
+    /// in a container's `volumeMounts`; `/mnt/models` is the operator's when
+    /// the URI is `pvc://` or remote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), schema_with = "terse::<Vec<VolumeMount>>")]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// The pods' ServiceAccount, e.g. one bound to a cloud identity that may
+    /// read the model's bucket. Its API token is still not mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+    /// Secrets holding credentials of a private registry for the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), schema_with = "terse::<Vec<LocalObjectReference>>")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// When the kubelet pulls the image; Kubernetes' default when unset
+    /// (`Always` for a `:latest` tag, else `IfNotPresent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // The enum without `null`: leaving the field out is how it is unset.
+    #[schemars(schema_with = "terse::<ImagePullPolicy>")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// How long a stopping pod may take before it is killed; default
+    /// 2 × drainSeconds + 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// Seconds a stopping pod keeps serving so that callers stop calling it
+    /// first (default 5): a `preStop` sleep while Kubernetes removes it from
+    /// its Service, then, after SIGTERM, the sidecar reports not ready for as
+    /// long (frontends probe workers every second) before it stops accepting
+    /// requests and finishes those in flight. 0 stops at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 600))]
+    pub drain_seconds: Option<i32>,
+}
+
+/// A container's `imagePullPolicy`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+    }
+}
+
+impl PodOverrides {
+    /// `drainSeconds`, or its default.
+    pub fn drain_seconds(&self) -> i32 {
+        self.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS)
+    }
+
+    /// `terminationGracePeriodSeconds`, or its default: both drain phases
+    /// plus 30 s for requests in flight.
+    pub fn termination_grace_period_seconds(&self) -> i64 {
+        self.termination_grace_period_seconds
+            .unwrap_or(2 * i64::from(self.drain_seconds()) + 30)
+    }
+}
+
+/// The schema of a Kubernetes type (a Pod spec's own) without the
+/// descriptions inside it: Kubernetes documents them (`kubectl explain
+/// pod.spec`), and kept for every pool they would make the CRD too big for
+/// `kubectl apply` (its last-applied annotation holds at most 256 KiB).
+/// The field's own doc comment stays.
+fn terse<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<T>();
+    strip_descriptions(&mut schema);
+    schema
+}
+
+fn strip_descriptions(schema: &mut Schema) {
+    fn walk(value: &mut serde_json::Value) {
+        let Some(object) = value.as_object_mut() else {
+            return;
+        };
+        object.remove("description");
+        for key in ["items", "additionalProperties", "not"] {
+            if let Some(sub) = object.get_mut(key) {
+                walk(sub);
+            }
+        }
+        for key in ["properties", "patternProperties", "$defs", "definitions"] {
+            if let Some(map) = object.get_mut(key).and_then(|m| m.as_object_mut()) {
+                map.values_mut().for_each(walk);
+            }
+        }
+        for key in ["allOf", "anyOf", "oneOf"] {
+            if let Some(list) = object.get_mut(key).and_then(|l| l.as_array_mut()) {
+                list.iter_mut().for_each(walk);
+            }
+        }
+    }
+    if let Some(object) = schema.as_object_mut() {
+        let mut value = serde_json::Value::Object(std::mem::take(object));
+        walk(&mut value);
+        if let serde_json::Value::Object(stripped) = value {
+            *object = stripped;
+        }
+    }
 }
 
 /// The code: group size, parity count, encoder, decoder and when to rebuild.
@@ -117,6 +321,7 @@ pub struct ModelSpec {
         .message("coding.k must be between 2 and 16: a coding group holds k queries"),
     validation = Rule::new("self.r >= 1 && self.r <= self.k")
         .message("coding.r must be between 1 and coding.k: each group has r parity queries"),
+    validation = Rule::new("self.r <= 1").message(R_NOT_SERVED),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CodingSpec {
@@ -239,6 +444,8 @@ pub struct FrontendSpec {
     /// the workers without being tied to them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<SchedulingSpec>,
+    #[serde(flatten)]
+    pub pod: PodOverrides,
 }
 
 fn default_frontend_replicas() -> i32 {
@@ -257,6 +464,7 @@ impl Default for FrontendSpec {
             image: None,
             port: default_port(),
             scheduling: None,
+            pod: PodOverrides::default(),
         }
     }
 }
@@ -290,7 +498,8 @@ pub struct PrometheusSpec {
     pub url: String,
 }
 
-/// Placement of pods: node selector, tolerations and runtime class.
+/// Placement of pods: node selector, tolerations, runtime class, affinity
+/// and topology spread, as in a Pod's spec.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SchedulingSpec {
@@ -301,6 +510,20 @@ pub struct SchedulingSpec {
     /// E.g. `nvidia` on clusters that run GPU pods under their own runtime class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_class_name: Option<String>,
+    /// Node affinity and pod (anti-)affinity, e.g. to keep the instances of a
+    /// pool on different nodes so one node's loss costs at most one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "terse::<Option<Affinity>>")]
+    pub affinity: Option<Affinity>,
+    /// How the pods spread over zones or nodes. A constraint's
+    /// `labelSelector` must name the pool's labels itself, e.g.
+    /// `coded.dev/service: <name>` and `coded.dev/role: model`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 8),
+        schema_with = "terse::<Vec<TopologySpreadConstraint>>"
+    )]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
 }
 
 /// What the operator last saw of the service.
@@ -384,11 +607,68 @@ impl CodedInferenceServiceSpec {
                     .is_none_or(|s| s.quantile > 0.0 && s.quantile < 1.0),
                 "slo.quantile must be strictly between 0 and 1, for example 0.99",
             ),
+            (c.r <= 1, R_NOT_SERVED),
+            (
+                [&self.model.pod, &self.parity_model.pod, &self.frontend.pod]
+                    .iter()
+                    .all(|p| {
+                        p.termination_grace_period_seconds
+                            .is_none_or(|grace| grace > 2 * i64::from(p.drain_seconds()))
+                    }),
+                GRACE_TOO_SHORT,
+            ),
         ];
-        match rules.into_iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(InvalidSpec(message.to_string())),
-            None => Ok(()),
+        if let Some((_, message)) = rules.into_iter().find(|(ok, _)| !ok) {
+            return Err(InvalidSpec(message.to_string()));
         }
+        for (field, model) in [("model", &self.model), ("parityModel", &self.parity_model)] {
+            model.check(field)?;
+        }
+        Ok(())
+    }
+}
+
+const R_NOT_SERVED: &str = "coding.r > 1 is not served yet: the frontend rebuilds one lost prediction per coding group; set coding.r to 1";
+const GRACE_TOO_SHORT: &str = "terminationGracePeriodSeconds must be more than twice drainSeconds (default 5): a stopping pod sleeps drainSeconds before SIGTERM, then reports not ready for drainSeconds before it stops accepting requests";
+
+/// Names of the volumes the operator adds to worker pods.
+pub const MODEL_VOLUMES: [&str; 2] = ["model-cache", "model-pvc"];
+
+impl ModelSpec {
+    /// What the schema cannot see: a URI the operator can place, and user
+    /// volumes that do not collide with the ones it adds. `field` names the
+    /// pool in the message.
+    fn check(&self, field: &str) -> Result<(), InvalidSpec> {
+        let Some(source) = self.source() else {
+            return Err(InvalidSpec(format!(
+                "{field}.uri must be a path, file:///, pvc://<claim>/<path>, http(s)://, s3://, gs:// or az:// URI"
+            )));
+        };
+        if let Some(v) = self
+            .pod
+            .volumes
+            .iter()
+            .find(|v| MODEL_VOLUMES.contains(&v.name.as_str()))
+        {
+            return Err(InvalidSpec(format!(
+                "{field}.volumes must not be named {}: the operator names the volume of a pvc:// or remote model so",
+                v.name
+            )));
+        }
+        let mounts_model_dir = !matches!(source, ModelSource::Path(_));
+        if mounts_model_dir
+            && let Some(m) = self
+                .pod
+                .volume_mounts
+                .iter()
+                .find(|m| m.mount_path.trim_end_matches('/') == MODEL_DIR)
+        {
+            return Err(InvalidSpec(format!(
+                "{field}.volumeMounts must not mount {} at {MODEL_DIR}: the operator mounts the model of a pvc:// or remote URI there",
+                m.name
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -601,5 +881,261 @@ mod tests {
             quantile: 1.0,
         });
         assert!(spec.check().unwrap_err().0.starts_with("slo.quantile"));
+    }
+
+    /// The API server's structural-schema rules that a Kubernetes type
+    /// could break: every node has a type (or is int-or-string or keeps
+    /// unknown fields), nothing is a `$ref`, and logical junctors carry no
+    /// types, defaults or descriptions.
+    fn structural_problems(v: &Value, path: &str, in_junctor: bool, out: &mut Vec<String>) {
+        let Some(o) = v.as_object() else {
+            return;
+        };
+        if o.contains_key("$ref") || o.contains_key("definitions") || o.contains_key("$defs") {
+            out.push(format!("{path}: reference"));
+        }
+        let special = o.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+            || o.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+        if in_junctor {
+            for key in [
+                "type",
+                "default",
+                "description",
+                "additionalProperties",
+                "nullable",
+            ] {
+                if o.contains_key(key) {
+                    out.push(format!("{path}: {key} inside a junctor"));
+                }
+            }
+        } else if !o.contains_key("type") && !special {
+            out.push(format!("{path}: no type"));
+        }
+        if o.contains_key("properties") && !in_junctor && o["type"] != "object" {
+            out.push(format!("{path}: properties on a non-object"));
+        }
+        for (name, sub) in o
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            structural_problems(sub, &format!("{path}.{name}"), in_junctor, out);
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(sub) = o.get(key).filter(|s| s.is_object()) {
+                structural_problems(sub, &format!("{path}.{key}"), in_junctor, out);
+            }
+        }
+        for key in ["allOf", "anyOf", "oneOf"] {
+            for (i, sub) in o
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                structural_problems(sub, &format!("{path}.{key}[{i}]"), true, out);
+            }
+        }
+    }
+
+    #[test]
+    fn the_schema_is_structural_with_the_pod_types_inside() {
+        let s = schema();
+        let mut problems = Vec::new();
+        structural_problems(&s, "", false, &mut problems);
+        assert_eq!(problems, Vec::<String>::new());
+        // Kubernetes' own types, as the API server knows them: Quantity is
+        // int-or-string, a volume's sources are objects.
+        let spec = &s["properties"]["spec"]["properties"];
+        let volume = &spec["model"]["properties"]["volumes"]["items"];
+        assert_eq!(volume["properties"]["configMap"]["type"], "object");
+        assert_eq!(
+            volume["properties"]["emptyDir"]["properties"]["sizeLimit"]["x-kubernetes-int-or-string"],
+            true
+        );
+        assert!(
+            volume["required"]
+                .as_array()
+                .expect("required")
+                .contains(&"name".into())
+        );
+    }
+
+    #[test]
+    fn the_crd_fits_in_kubectl_applys_annotation() {
+        // Client-side `kubectl apply` keeps the whole object in an annotation
+        // of at most 256 KiB.
+        let json = serde_json::to_string(&CodedInferenceService::crd()).expect("json");
+        assert!(json.len() < 200 * 1024, "{} bytes", json.len());
+    }
+
+    #[test]
+    fn pod_settings_are_in_every_pool_with_descriptions() {
+        let s = schema();
+        let spec = &s["properties"]["spec"]["properties"];
+        for pool in ["model", "parityModel", "frontend"] {
+            let props = &spec[pool]["properties"];
+            for field in [
+                "env",
+                "envFrom",
+                "volumes",
+                "volumeMounts",
+                "serviceAccountName",
+                "imagePullSecrets",
+                "imagePullPolicy",
+                "terminationGracePeriodSeconds",
+                "drainSeconds",
+            ] {
+                let description = props[field]["description"].as_str().unwrap_or_default();
+                assert!(description.len() > 20, "{pool}.{field} needs a description");
+            }
+            assert_eq!(
+                props["imagePullPolicy"]["enum"],
+                serde_json::json!(["Always", "IfNotPresent", "Never"])
+            );
+            assert_eq!(props["drainSeconds"]["minimum"].as_f64(), Some(0.0));
+            assert_eq!(props["volumes"]["maxItems"], 64);
+            assert_eq!(props["volumes"]["type"], "array");
+            // Descriptions inside Kubernetes' types are left to `kubectl explain pod`.
+            assert!(props["volumes"]["items"].get("description").is_none());
+            assert!(
+                rules_at(&spec[pool])
+                    .iter()
+                    .any(|r| r.contains("self.terminationGracePeriodSeconds")),
+                "{pool}: the grace rule"
+            );
+        }
+        let scheduling = &spec["scheduling"]["properties"];
+        assert_eq!(scheduling["affinity"]["type"], "object");
+        assert_eq!(scheduling["topologySpreadConstraints"]["type"], "array");
+        assert!(scheduling["affinity"]["description"].is_string());
+    }
+
+    #[test]
+    fn uri_pattern_admits_each_scheme() {
+        let re = regex::Regex::new(URI_PATTERN).expect("pattern");
+        for ok in [
+            "/models/fashion-mlp",
+            "file:///models/fashion-mlp",
+            "pvc://models",
+            "pvc://models/",
+            "pvc://my-claim.v1/fashion/mlp",
+            "http://models.example/fashion-mlp",
+            "https://models.example/fashion-mlp",
+            "s3://bucket/fashion-mlp",
+            "gs://bucket/fashion-mlp",
+            "az://container/fashion-mlp",
+        ] {
+            assert!(re.is_match(ok), "{ok}");
+            assert!(ModelSource::parse(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "models/fashion-mlp",
+            "file://models/fashion-mlp",
+            "pvc://",
+            "pvc://Upper/x",
+            "pvc://-claim/x",
+            "ftp://host/x",
+            "/models/with space",
+            "s3://",
+        ] {
+            assert!(!re.is_match(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn model_sources_and_their_paths_in_the_pod() {
+        let path = |uri| ModelSource::parse(uri).map(|s| s.model_path());
+        assert_eq!(path("/models/a"), Some("/models/a".into()));
+        assert_eq!(path("file:///models/a"), Some("/models/a".into()));
+        assert_eq!(path("pvc://claim/a/b"), Some("/mnt/models/a/b".into()));
+        assert_eq!(path("pvc://claim"), Some("/mnt/models".into()));
+        assert_eq!(path("https://host/a"), Some("/mnt/models".into()));
+        assert_eq!(
+            ModelSource::parse("pvc://claim/a/b/"),
+            Some(ModelSource::Pvc {
+                claim: "claim",
+                path: "a/b"
+            })
+        );
+        assert_eq!(
+            ModelSource::parse("gs://b/m"),
+            Some(ModelSource::Remote("gs://b/m"))
+        );
+        assert_eq!(ModelSource::parse("models/a"), None);
+        assert_eq!(ModelSource::parse("file://host/a"), None);
+        assert_eq!(ModelSource::parse("pvc:///a"), None);
+    }
+
+    #[test]
+    fn r_above_one_is_refused_until_it_is_served() {
+        let s = schema();
+        let coding = &s["properties"]["spec"]["properties"]["coding"];
+        assert!(rules_at(coding).contains(&"self.r <= 1".to_string()));
+        let mut spec = minimal();
+        spec.coding.k = 4;
+        spec.coding.r = 2;
+        spec.parity_model.replicas = Some(2);
+        assert!(
+            spec.check()
+                .unwrap_err()
+                .0
+                .starts_with("coding.r > 1 is not served yet")
+        );
+    }
+
+    #[test]
+    fn check_refuses_short_grace_and_clashes_with_the_operators_volumes() {
+        let mut spec = minimal();
+        spec.frontend.pod.drain_seconds = Some(10);
+        spec.frontend.pod.termination_grace_period_seconds = Some(20);
+        assert!(
+            spec.check()
+                .unwrap_err()
+                .0
+                .starts_with("terminationGracePeriodSeconds must be more than twice")
+        );
+        spec.frontend.pod.termination_grace_period_seconds = Some(21);
+        assert_eq!(spec.check(), Ok(()));
+        // Default drain (5 s).
+        spec.model.pod.termination_grace_period_seconds = Some(10);
+        assert!(spec.check().is_err());
+
+        let mut spec = minimal();
+        spec.parity_model.pod.volumes = vec![Volume {
+            name: "model-cache".into(),
+            ..Volume::default()
+        }];
+        assert!(
+            spec.check()
+                .unwrap_err()
+                .0
+                .starts_with("parityModel.volumes must not be named model-cache")
+        );
+
+        let mut spec = minimal();
+        spec.model.pod.volume_mounts = vec![VolumeMount {
+            name: "mine".into(),
+            mount_path: "/mnt/models/".into(),
+            ..VolumeMount::default()
+        }];
+        // A path URI leaves /mnt/models to the user...
+        assert_eq!(spec.check(), Ok(()));
+        // ...a pvc:// or remote one does not.
+        spec.model.uri = "pvc://models/mlp".into();
+        assert!(
+            spec.check()
+                .unwrap_err()
+                .0
+                .starts_with("model.volumeMounts must not mount mine at /mnt/models")
+        );
+        spec.model.uri = "https://host/mlp".into();
+        assert!(spec.check().is_err());
+
+        let mut spec = minimal();
+        spec.model.uri = "file://relative".into();
+        assert!(spec.check().unwrap_err().0.starts_with("model.uri must be"));
     }
 }

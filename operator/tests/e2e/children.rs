@@ -174,7 +174,51 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
             c.args.as_ref().and_then(|a| a.first()).map(String::as_str),
             Some("worker")
         );
-        assert_eq!(flag(c, "--model"), Some(model.uri.as_str()), "{name}");
+        // Where the model is in the pod: the URI's path, the claim at
+        // /mnt/models, or the emptyDir the storage-initializer fills.
+        let source = model.source().expect("a URI the schema admits");
+        assert_eq!(
+            flag(c, "--model"),
+            Some(source.model_path().as_str()),
+            "{name}"
+        );
+        let initializers: Vec<&str> = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|i| i.name.as_str())
+            .collect();
+        let remote = matches!(source, coded_operator::crd::ModelSource::Remote(_));
+        let want_init: &[&str] = if remote {
+            &["storage-initializer"]
+        } else {
+            &[]
+        };
+        assert_eq!(initializers, want_init, "{name}");
+        let drain = model.pod.drain_seconds();
+        assert_eq!(
+            flag(c, "--drain-delay-ms"),
+            Some((drain * 1000).to_string().as_str()),
+            "{name}"
+        );
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(model.pod.termination_grace_period_seconds()),
+            "{name}"
+        );
+        let volumes: Vec<&str> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        for v in &model.pod.volumes {
+            assert!(
+                volumes.contains(&v.name.as_str()),
+                "{name}: volume {}",
+                v.name
+            );
+        }
         assert_eq!(flag(c, "--model-name"), Some(served.as_str()), "{name}");
         assert_eq!(
             c.resources.as_ref().filter(|r| **r != Default::default()),
@@ -215,7 +259,6 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
     let coding = &spec.coding;
     let expected_args = [
         ("--model-name", want.name.clone()),
-        ("--model-card", spec.model.uri.clone()),
         ("--k", coding.k.to_string()),
         ("--r", coding.r.to_string()),
         ("--encoder", json_str(&coding.encoder)),
@@ -233,6 +276,11 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
     for (f, value) in expected_args {
         assert_eq!(flag(c, f), Some(value.as_str()), "{name} {f}");
     }
+    assert_eq!(
+        flag(c, "--model-card"),
+        None,
+        "{name}: metadata from an instance"
+    );
     assert_eq!(
         flag(c, "--prometheus-url"),
         spec.prometheus.as_ref().map(|p| p.url.as_str()),

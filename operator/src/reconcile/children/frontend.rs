@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Owner, PORT_NAME, Role, Settings, pod_template, sidecar_container, worker};
+use super::{
+    Owner, PORT_NAME, PodParts, Role, Settings, drain_args, pod_template, sidecar_container, worker,
+};
 use crate::SIDECAR_PORT;
 use crate::crd::SchedulingSpec;
 
@@ -25,8 +27,6 @@ pub fn args(owner: &Owner<'_>, settings: &Settings) -> Vec<String> {
         &SIDECAR_PORT.to_string(),
         "--model-name",
         &owner.name,
-        "--model-card",
-        &spec.model.uri,
         "--model-endpoints",
         &model_endpoints,
         "--parity-endpoints",
@@ -79,7 +79,13 @@ pub fn scheduling(owner: &Owner<'_>) -> SchedulingSpec {
 pub fn deployment(owner: &Owner<'_>, settings: &Settings) -> Deployment {
     let spec = &owner.cis.spec.frontend;
     let image = spec.image.as_deref().unwrap_or(&settings.sidecar_image);
-    let container = sidecar_container(image, args(owner, settings), spec.resources.as_ref());
+    let mut args = args(owner, settings);
+    args.extend(drain_args(&spec.pod));
+    let parts = PodParts {
+        sidecar: sidecar_container(image, args, spec.resources.as_ref(), &spec.pod),
+        init_containers: vec![],
+        volumes: vec![],
+    };
     let scheduling = scheduling(owner);
     Deployment {
         metadata: owner.meta(Role::Frontend),
@@ -89,7 +95,7 @@ pub fn deployment(owner: &Owner<'_>, settings: &Settings) -> Deployment {
                 match_labels: Some(owner.selector_labels(Role::Frontend)),
                 ..LabelSelector::default()
             },
-            template: pod_template(owner.labels(Role::Frontend), container, scheduling),
+            template: pod_template(owner.labels(Role::Frontend), parts, scheduling, &spec.pod),
             ..DeploymentSpec::default()
         }),
         status: None,
@@ -138,7 +144,9 @@ mod tests {
         assert_eq!(arg_after(&args, "--host"), Some("0.0.0.0"));
         assert_eq!(arg_after(&args, "--port"), Some("8080"));
         assert_eq!(arg_after(&args, "--model-name"), Some("demo"));
-        assert_eq!(arg_after(&args, "--model-card"), Some("file:///models/mlp"));
+        // The model's metadata comes from a model instance: the URI means
+        // nothing in the frontend's pod.
+        assert_eq!(arg_after(&args, "--model-card"), None);
         let models: Vec<&str> = arg_after(&args, "--model-endpoints")
             .expect("models")
             .split(',')
@@ -221,6 +229,57 @@ mod tests {
     }
 
     #[test]
+    fn frontend_pods_take_their_own_pod_settings_and_drain() {
+        let mut cis = cis("demo");
+        cis.spec.frontend = serde_json::from_value(serde_json::json!({
+            "env": [{"name": "RUST_LOG", "value": "info"}],
+            "envFrom": [{"configMapRef": {"name": "frontend-settings"}}],
+            "volumes": [{"name": "tls", "secret": {"secretName": "frontend-tls"}}],
+            "volumeMounts": [{"name": "tls", "mountPath": "/etc/tls", "readOnly": true}],
+            "serviceAccountName": "frontend",
+            "imagePullSecrets": [{"name": "registry"}],
+            "imagePullPolicy": "Always",
+            "drainSeconds": 10,
+            "terminationGracePeriodSeconds": 60,
+        }))
+        .expect("frontend spec");
+        let owner = Owner::new(&cis).expect("owner");
+        let pod = deployment(&owner, &Settings::default())
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(c.env.clone().expect("env")[0].name, "RUST_LOG");
+        assert!(c.env_from.is_some());
+        assert_eq!(c.volume_mounts.clone().expect("mounts")[0].name, "tls");
+        assert_eq!(pod.volumes.clone().expect("volumes")[0].name, "tls");
+        assert_eq!(pod.init_containers, None);
+        assert_eq!(pod.service_account_name.as_deref(), Some("frontend"));
+        assert_eq!(pod.image_pull_secrets.clone().expect("secrets").len(), 1);
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(pod.termination_grace_period_seconds, Some(60));
+        let sleep = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .map(|s| s.seconds);
+        assert_eq!(sleep, Some(10));
+        let args = c.args.clone().expect("args");
+        assert_eq!(arg_after(&args, "--drain-delay-ms"), Some("10000"));
+        // Defaults: a 5 s drain, 40 s to stop.
+        let defaults = crate::fixtures::cis("demo");
+        let owner = Owner::new(&defaults).expect("owner");
+        let pod = deployment(&owner, &Settings::default())
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        assert_eq!(pod.termination_grace_period_seconds, Some(40));
+        let args = pod.containers[0].args.clone().expect("args");
+        assert_eq!(arg_after(&args, "--drain-delay-ms"), Some("5000"));
+    }
+
+    #[test]
     fn frontend_takes_worker_tolerations_unless_placed_itself() {
         use k8s_openapi::api::core::v1::Toleration;
         use std::collections::BTreeMap;
@@ -234,6 +293,7 @@ mod tests {
             node_selector: BTreeMap::from([("gpu".into(), "a100".into())]),
             tolerations: vec![taint.clone()],
             runtime_class_name: Some("nvidia".into()),
+            ..SchedulingSpec::default()
         });
         let pod = |cis: &crate::crd::CodedInferenceService| {
             let owner = Owner::new(cis).expect("owner");

@@ -5,14 +5,16 @@
 pub mod frontend;
 pub mod pdb;
 pub mod service_monitor;
+pub mod storage;
 pub mod worker;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, SleepAction, Volume,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -20,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::CodedInferenceService;
+use crate::crd::{CodedInferenceService, PodOverrides, SchedulingSpec};
 use crate::{Error, Result, SIDECAR_PORT};
 
 /// Label naming the `CodedInferenceService` an object belongs to.
@@ -170,47 +172,121 @@ impl<'a> Owner<'a> {
     }
 }
 
-/// A `coded-sidecar` container: the shared port, probes and hardening.
-/// The pod template of every sidecar pod: its labels, the one container and
-/// where it may be scheduled; service-account tokens are not mounted (the
-/// sidecar never calls the API server).
+/// What a pool's pod is made of before it becomes a template.
+pub struct PodParts {
+    /// The `coded-sidecar` container.
+    pub sidecar: Container,
+    /// Run before it, e.g. the `storage-initializer`.
+    pub init_containers: Vec<Container>,
+    /// Volumes the operator adds to the user's.
+    pub volumes: Vec<Volume>,
+}
+
+/// The pod template of every sidecar pod: its labels, containers, volumes
+/// (the operator's, then the user's), where it may be scheduled, and the
+/// user's pod settings. Service-account tokens are not mounted: the sidecar
+/// never calls the API server (cloud identities such as IRSA or workload
+/// identity do not need the token).
 pub fn pod_template(
     labels: BTreeMap<String, String>,
-    container: Container,
-    scheduling: crate::crd::SchedulingSpec,
+    parts: PodParts,
+    scheduling: SchedulingSpec,
+    pod: &PodOverrides,
 ) -> PodTemplateSpec {
+    let mut volumes = parts.volumes;
+    volumes.extend(pod.volumes.iter().cloned());
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
-            containers: vec![container],
+            init_containers: non_empty(parts.init_containers),
+            containers: vec![parts.sidecar],
+            volumes: non_empty(volumes),
             node_selector: (!scheduling.node_selector.is_empty())
                 .then_some(scheduling.node_selector),
-            tolerations: (!scheduling.tolerations.is_empty()).then_some(scheduling.tolerations),
+            tolerations: non_empty(scheduling.tolerations),
             runtime_class_name: scheduling.runtime_class_name,
+            affinity: scheduling.affinity,
+            topology_spread_constraints: non_empty(scheduling.topology_spread_constraints),
+            service_account_name: pod.service_account_name.clone(),
+            image_pull_secrets: non_empty(pod.image_pull_secrets.clone()),
+            termination_grace_period_seconds: Some(pod.termination_grace_period_seconds()),
             automount_service_account_token: Some(false),
             ..PodSpec::default()
         }),
     }
 }
 
+/// `None` for an empty list: what the API server stores for one left out.
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
+/// The security context of every container the operator writes: no root,
+/// no privilege escalation, no capabilities, the runtime's seccomp profile.
+pub fn hardened() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// `defaults` (the operator's variables) then `user`'s; a user variable of
+/// the same name replaces the operator's.
+pub fn merge_env(defaults: Vec<EnvVar>, user: &[EnvVar]) -> Vec<EnvVar> {
+    let mut env: Vec<EnvVar> = defaults
+        .into_iter()
+        .filter(|d| user.iter().all(|u| u.name != d.name))
+        .collect();
+    env.extend(user.iter().cloned());
+    env
+}
+
+/// The sidecar's own drain flag: after SIGTERM it reports not ready for
+/// `drainSeconds` before it stops accepting requests.
+pub fn drain_args(pod: &PodOverrides) -> [String; 2] {
+    [
+        "--drain-delay-ms".to_string(),
+        (i64::from(pod.drain_seconds()) * 1000).to_string(),
+    ]
+}
+
+/// A `coded-sidecar` container: the shared port, probes and hardening, the
+/// user's env, envFrom, mounts and pull policy, and a `preStop` sleep of
+/// `drainSeconds` (the kubelet's own sleep: no binary needed in the image)
+/// while Kubernetes takes the pod out of its Services.
 pub fn sidecar_container(
     image: &str,
     args: Vec<String>,
     resources: Option<&ResourceRequirements>,
+    pod: &PodOverrides,
 ) -> Container {
     let http_get = |path: &str| HTTPGetAction {
         path: Some(path.to_string()),
         port: IntOrString::String(PORT_NAME.to_string()),
         ..HTTPGetAction::default()
     };
+    let drain = pod.drain_seconds();
     Container {
         name: "sidecar".to_string(),
         image: Some(image.to_string()),
+        image_pull_policy: pod.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(vec!["coded-sidecar".to_string()]),
         args: Some(args),
+        env: non_empty(pod.env.clone()),
+        env_from: non_empty(pod.env_from.clone()),
+        volume_mounts: non_empty(pod.volume_mounts.clone()),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.to_string()),
             container_port: SIDECAR_PORT,
@@ -218,38 +294,41 @@ pub fn sidecar_container(
             ..ContainerPort::default()
         }]),
         resources: resources.cloned(),
+        // Two failed probes 5 s apart take a pod that stopped answering out
+        // of its Service within ~10 s.
         readiness_probe: Some(Probe {
             http_get: Some(http_get("/v2/health/ready")),
             period_seconds: Some(5),
             failure_threshold: Some(2),
             ..Probe::default()
         }),
+        // Restart after ~30 s without an answer; a busy worker still answers
+        // its health route (default timeout 1 s).
         liveness_probe: Some(Probe {
             http_get: Some(http_get("/v2/health/live")),
             period_seconds: Some(10),
             failure_threshold: Some(3),
             ..Probe::default()
         }),
-        // Weights may take minutes to download; liveness starts only after this succeeds.
+        // Weights may take minutes to load (a remote model is fetched by the
+        // init container, before this counts); liveness starts only after
+        // this succeeds.
         startup_probe: Some(Probe {
             http_get: Some(http_get("/v2/health/live")),
             period_seconds: Some(5),
             failure_threshold: Some(60),
             ..Probe::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                ..Capabilities::default()
+        lifecycle: (drain > 0).then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: i64::from(drain),
+                }),
+                ..LifecycleHandler::default()
             }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_string(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
+            ..Lifecycle::default()
         }),
+        security_context: Some(hardened()),
         ..Container::default()
     }
 }
@@ -384,8 +463,30 @@ mod tests {
     }
 
     #[test]
+    fn user_env_replaces_the_operators_of_the_same_name() {
+        let var = |name: &str, value: &str| EnvVar {
+            name: name.to_string(),
+            value: Some(value.to_string()),
+            ..EnvVar::default()
+        };
+        let merged = merge_env(
+            vec![var("CODED_THREADS", "op"), var("KEEP", "op")],
+            &[var("A", "user"), var("CODED_THREADS", "user")],
+        );
+        assert_eq!(
+            merged,
+            [
+                var("KEEP", "op"),
+                var("A", "user"),
+                var("CODED_THREADS", "user")
+            ]
+        );
+        assert_eq!(merge_env(vec![var("X", "op")], &[]), [var("X", "op")]);
+    }
+
+    #[test]
     fn sidecar_probes_use_the_v2_health_endpoints() {
-        let c = sidecar_container("img", vec![], None);
+        let c = sidecar_container("img", vec![], None, &PodOverrides::default());
         let path = |p: &Option<Probe>| {
             p.as_ref()
                 .and_then(|p| p.http_get.as_ref())

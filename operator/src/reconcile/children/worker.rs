@@ -10,7 +10,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Owner, PORT_NAME, Role, Settings, pod_template, sidecar_container};
+use super::storage::model_storage;
+use super::{
+    Owner, PORT_NAME, PodParts, Role, Settings, drain_args, merge_env, pod_template,
+    sidecar_container,
+};
 use crate::SIDECAR_PORT;
 use crate::crd::ModelSpec;
 
@@ -24,13 +28,14 @@ pub fn served_name(owner: &Owner<'_>, role: Role) -> String {
     }
 }
 
-/// The `coded-sidecar worker` arguments for one model. Pods listen on every
-/// interface (the worker's own default is loopback only).
-pub fn args(owner: &Owner<'_>, role: Role, model: &ModelSpec) -> Vec<String> {
-    [
+/// The `coded-sidecar worker` arguments for one model, found at `model_arg`
+/// in the pod (see [`super::storage`]). Pods listen on every interface (the
+/// worker's own default is loopback only) and drain as `drainSeconds` says.
+pub fn args(owner: &Owner<'_>, role: Role, model: &ModelSpec, model_arg: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
         "worker",
         "--model",
-        &model.uri,
+        model_arg,
         "--model-name",
         &served_name(owner, role),
         "--host",
@@ -39,7 +44,9 @@ pub fn args(owner: &Owner<'_>, role: Role, model: &ModelSpec) -> Vec<String> {
         &SIDECAR_PORT.to_string(),
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    args.extend(drain_args(&model.pod));
+    args
 }
 
 /// URLs of the instances of a worker pool, in ordinal order.
@@ -64,12 +71,18 @@ pub fn stateful_set(
     settings: &Settings,
 ) -> StatefulSet {
     let image = model.image.as_deref().unwrap_or(&settings.sidecar_image);
-    let mut container =
-        sidecar_container(image, args(owner, role, model), model.resources.as_ref());
+    let mut container = sidecar_container(image, vec![], model.resources.as_ref(), &model.pod);
+    let storage = model_storage(model, image, &container);
+    container.args = Some(args(owner, role, model, &storage.model_arg));
+    // The operator's mount of the model, then the user's.
+    let mut mounts = storage.mounts;
+    mounts.extend(container.volume_mounts.take().into_iter().flatten());
+    container.volume_mounts = (!mounts.is_empty()).then_some(mounts);
     // Left alone, candle and rayon size their pools from the node's CPUs, far
     // more than the pod's limit; the sidecar's `--threads` (env CODED_THREADS)
     // gets the limit instead, rounded up (the node's allocatable when unset).
-    container.env = Some(vec![EnvVar {
+    // A CODED_THREADS in the pool's `env` wins.
+    let threads = EnvVar {
         name: "CODED_THREADS".to_string(),
         value_from: Some(EnvVarSource {
             resource_field_ref: Some(ResourceFieldSelector {
@@ -80,7 +93,13 @@ pub fn stateful_set(
             ..EnvVarSource::default()
         }),
         ..EnvVar::default()
-    }]);
+    };
+    container.env = Some(merge_env(vec![threads], &model.pod.env));
+    let parts = PodParts {
+        sidecar: container,
+        init_containers: storage.init_container.into_iter().collect(),
+        volumes: storage.volumes,
+    };
     let scheduling = owner.cis.spec.scheduling.clone().unwrap_or_default();
     StatefulSet {
         metadata: owner.meta(role),
@@ -93,7 +112,7 @@ pub fn stateful_set(
                 match_labels: Some(owner.selector_labels(role)),
                 ..LabelSelector::default()
             },
-            template: pod_template(owner.labels(role), container, scheduling),
+            template: pod_template(owner.labels(role), parts, scheduling, &model.pod),
             ..StatefulSetSpec::default()
         }),
         status: None,
@@ -152,13 +171,15 @@ mod tests {
             [
                 "worker",
                 "--model",
-                "file:///models/mlp",
+                "/models/mlp",
                 "--model-name",
                 "demo",
                 "--host",
                 "0.0.0.0",
                 "--port",
-                "8080"
+                "8080",
+                "--drain-delay-ms",
+                "5000"
             ]
         );
         let parity_args = pod_spec(&c.parity).containers[0]
@@ -170,13 +191,15 @@ mod tests {
             [
                 "worker",
                 "--model",
-                "file:///models/mlp-parity-k2",
+                "/models/mlp-parity-k2",
                 "--model-name",
                 "demo-parity",
                 "--host",
                 "0.0.0.0",
                 "--port",
-                "8080"
+                "8080",
+                "--drain-delay-ms",
+                "5000"
             ]
         );
         assert_eq!(c.model.metadata.name.as_deref(), Some("demo-model"));
@@ -267,6 +290,7 @@ mod tests {
                 ..Toleration::default()
             }],
             runtime_class_name: Some("nvidia".to_string()),
+            ..SchedulingSpec::default()
         });
         let owner = Owner::new(&cis).expect("owner");
         let c = Children::build(&owner, &Settings::default());
@@ -297,6 +321,223 @@ mod tests {
             image(&c.parity).as_deref(),
             Some("registry.example/sidecar:cuda")
         );
+    }
+
+    fn overrides() -> serde_json::Value {
+        serde_json::json!({
+            "env": [
+                {"name": "CODED_THREADS", "value": "3"},
+                {"name": "RUST_LOG", "value": "debug"},
+            ],
+            "envFrom": [{"secretRef": {"name": "s3-credentials"}}],
+            "volumes": [{"name": "model", "configMap": {"name": "fashion-mlp"}}],
+            "volumeMounts": [{"name": "model", "mountPath": "/models/fashion-mlp", "readOnly": true}],
+            "serviceAccountName": "model-reader",
+            "imagePullSecrets": [{"name": "registry"}],
+            "imagePullPolicy": "IfNotPresent",
+            "drainSeconds": 7,
+        })
+    }
+
+    fn with_model(uri: &str, extra: serde_json::Value) -> crate::crd::CodedInferenceService {
+        let mut cis = cis("demo");
+        let mut model = extra;
+        model["uri"] = uri.into();
+        cis.spec.model = serde_json::from_value(model).expect("model spec");
+        cis
+    }
+
+    fn model_pod(cis: &crate::crd::CodedInferenceService) -> PodSpec {
+        let owner = Owner::new(cis).expect("owner");
+        let c = Children::build(&owner, &Settings::default());
+        pod_spec(&c.model).clone()
+    }
+
+    fn arg_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).map(String::as_str)
+    }
+
+    #[test]
+    fn pod_settings_reach_the_pod_and_the_sidecar() {
+        let cis = with_model("/models/fashion-mlp", overrides());
+        let pod = model_pod(&cis);
+        let c = &pod.containers[0];
+        // The user's CODED_THREADS replaces the operator's; order is kept.
+        let env = c.env.clone().expect("env");
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["CODED_THREADS", "RUST_LOG"]);
+        assert_eq!(env[0].value.as_deref(), Some("3"));
+        assert_eq!(env[0].value_from, None);
+        let env_from = c.env_from.clone().expect("envFrom");
+        assert_eq!(
+            env_from[0].secret_ref.as_ref().map(|s| s.name.as_str()),
+            Some("s3-credentials")
+        );
+        let mounts = c.volume_mounts.clone().expect("mounts");
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].mount_path, "/models/fashion-mlp");
+        let volumes = pod.volumes.clone().expect("volumes");
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(
+            volumes[0].config_map.as_ref().map(|c| c.name.as_str()),
+            Some("fashion-mlp")
+        );
+        assert_eq!(pod.init_containers, None, "a path needs no initializer");
+        assert_eq!(pod.service_account_name.as_deref(), Some("model-reader"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.image_pull_secrets.clone().expect("pull secrets")[0].name,
+            "registry"
+        );
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        let args = c.args.clone().expect("args");
+        assert_eq!(arg_after(&args, "--model"), Some("/models/fashion-mlp"));
+        // Graceful stop: preStop sleep, the sidecar's drain, and a grace
+        // period that covers both plus requests in flight.
+        let sleep = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .map(|s| s.seconds);
+        assert_eq!(sleep, Some(7));
+        assert_eq!(arg_after(&args, "--drain-delay-ms"), Some("7000"));
+        assert_eq!(pod.termination_grace_period_seconds, Some(44));
+        // The parity pool has settings of its own: none here.
+        let owner = Owner::new(&cis).expect("owner");
+        let parity = Children::build(&owner, &Settings::default()).parity;
+        let parity = pod_spec(&parity);
+        assert_eq!(parity.service_account_name, None);
+        assert_eq!(parity.volumes, None);
+        assert_eq!(parity.termination_grace_period_seconds, Some(40));
+        let env = parity.containers[0].env.clone().expect("env");
+        assert_eq!(env.len(), 1);
+        assert!(env[0].value_from.is_some(), "the operator's CODED_THREADS");
+    }
+
+    #[test]
+    fn drain_and_grace_defaults_and_zero() {
+        let pod = model_pod(&cis("demo"));
+        let c = &pod.containers[0];
+        let sleep = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .map(|s| s.seconds);
+        assert_eq!(sleep, Some(5));
+        assert_eq!(pod.termination_grace_period_seconds, Some(40));
+        let cis = with_model(
+            "/m",
+            serde_json::json!({"drainSeconds": 0, "terminationGracePeriodSeconds": 10}),
+        );
+        let pod = model_pod(&cis);
+        assert_eq!(pod.containers[0].lifecycle, None, "no preStop");
+        let args = pod.containers[0].args.clone().expect("args");
+        assert_eq!(arg_after(&args, "--drain-delay-ms"), Some("0"));
+        assert_eq!(pod.termination_grace_period_seconds, Some(10));
+    }
+
+    #[test]
+    fn a_pvc_model_is_mounted_before_the_users_volumes() {
+        let cis = with_model("pvc://models/fashion/mlp", overrides());
+        let pod = model_pod(&cis);
+        let c = &pod.containers[0];
+        let args = c.args.clone().expect("args");
+        assert_eq!(arg_after(&args, "--model"), Some("/mnt/models/fashion/mlp"));
+        let volumes: Vec<String> = pod
+            .volumes
+            .clone()
+            .expect("volumes")
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(volumes, ["model-pvc", "model"]);
+        let mounts = c.volume_mounts.clone().expect("mounts");
+        assert_eq!(mounts[0].mount_path, "/mnt/models");
+        assert_eq!(mounts[0].read_only, Some(true));
+        assert_eq!(mounts[1].name, "model");
+        assert_eq!(pod.init_containers, None);
+    }
+
+    #[test]
+    fn a_remote_model_is_fetched_by_the_storage_initializer() {
+        let cis = with_model("s3://bucket/fashion-mlp", overrides());
+        let pod = model_pod(&cis);
+        let c = &pod.containers[0];
+        let args = c.args.clone().expect("args");
+        assert_eq!(arg_after(&args, "--model"), Some("/mnt/models"));
+        let init = pod.init_containers.clone().expect("init containers");
+        assert_eq!(init.len(), 1);
+        let init = &init[0];
+        assert_eq!(init.name, "storage-initializer");
+        assert_eq!(init.image, c.image);
+        assert_eq!(
+            init.args.clone().expect("args"),
+            [
+                "fetch",
+                "--uri",
+                "s3://bucket/fashion-mlp",
+                "--out",
+                "/mnt/models"
+            ]
+        );
+        // The user's env (credentials), not the operator's CODED_THREADS.
+        let env = init.env.clone().expect("env");
+        assert_eq!(env.len(), 2);
+        assert_eq!(env[0].value.as_deref(), Some("3"));
+        assert_eq!(init.env_from, c.env_from);
+        assert_eq!(init.security_context, c.security_context);
+        assert_eq!(init.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(init.lifecycle, None);
+        let init_mounts = init.volume_mounts.clone().expect("mounts");
+        assert_eq!(init_mounts[0].name, "model-cache");
+        assert_eq!(init_mounts[0].read_only, Some(false));
+        let mounts = c.volume_mounts.clone().expect("mounts");
+        assert_eq!(mounts[0].name, "model-cache");
+        assert_eq!(mounts[0].mount_path, "/mnt/models");
+        assert_eq!(mounts[0].read_only, Some(true));
+        let cache = pod
+            .volumes
+            .clone()
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == "model-cache")
+            .expect("model-cache");
+        assert!(cache.empty_dir.is_some());
+    }
+
+    #[test]
+    fn affinity_and_topology_spread_apply_to_workers() {
+        let mut cis = cis("demo");
+        cis.spec.scheduling = Some(
+            serde_json::from_value(serde_json::json!({
+                "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": {"coded.dev/service": "demo"}},
+                    },
+                }]}},
+                "topologySpreadConstraints": [{
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"coded.dev/role": "model"}},
+                }],
+            }))
+            .expect("scheduling"),
+        );
+        let pod = model_pod(&cis);
+        assert!(
+            pod.affinity
+                .as_ref()
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .is_some()
+        );
+        let spread = pod.topology_spread_constraints.expect("spread");
+        assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
     }
 
     #[test]
