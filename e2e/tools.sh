@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build (once) and cache the real control-plane binaries used by the e2e tier:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-#   kubelet, kube-proxy                                              (one go build, k8s.io/kubernetes)
+#   kubelet, kube-proxy, helm and kwok: one `go build` in one throwaway module
+#   (k8s.io/kubernetes, helm.sh/helm/v3, sigs.k8s.io/kwok), so that they
+#   compile client-go, apimachinery and the rest once
 #   etcd                                                              (Go module, go.etcd.io/etcd/server/v3)
 #   coredns (cluster DNS of node.sh's real node)                     (Go module, github.com/coredns/coredns)
-#   kwok                                                              (go install, sigs.k8s.io/kwok)
-#   helm                                                              (go install, helm.sh/helm/v3)
 #
 # Everything is built with the machine's Go from the Go module proxy; nothing
 # else is downloaded. Binaries land in
@@ -128,7 +128,11 @@ module coded-serving.invalid/e2e-k8s
 
 go 1.26.0
 
-require k8s.io/kubernetes $K8S_VERSION
+require (
+	k8s.io/kubernetes $K8S_VERSION
+	helm.sh/helm/v3 $HELM_VERSION
+	sigs.k8s.io/kwok $KWOK_VERSION
+)
 EOF
     cat > tools.go <<'EOF'
 //go:build tools
@@ -136,6 +140,8 @@ EOF
 package tools
 
 import (
+	_ "helm.sh/helm/v3/cmd/helm"
+	_ "sigs.k8s.io/kwok/cmd/kwok"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
@@ -171,7 +177,20 @@ EOF
       ld+=" -X '$pkg.gitMajor=1' -X '$pkg.gitMinor=$K8S_MINOR'"
       ld+=" -X '$pkg.gitTreeState=clean' -X '$pkg.gitCommit=' -X '$pkg.buildDate=$date'"
     done
+    # helm: what its Makefile sets (its version, and the Kubernetes minor of
+    # the client-go it is built with: default .Capabilities.KubeVersion);
+    # kwok: its version
+    local kminor v
+    kminor=$(awk '$1 == "k8s.io/client-go" && $2 == "=>" {split($4, a, "."); print a[2]}' go.mod)
+    [[ $kminor =~ ^[0-9]+$ ]] || die "cannot read the client-go version from the build module"
+    ld+=" -X 'helm.sh/helm/v3/internal/version.version=$HELM_VERSION' -X 'helm.sh/helm/v3/internal/version.gitTreeState=clean'"
+    for v in pkg/lint/rules pkg/chartutil; do
+      ld+=" -X 'helm.sh/helm/v3/$v.k8sVersionMajor=1' -X 'helm.sh/helm/v3/$v.k8sVersionMinor=$kminor'"
+    done
+    ld+=" -X 'sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}'"
     "${NICE[@]}" go build -trimpath -ldflags "-s -w$ld" -o "$WORK/out/" \
+      helm.sh/helm/v3/cmd/helm \
+      sigs.k8s.io/kwok/cmd/kwok \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler \
@@ -257,13 +276,6 @@ install_pause_src() {
   mv "$PAUSE_SRC.tmp" "$PAUSE_SRC"
 }
 
-build_kwok() {
-  workdir
-  GOBIN="$BIN_DIR" "${NICE[@]}" go install -trimpath \
-    -ldflags "-s -w -X 'sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}'" \
-    sigs.k8s.io/kwok/cmd/kwok@"$KWOK_VERSION"
-}
-
 # The kwok binary has no built-in behaviour: it needs Stage objects. Install the
 # stages kwokctl uses by default (fast node init, heartbeat with lease, pod
 # ready/complete/delete) straight from the pinned kwok module.
@@ -283,38 +295,21 @@ install_stages() {
   mv "$STAGES.tmp" "$STAGES"
 }
 
-build_helm() {
-  # what helm's Makefile sets: its version, and the Kubernetes minor of the
-  # client-go it is built with (default .Capabilities.KubeVersion, lint rules)
-  local gomod kminor v ld
-  gomod=$(go mod download -json helm.sh/helm/v3@"$HELM_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
-  kminor=$(awk '$1 == "k8s.io/client-go" {split($2, a, "."); print a[2]}' "$gomod")
-  [[ $kminor =~ ^[0-9]+$ ]] || die "cannot read helm's client-go version from $gomod"
-  workdir
-  ld="-s -w -X 'helm.sh/helm/v3/internal/version.version=$HELM_VERSION' -X 'helm.sh/helm/v3/internal/version.gitTreeState=clean'"
-  for v in pkg/lint/rules pkg/chartutil; do
-    ld+=" -X 'helm.sh/helm/v3/$v.k8sVersionMajor=1' -X 'helm.sh/helm/v3/$v.k8sVersionMinor=$kminor'"
-  done
-  GOBIN="$BIN_DIR" "${NICE[@]}" go install -trimpath -ldflags "$ld" helm.sh/helm/v3/cmd/helm@"$HELM_VERSION"
-}
-
 # ---- main ------------------------------------------------------------------------
 T0=$SECONDS
 log "cache: $BIN_DIR"
-if k8s_ok; then log "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION: cached"
-else timed "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION" build_k8s
-     k8s_ok || die "Kubernetes binaries do not report $K8S_VERSION after the build"; fi
+if k8s_ok && kwok_ok && helm_ok; then log "Kubernetes $K8S_VERSION binaries, kwok $KWOK_VERSION, helm $HELM_VERSION: cached"
+else timed "Kubernetes $K8S_VERSION binaries (kube-apiserver, -controller-manager, -scheduler, kubectl, kubelet, kube-proxy), kwok $KWOK_VERSION, helm $HELM_VERSION" build_k8s
+     k8s_ok || die "Kubernetes binaries do not report $K8S_VERSION after the build"
+     kwok_ok || die "kwok is not built from $KWOK_VERSION"
+     helm_ok || die "helm does not report $HELM_VERSION after the build"; fi
 if etcd_ok; then log "etcd $ETCD_VERSION: cached"
 else timed "etcd $ETCD_VERSION" build_etcd; etcd_ok || die "etcd does not report $ETCD_VERSION after the build"; fi
 if coredns_ok; then log "coredns $COREDNS_VERSION: cached"
 else timed "coredns $COREDNS_VERSION" build_coredns; coredns_ok || die "coredns does not report $COREDNS_VERSION after the build"; fi
 if pause_ok; then log "pause.c: cached"
 else install_pause_src; pause_ok || die "pause.c not installed"; log "pause.c installed: $PAUSE_SRC"; fi
-if kwok_ok; then log "kwok $KWOK_VERSION: cached"
-else timed "kwok $KWOK_VERSION" build_kwok; kwok_ok || die "kwok is not built from $KWOK_VERSION"; fi
 if stages_ok; then log "kwok stages: cached"
 else install_stages; stages_ok || die "kwok stages not installed"; log "kwok stages installed: $STAGES"; fi
-if helm_ok; then log "helm $HELM_VERSION: cached"
-else timed "helm $HELM_VERSION" build_helm; helm_ok || die "helm does not report $HELM_VERSION after the build"; fi
 log "all tools ready in $((SECONDS - T0))s"
 echo "$BIN_DIR"
