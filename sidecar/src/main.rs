@@ -26,6 +26,10 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Serve a model card (base or parity) over the KServe v2 protocol.
     Worker(cmd::worker::WorkerArgs),
+    /// Download a model (card + weights, sha256-checked) into a directory:
+    /// the init container of a model pod.
+    #[command(long_about = cmd::fetch::LONG_ABOUT)]
+    Fetch(cmd::fetch::FetchArgs),
     /// Serve a model with coded resilience: groups queries, sends them to
     /// model and parity instances, rebuilds answers of slow or failed ones.
     Frontend(coded_sidecar::frontend::FrontendOptions),
@@ -56,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Plot(c) => cmd::plot::run(c),
         Command::Worker(a) => cmd::worker::run(a),
+        Command::Fetch(a) => cmd::fetch::run(a),
         Command::Frontend(o) => cmd::frontend::run(o),
         Command::Local(a) => cmd::local::run(a),
         Command::Bench(c) => cmd::bench::run(c),

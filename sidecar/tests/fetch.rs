@@ -150,3 +150,164 @@ fn unsupported_schemes_are_refused_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ftp:// is not supported"), "{err}");
 }
+
+/// Runs `coded-sidecar fetch --uri URI --out DIR`.
+fn fetch_cli(uri: &str, out: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_coded-sidecar"))
+        .args(["fetch", "--uri", uri, "--out"])
+        .arg(out)
+        .output()
+        .expect("run coded-sidecar fetch")
+}
+
+fn files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn fetch_writes_a_checked_model_once_and_refuses_tampered_weights() {
+    let dir = model_dir();
+    coded_sidecar::tls::init();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let url = runtime.block_on(file_server(dir.clone(), false));
+    let bad = runtime.block_on(file_server(dir.clone(), true));
+    let local = coded_sidecar::model::load(&dir).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+
+    // Over http://, into a directory that does not exist yet.
+    let out = scratch.path().join("models/fashion");
+    let run = fetch_cli(&format!("{url}/models/fashion-mlp"), &out);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("fetched"), "{stdout}");
+    assert_eq!(files(&out), vec!["card.json", "model.safetensors"]);
+    let fetched = coded_sidecar::model::load(&out).expect("a worker can load what was fetched");
+    assert_eq!(fetched.card, local.card);
+
+    // Again: nothing to do, nothing rewritten.
+    let written = std::fs::metadata(out.join("model.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let run = fetch_cli(&format!("{url}/models/fashion-mlp"), &out);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success());
+    assert!(stdout.contains("nothing to do"), "{stdout}");
+    assert_eq!(
+        std::fs::metadata(out.join("model.safetensors"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        written
+    );
+
+    // Weights damaged on disk are fetched again.
+    let weights = out.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    let run = fetch_cli(&format!("{url}/models/card.json"), &out);
+    assert!(run.status.success());
+    assert!(String::from_utf8_lossy(&run.stdout).contains("fetched"));
+    coded_sidecar::model::load(&out).expect("repaired");
+
+    // Tampered weights at the source: refused, nothing written.
+    let clean = scratch.path().join("clean");
+    let run = fetch_cli(&format!("{bad}/models/fashion-mlp"), &clean);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("sha256"), "{stderr}");
+    assert!(files(&clean).is_empty(), "{:?}", files(&clean));
+    // A good copy already there is kept (its weights match the card), and
+    // damaged ones are not replaced by the tampered ones.
+    let run = fetch_cli(&format!("{bad}/models/fashion-mlp"), &out);
+    assert!(String::from_utf8_lossy(&run.stdout).contains("nothing to do"));
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&weights, &bytes).unwrap();
+    let run = fetch_cli(&format!("{bad}/models/fashion-mlp"), &out);
+    assert!(!run.status.success());
+    assert_eq!(files(&out), vec!["card.json", "model.safetensors"]);
+    assert_eq!(std::fs::read(&weights).unwrap(), bytes, "left as it was");
+    let run = fetch_cli(&format!("{url}/models/fashion-mlp"), &out);
+    assert!(run.status.success());
+    coded_sidecar::model::load(&out).expect("repaired from a good source");
+
+    // Paths and file:// work the same; missing models and unknown schemes
+    // fail clearly.
+    for uri in [
+        dir.display().to_string(),
+        format!("file://{}", dir.join("card.json").display()),
+    ] {
+        let into = scratch.path().join("local");
+        let run = fetch_cli(&uri, &into);
+        assert!(
+            run.status.success(),
+            "{uri}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        coded_sidecar::model::load(&into).unwrap();
+    }
+    let run = fetch_cli(&format!("{url}/nothing/here"), &scratch.path().join("x"));
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("cannot fetch"));
+    let run = fetch_cli("ftp://host/model", &scratch.path().join("x"));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("ftp:// is not supported"));
+    assert!(!scratch.path().join("x").exists());
+}
+
+#[test]
+fn fetch_explains_itself() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coded-sidecar"))
+        .args(["fetch", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for words in [
+        "init container",
+        "sha256",
+        "atomically",
+        "--uri",
+        "--out",
+        "s3://",
+    ] {
+        assert!(help.contains(words), "{words}: {help}");
+    }
+}
+
+#[test]
+fn fetch_reads_object_storage_with_credentials_from_the_environment() {
+    let dir = model_dir();
+    coded_sidecar::tls::init();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let endpoint = runtime.block_on(file_server(dir.clone(), false));
+    let out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_coded-sidecar"))
+        .args(["fetch", "--uri", "s3://models/fashion-mlp", "--out"])
+        .arg(out.path())
+        .env("AWS_ENDPOINT", &endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let fetched = coded_sidecar::model::load(out.path()).unwrap();
+    assert_eq!(fetched.card, coded_sidecar::model::load(&dir).unwrap().card);
+}

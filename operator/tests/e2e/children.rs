@@ -83,13 +83,9 @@ impl<'a> Expected<'a> {
         }
     }
 
-    /// URLs of a worker pool's instances, each by its stable DNS name.
-    fn endpoints(&self, role: &str, replicas: i32) -> String {
-        let set = format!("{}-{role}", self.name);
-        (0..replicas)
-            .map(|i| format!("http://{set}-{i}.{set}.{}.svc:8080", self.namespace))
-            .collect::<Vec<_>>()
-            .join(",")
+    /// A worker pool's headless Service, which the frontend resolves.
+    fn service(&self, role: &str) -> String {
+        format!("{}-{role}.{}.svc:8080", self.name, self.namespace)
     }
 }
 
@@ -264,14 +260,8 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
         ("--encoder", json_str(&coding.encoder)),
         ("--decoder", json_str(&coding.decoder)),
         ("--reconstruct-policy", json_str(&coding.reconstruct_policy)),
-        (
-            "--model-endpoints",
-            want.endpoints("model", spec.model_replicas()),
-        ),
-        (
-            "--parity-endpoints",
-            want.endpoints("parity", spec.parity_replicas()),
-        ),
+        ("--model-service", want.service("model")),
+        ("--parity-service", want.service("parity")),
     ];
     for (f, value) in expected_args {
         assert_eq!(flag(c, f), Some(value.as_str()), "{name} {f}");

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod eval;
+pub mod fetch;
 pub mod frontend;
 pub mod local;
 pub mod plot;

@@ -48,7 +48,7 @@ pub async fn infer(
     let mut running: JoinSet<Result<Vec<f32>, String>> = JoinSet::new();
     let mut last_error = String::from("no model instance answered");
     let spawn = |running: &mut JoinSet<_>, tried: &mut Vec<usize>, instance: Arc<Instance>| {
-        tried.push(instance.index);
+        tried.push(instance.id);
         let (rows, item, data, out_len) = (
             call.rows,
             call.item_shape.to_vec(),
@@ -72,7 +72,7 @@ pub async fn infer(
         1
     };
     let mut picked = pool.pick(Role::Model, first, &[]);
-    picked.dedup_by_key(|i| i.index);
+    picked.dedup_by_key(|i| i.id);
     for instance in picked {
         spawn(&mut running, &mut tried, instance);
     }

@@ -236,7 +236,7 @@ impl Batch {
             .collect();
         let rows = slot.members.len();
         slot.pending += 1;
-        slot.tried.push(instance.index);
+        slot.tried.push(instance.id);
         slot.last_sent = Instant::now();
         self.call(instance, rows, data, move |result| Event::Slot {
             slot: j,

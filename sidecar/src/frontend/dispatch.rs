@@ -3,7 +3,14 @@
 //! those marked down. A batch needs k distinct model instances; when fewer
 //! are usable it reuses usable ones rather than feed a straggler or a dead
 //! instance (the parity still covers one loss per group).
+//!
+//! The instances of each role can change while the frontend runs (service
+//! discovery, [`super::discovery`]): dispatch reads the current list, and
+//! every decision that outlives one pick (straggler marks, the instances a
+//! retried slot already tried) names instances by their id, which is never
+//! reused, not by their place in the list.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -32,9 +39,10 @@ pub struct Snapshot {
     /// avoided within a few typical latencies, not once its slow answers
     /// have moved a median (a 500 ms slow spell is over by then).
     pub lag_after: Duration,
-    /// Per model instance, then per parity instance: slow enough to avoid.
-    pub slow_models: Vec<bool>,
-    pub slow_parities: Vec<bool>,
+    /// Ids of the model instances, then of the parity instances, slow
+    /// enough to avoid.
+    pub slow_models: BTreeSet<usize>,
+    pub slow_parities: BTreeSet<usize>,
     /// The model-call latency quantile the deadline came from, once known.
     pub observed_tail: Option<Duration>,
     /// Whether the marks and the deadline came from Prometheus.
@@ -42,7 +50,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn initial(models: usize, parities: usize) -> Self {
+    pub fn initial() -> Self {
         Snapshot {
             eager_after: Duration::from_millis(2),
             reconstruct_after: Duration::from_millis(50),
@@ -50,17 +58,20 @@ impl Snapshot {
             retry_after: Duration::from_millis(50),
             stall_after: Duration::from_millis(50),
             lag_after: Duration::from_millis(50),
-            slow_models: vec![false; models],
-            slow_parities: vec![false; parities],
+            slow_models: BTreeSet::new(),
+            slow_parities: BTreeSet::new(),
             observed_tail: None,
             source: LatencySource::Local,
         }
     }
 }
 
+/// The instances of one role, replaced whole when discovery changes them.
+pub type Instances = Arc<[Arc<Instance>]>;
+
 pub struct Pool {
-    pub models: Vec<Arc<Instance>>,
-    pub parities: Vec<Arc<Instance>>,
+    models: RwLock<Instances>,
+    parities: RwLock<Instances>,
     /// Shared, not copied: read on every dispatch and wait decision.
     snapshot: RwLock<Arc<Snapshot>>,
     /// Where each role's rotation starts next (models, parities). One
@@ -80,11 +91,10 @@ pub enum Standing {
 
 impl Pool {
     pub fn new(models: Vec<Arc<Instance>>, parities: Vec<Arc<Instance>>) -> Self {
-        let snapshot = Snapshot::initial(models.len(), parities.len());
         Pool {
-            models,
-            parities,
-            snapshot: RwLock::new(Arc::new(snapshot)),
+            models: RwLock::new(models.into()),
+            parities: RwLock::new(parities.into()),
+            snapshot: RwLock::new(Arc::new(Snapshot::initial())),
             turns: [AtomicUsize::new(0), AtomicUsize::new(0)],
         }
     }
@@ -103,10 +113,35 @@ impl Pool {
         }
     }
 
-    fn instances(&self, role: Role) -> &[Arc<Instance>] {
+    fn list(&self, role: Role) -> &RwLock<Instances> {
         match role {
             Role::Model => &self.models,
             Role::Parity => &self.parities,
+        }
+    }
+
+    /// The instances of `role` now. Calls already made to an instance that
+    /// has since left the list finish normally (they hold their instance).
+    pub fn instances(&self, role: Role) -> Instances {
+        match self.list(role).read() {
+            Ok(l) => l.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
+    pub fn models(&self) -> Instances {
+        self.instances(Role::Model)
+    }
+
+    pub fn parities(&self) -> Instances {
+        self.instances(Role::Parity)
+    }
+
+    /// Replaces the instances of `role`; new picks see only these.
+    pub fn set_instances(&self, role: Role, instances: Vec<Arc<Instance>>) {
+        match self.list(role).write() {
+            Ok(mut l) => *l = instances.into(),
+            Err(e) => *e.into_inner() = instances.into(),
         }
     }
 
@@ -121,7 +156,7 @@ impl Pool {
             Role::Model => &snapshot.slow_models,
             Role::Parity => &snapshot.slow_parities,
         };
-        if slow.get(instance.index).copied().unwrap_or(false)
+        if slow.contains(&instance.id)
             || instance.stalled_for(now) > snapshot.stall_after
             || instance.oldest_call_age(now) > snapshot.lag_after
         {
@@ -135,6 +170,7 @@ impl Pool {
     /// not in `avoid` (instances a retried slot already tried).
     pub fn pick(&self, role: Role, n: usize, avoid: &[usize]) -> Vec<Arc<Instance>> {
         let all = self.instances(role);
+        let all = &all[..];
         if all.is_empty() || n == 0 {
             return Vec::new();
         }
@@ -150,7 +186,7 @@ impl Pool {
             .enumerate()
             .map(|(i, inst)| {
                 (
-                    avoid.contains(&inst.index),
+                    avoid.contains(&inst.id),
                     self.standing(inst, &snapshot, now),
                     inst.inflight(),
                     (i + all.len() - turn % all.len()) % all.len(),
@@ -174,10 +210,14 @@ impl Pool {
         (0..n).map(|i| usable[i % usable.len()].clone()).collect()
     }
 
-    /// Whether at least one model instance could answer now.
-    pub fn any_model_usable(&self) -> bool {
+    /// How many instances of `role` could answer now: not down after
+    /// failed calls, and ready at their last health probe.
+    pub fn up(&self, role: Role) -> usize {
         let now = Instant::now();
-        self.models.iter().any(|m| !m.is_down(now) && m.probe_ok())
+        self.instances(role)
+            .iter()
+            .filter(|m| !m.is_down(now) && m.probe_ok())
+            .count()
     }
 }
 
@@ -194,7 +234,7 @@ mod tests {
     }
 
     fn indices(v: &[Arc<Instance>]) -> Vec<usize> {
-        v.iter().map(|i| i.index).collect()
+        v.iter().map(|i| i.id).collect()
     }
 
     #[test]
@@ -211,7 +251,7 @@ mod tests {
     fn slow_instances_are_avoided_when_enough_others_are_usable() {
         let p = pool(3);
         let mut s = (*p.snapshot()).clone();
-        s.slow_models[1] = true;
+        s.slow_models.insert(1);
         p.set_snapshot(s);
         for _ in 0..4 {
             let mut picked = indices(&p.pick(Role::Model, 2, &[]));
@@ -224,7 +264,7 @@ mod tests {
     fn with_m_equal_k_a_straggler_slot_doubles_up_on_a_usable_instance() {
         let p = pool(2);
         let mut s = (*p.snapshot()).clone();
-        s.slow_models[1] = true;
+        s.slow_models.insert(1);
         p.set_snapshot(s);
         for _ in 0..4 {
             assert_eq!(indices(&p.pick(Role::Model, 2, &[])), vec![0, 0]);
@@ -238,21 +278,22 @@ mod tests {
         s.lag_after = Duration::from_millis(5);
         p.set_snapshot(s);
         let now = Instant::now();
-        let _late = p.models[1].hold_call(now - Duration::from_millis(8));
+        let models = p.models();
+        let _late = models[1].hold_call(now - Duration::from_millis(8));
         for _ in 0..4 {
             let mut picked = indices(&p.pick(Role::Model, 2, &[]));
             picked.sort();
             assert_eq!(picked, vec![0, 2]);
         }
         // A call out for less than the limit changes nothing.
-        let _recent = p.models[2].hold_call(now - Duration::from_millis(1));
+        let _recent = models[2].hold_call(now - Duration::from_millis(1));
         let snapshot = p.snapshot();
         assert_eq!(
-            p.standing(&p.models[2], &snapshot, Instant::now()),
+            p.standing(&models[2], &snapshot, Instant::now()),
             Standing::Usable
         );
         assert_eq!(
-            p.standing(&p.models[1], &snapshot, Instant::now()),
+            p.standing(&models[1], &snapshot, Instant::now()),
             Standing::Straggler
         );
     }
@@ -261,7 +302,7 @@ mod tests {
     fn with_nothing_usable_every_instance_is_still_tried() {
         let p = pool(2);
         let mut s = (*p.snapshot()).clone();
-        s.slow_models = vec![true, true];
+        s.slow_models = BTreeSet::from([0, 1]);
         p.set_snapshot(s);
         let picked = indices(&p.pick(Role::Model, 2, &[]));
         assert_eq!(picked.len(), 2);

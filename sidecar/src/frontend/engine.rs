@@ -2,6 +2,7 @@
 //! become coding groups, and the answers (real or rebuilt) go back in row
 //! order, with `parameters.reconstructed` set when any row was rebuilt.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -13,9 +14,10 @@ use tokio::time::Instant;
 
 use super::baseline::{self, DispatchMode};
 use super::batch::BatchContext;
+use super::discovery::{self, Factory, Found, Resolver, Source};
 use super::dispatch::Pool;
 use super::group::{self, GroupConfig, Query, QueryError};
-use super::instance::{Instance, InstanceSpec, Role};
+use super::instance::Role;
 use super::metrics::Metrics;
 use super::options::FrontendOptions;
 use super::prometheus::{PromConfig, PromSource};
@@ -31,6 +33,15 @@ pub struct Frontend {
     dispatch: DispatchMode,
     queue: mpsc::Sender<Query>,
     ctx: Arc<BatchContext>,
+    /// Instances up before the frontend first reports ready: k model and
+    /// r parity instances for coded serving (fewer when a fixed list names
+    /// fewer).
+    need_models: usize,
+    need_parities: usize,
+    /// Set once those were up; from then on one model instance up is
+    /// enough to stay ready and serve degraded, rather than take every
+    /// frontend out of its Service when a pod goes away.
+    was_ready: AtomicBool,
 }
 
 /// A started frontend: the engine, its metrics, and the assembler task
@@ -43,22 +54,38 @@ pub struct Started {
 
 impl Frontend {
     /// Reads the model's metadata, sets up the instances and starts the
-    /// watcher, the zero-output task and the assembler.
+    /// watcher, the zero-output task and the assembler; instances named by
+    /// a service are looked up with the system resolver.
     pub async fn start(options: &FrontendOptions) -> anyhow::Result<Started> {
+        Self::start_with(options, discovery::system_resolver()).await
+    }
+
+    /// [`Frontend::start`] with the resolver that service names go through.
+    pub async fn start_with(
+        options: &FrontendOptions,
+        resolver: Resolver,
+    ) -> anyhow::Result<Started> {
         if options.r != 1 {
             bail!(
                 "--r {} is not supported yet: parity models are trained for one parity per group (r = 1)",
                 options.r
             );
         }
-        if options.model_endpoints.is_empty() {
-            bail!("--model-endpoints needs at least one URL");
+        let (models, parities) = options.sources()?;
+        if models.is_empty() {
+            bail!(
+                "give the model instances: --model-endpoints URL,... or --model-service HOST:PORT"
+            );
         }
-        if options.dispatch == DispatchMode::Coded && options.parity_endpoints.is_empty() {
-            bail!("--parity-endpoints needs at least one URL (or choose a --dispatch baseline)");
+        let coded = options.dispatch == DispatchMode::Coded;
+        if coded && parities.is_empty() {
+            bail!(
+                "give the parity instances: --parity-endpoints URL,... or --parity-service HOST:PORT (or choose a --dispatch baseline)"
+            );
         }
         let timeout = options.timeout();
-        let (mut info, card_name) = model_info(options, timeout).await?;
+        let every = options.resolve_interval();
+        let (mut info, card_name) = model_info(options, &models, &resolver, timeout).await?;
         let name = options
             .model_name
             .clone()
@@ -73,7 +100,7 @@ impl Frontend {
             .unwrap_or_else(|| format!("{name}-parity"));
         let code = encoder(options.encoder, options.k, &info.input.shape)
             .context("setting up the encoder")?;
-        if options.dispatch == DispatchMode::Coded && options.model_endpoints.len() < options.k {
+        if coded && !models.is_service() && options.model_endpoints.len() < options.k {
             tracing::warn!(
                 models = options.model_endpoints.len(),
                 k = options.k,
@@ -83,31 +110,41 @@ impl Frontend {
 
         let metrics = Arc::new(Metrics::new(&name, options.k).context("setting up metrics")?);
         let epoch = std::time::Instant::now();
-        let make = |role: Role, urls: &[String], model: &str| {
+        let factory = Arc::new(Factory::new(
+            epoch,
+            timeout,
+            metrics.clone(),
+            info.input.name.clone(),
+            info.output.name.clone(),
+            instance_model,
+            parity_model,
+        ));
+        // Listed instances get calls at once, as before; discovered ones
+        // after their first probe (discovery::run probes them as they come).
+        let fixed = |role: Role, urls: &[String]| {
             urls.iter()
-                .enumerate()
-                .map(|(index, url)| {
-                    let labels = [role.as_str(), url.as_str()];
-                    let spec = InstanceSpec {
-                        index,
-                        role,
-                        url: url.clone(),
-                        model: model.to_owned(),
-                        input_name: info.input.name.clone(),
-                        output_name: info.output.name.clone(),
-                        duration: metrics.instance_duration.with_label_values(&labels),
-                        errors: metrics.instance_errors.with_label_values(&labels),
-                    };
-                    Instance::new(spec, epoch, timeout)
-                        .map(Arc::new)
-                        .with_context(|| format!("instance {url}"))
-                })
+                .map(|url| factory.make(role, url, true))
                 .collect::<anyhow::Result<Vec<_>>>()
         };
         let pool = Arc::new(Pool::new(
-            make(Role::Model, &options.model_endpoints, &instance_model)?,
-            make(Role::Parity, &options.parity_endpoints, &parity_model)?,
+            fixed(Role::Model, &options.model_endpoints)?,
+            fixed(Role::Parity, &options.parity_endpoints)?,
         ));
+        for (role, source) in [(Role::Model, &models), (Role::Parity, &parities)] {
+            if source.is_service() {
+                // The first lookup before serving; not fatal if it finds
+                // nothing (pods starting): readiness waits for instances.
+                discovery::refresh(&pool, role, source, &resolver, &factory, every).await;
+                tokio::spawn(discovery::run(
+                    Arc::downgrade(&pool),
+                    role,
+                    source.clone(),
+                    every,
+                    resolver.clone(),
+                    factory.clone(),
+                ));
+            }
+        }
         let ctx = Arc::new(BatchContext {
             k: options.k,
             item_shape: info.input.shape.clone(),
@@ -162,16 +199,28 @@ impl Frontend {
             k = options.k,
             encoder = %options.encoder,
             policy = ?options.reconstruct_policy,
-            models = options.model_endpoints.len(),
-            parities = options.parity_endpoints.len(),
+            models = ?models,
+            parities = ?parities,
             "frontend ready to code"
         );
+        let clamp = |need: usize, source: &Source| match source {
+            Source::Fixed(urls) => need.min(urls.len()),
+            Source::Service(_) => need,
+        };
+        let (need_models, need_parities) = if coded {
+            (clamp(options.k, &models), clamp(options.r, &parities))
+        } else {
+            (1, 0)
+        };
         Ok(Started {
             engine: Arc::new(Frontend {
                 info,
                 dispatch: options.dispatch,
                 queue,
                 ctx,
+                need_models,
+                need_parities,
+                was_ready: AtomicBool::new(false),
             }),
             metrics,
             assembler,
@@ -184,8 +233,20 @@ impl Engine for Frontend {
         &self.info
     }
 
+    /// Ready once k model and r parity instances are up (probed ready,
+    /// not failing calls); then while any model instance is.
     fn ready(&self) -> bool {
-        self.ctx.pool.any_model_usable()
+        let pool = &self.ctx.pool;
+        let was = self.was_ready.load(Ordering::Relaxed);
+        let ready = readiness(
+            was,
+            (pool.up(Role::Model), self.need_models),
+            (pool.up(Role::Parity), self.need_parities),
+        );
+        if ready && !was {
+            self.was_ready.store(true, Ordering::Relaxed);
+        }
+        ready
     }
 
     async fn infer(&self, input: ModelInput) -> Result<Answer, EngineError> {
@@ -259,6 +320,20 @@ impl Engine for Frontend {
     }
 }
 
+/// Whether the frontend is ready, given whether it has been, and how many
+/// (model, parity) instances are up against how many it needs.
+fn readiness(
+    was: bool,
+    (models, need_models): (usize, usize),
+    (parities, need_parities): (usize, usize),
+) -> bool {
+    if was {
+        models >= 1
+    } else {
+        models >= need_models.max(1) && parities >= need_parities
+    }
+}
+
 fn closed() -> EngineError {
     EngineError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -268,9 +343,12 @@ fn closed() -> EngineError {
 }
 
 /// The served metadata: from the card when given, else from the first model
-/// instance that answers. Also returns the card's name.
+/// instance that answers, asked again until one does (instances may still
+/// be starting). Also returns the card's name.
 async fn model_info(
     options: &FrontendOptions,
+    models: &Source,
+    resolver: &Resolver,
     timeout: Duration,
 ) -> anyhow::Result<(ModelInfo, Option<String>)> {
     if let Some(uri) = &options.model_card {
@@ -296,9 +374,14 @@ async fn model_info(
         );
     };
     let started = Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < Duration::from_secs(60) {
-        for url in &options.model_endpoints {
+    let mut warned_at = started;
+    let mut last = String::from("no instance found yet");
+    loop {
+        let found: Found = models.find(resolver, Duration::from_secs(2)).await;
+        if let Some(e) = &found.error {
+            last = e.clone();
+        }
+        for url in &found.urls {
             let client = Client::new(url, timeout.min(Duration::from_secs(2)))?;
             match client.model_metadata(&name, None).await {
                 Ok(m) => {
@@ -338,9 +421,15 @@ async fn model_info(
                 Err(e) => last = e.to_string(),
             }
         }
+        if warned_at.elapsed() >= Duration::from_secs(10) {
+            warned_at = Instant::now();
+            tracing::warn!(
+                waited = ?started.elapsed(),
+                "no model instance has given the metadata of {name} yet; still asking: {last}"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    bail!("no model instance gave the metadata of {name} within 60 s: {last}")
 }
 
 /// Asks model instances for F(0) until one answers; padded groups need it.
@@ -350,7 +439,7 @@ async fn learn_zero_output(ctx: std::sync::Weak<BatchContext>) {
         if ctx.zero.get().is_some() {
             return;
         }
-        for instance in ctx.pool.pick(Role::Model, ctx.pool.models.len(), &[]) {
+        for instance in ctx.pool.pick(Role::Model, ctx.pool.models().len(), &[]) {
             let zero = vec![0f32; ctx.in_len];
             match instance
                 .infer(
@@ -372,5 +461,26 @@ async fn learn_zero_output(ctx: std::sync::Weak<BatchContext>) {
         }
         drop(ctx);
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readiness;
+
+    #[test]
+    fn ready_with_k_models_and_r_parities_then_while_any_model_is_up() {
+        // Starting, k = 2, r = 1.
+        assert!(!readiness(false, (0, 2), (0, 1)));
+        assert!(!readiness(false, (1, 2), (1, 1)));
+        assert!(!readiness(false, (2, 2), (0, 1)));
+        assert!(readiness(false, (2, 2), (1, 1)));
+        // Once ready, losing instances degrades instead of leaving the
+        // Service...
+        assert!(readiness(true, (1, 2), (0, 1)));
+        // ...until no model instance is left.
+        assert!(!readiness(true, (0, 2), (1, 1)));
+        // Baselines need one model instance and no parity.
+        assert!(readiness(false, (1, 1), (0, 0)));
     }
 }

@@ -49,7 +49,9 @@ pub enum CallError {
 }
 
 pub struct Instance {
-    pub index: usize,
+    /// Unique within a frontend, never reused: straggler marks and retries
+    /// name instances by it while discovery adds and removes them.
+    pub id: usize,
     pub role: Role,
     pub url: String,
     /// Name of the model at this instance.
@@ -122,7 +124,7 @@ pub struct InstanceStats {
 }
 
 pub struct InstanceSpec {
-    pub index: usize,
+    pub id: usize,
     pub role: Role,
     pub url: String,
     pub model: String,
@@ -130,6 +132,10 @@ pub struct InstanceSpec {
     pub output_name: String,
     pub duration: Histogram,
     pub errors: IntCounter,
+    /// Whether the instance gets calls before its first health probe: yes
+    /// for instances named on the command line, no for discovered ones (a
+    /// pod's address is published before its worker loaded the model).
+    pub ready_until_probed: bool,
 }
 
 impl Instance {
@@ -138,7 +144,7 @@ impl Instance {
         Ok(Instance {
             target: client.infer_target(&spec.model, None)?,
             client,
-            index: spec.index,
+            id: spec.id,
             role: spec.role,
             url: spec.url,
             model: spec.model,
@@ -150,7 +156,7 @@ impl Instance {
             progress_at: AtomicU64::new(0),
             down_until: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            probe_ok: AtomicBool::new(true),
+            probe_ok: AtomicBool::new(spec.ready_until_probed),
             samples: Mutex::new(VecDeque::with_capacity(WINDOW)),
             duration: spec.duration,
             errors: spec.errors,
@@ -349,15 +355,15 @@ impl Instance {
 
 /// An instance at a made-up loopback URL, for unit tests.
 #[cfg(test)]
-pub(crate) fn test_instance(index: usize, role: Role) -> std::sync::Arc<Instance> {
-    test_instance_at(index, role, format!("http://127.0.0.1:{}", 1 + index))
+pub(crate) fn test_instance(id: usize, role: Role) -> std::sync::Arc<Instance> {
+    test_instance_at(id, role, format!("http://127.0.0.1:{}", 1 + id))
 }
 
 #[cfg(test)]
-fn test_instance_at(index: usize, role: Role, url: String) -> std::sync::Arc<Instance> {
+pub(crate) fn test_instance_at(id: usize, role: Role, url: String) -> std::sync::Arc<Instance> {
     use prometheus::{HistogramOpts, IntCounter};
     let spec = InstanceSpec {
-        index,
+        id,
         role,
         url,
         model: "m".into(),
@@ -365,6 +371,7 @@ fn test_instance_at(index: usize, role: Role, url: String) -> std::sync::Arc<Ins
         output_name: "logits".into(),
         duration: Histogram::with_opts(HistogramOpts::new("d", "d")).expect("histogram"),
         errors: IntCounter::new("e", "e").expect("counter"),
+        ready_until_probed: true,
     };
     std::sync::Arc::new(
         Instance::new(spec, Instant::now(), Duration::from_secs(1)).expect("instance"),

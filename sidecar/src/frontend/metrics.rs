@@ -8,6 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+use super::instance::Role;
 use crate::http::metrics::{LATENCY_BUCKETS, RequestMetrics};
 
 pub struct Metrics {
@@ -162,5 +163,16 @@ impl Metrics {
         m.registry.register(Box::new(m.observed_latency.clone()))?;
         m.registry.register(Box::new(m.latency_source.clone()))?;
         Ok(m)
+    }
+
+    /// Drops every series of an instance that left the pool: pods come and
+    /// go under discovery, and their series must not pile up.
+    pub fn forget_instance(&self, role: Role, url: &str) {
+        let labels = [role.as_str(), url];
+        // Absent series (never published) are not an error worth a word.
+        let _ = self.instance_duration.remove_label_values(&labels);
+        let _ = self.instance_errors.remove_label_values(&labels);
+        let _ = self.instance_straggler.remove_label_values(&labels);
+        let _ = self.instance_ready.remove_label_values(&labels);
     }
 }

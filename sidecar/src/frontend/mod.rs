@@ -8,9 +8,12 @@
 //! instances get calls is [`dispatch`]'s choice, informed by what each
 //! [`instance`]'s calls showed and by the [`watcher`]'s conclusions, which
 //! [`prometheus`] informs with the workers' latency across every frontend.
+//! Which instances exist is [`discovery`]'s: a fixed list, or the addresses
+//! of a Service, followed as pods come and go.
 
 pub mod baseline;
 pub mod batch;
+pub mod discovery;
 pub mod dispatch;
 pub mod engine;
 pub mod group;
@@ -29,7 +32,16 @@ use crate::http::{HttpError, V2Server};
 
 /// Starts a frontend and binds its server (not yet serving).
 pub async fn bind(options: &FrontendOptions) -> anyhow::Result<V2Server> {
-    let started = Frontend::start(options).await?;
+    bind_with(options, discovery::system_resolver()).await
+}
+
+/// [`bind`] with the resolver that `--model-service` and `--parity-service`
+/// names go through (tests give a fake one).
+pub async fn bind_with(
+    options: &FrontendOptions,
+    resolver: discovery::Resolver,
+) -> anyhow::Result<V2Server> {
+    let started = Frontend::start_with(options, resolver).await?;
     let server = V2Server::bind(
         started.engine,
         started.metrics.request.clone(),

@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
+use anyhow::bail;
+
 use super::baseline::DispatchMode;
 use super::batch::ReconstructPolicy;
+use super::discovery::Source;
 use crate::coding::{Decoder, EncoderKind};
 use crate::http::HttpOptions;
 
@@ -20,13 +23,38 @@ pub struct FrontendOptions {
     /// instance, so any v2 server (Triton, MLServer) can be fronted.
     #[arg(long)]
     pub model_card: Option<String>,
-    /// Base URLs of the model instances, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Base URLs of the model instances, comma-separated: a fixed list
+    /// (or use --model-service).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "model_service",
+        conflicts_with = "model_service"
+    )]
     pub model_endpoints: Vec<String>,
     /// Base URLs of the parity-model instances, comma-separated (needed by
-    /// `--dispatch coded`).
-    #[arg(long, value_delimiter = ',')]
+    /// `--dispatch coded`, or use --parity-service).
+    #[arg(long, value_delimiter = ',', conflicts_with = "parity_service")]
     pub parity_endpoints: Vec<String>,
+    /// The model instances as a name to resolve, HOST:PORT (a Kubernetes
+    /// headless Service such as `fashion-mlp-model.default.svc:8080`;
+    /// comma-separate several): every address it resolves to is an
+    /// instance, looked up again every --resolve-interval-ms, so instances
+    /// that come and go are followed without restarting the frontend and
+    /// without Kubernetes API access. Until k model and r parity instances
+    /// answer their health probe the frontend reports not ready.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    pub model_service: Vec<String>,
+    /// The parity-model instances as a name to resolve, like
+    /// --model-service.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    pub parity_service: Vec<String>,
+    /// How often --model-service and --parity-service names are resolved
+    /// again, in ms (the system resolver: /etc/hosts, then DNS with the
+    /// search domains of resolv.conf). An instance whose address is gone
+    /// gets no new calls; its calls in flight finish.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub resolve_interval_ms: u64,
     /// `coded` is coded serving; the others are the baselines a benchmark
     /// compares it with at equal resources (no parity models used).
     #[arg(long, value_enum, default_value_t = DispatchMode::Coded)]
@@ -109,6 +137,45 @@ impl FrontendOptions {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+
+    pub fn resolve_interval(&self) -> Duration {
+        Duration::from_millis(self.resolve_interval_ms)
+    }
+
+    /// Where the model instances, then the parity instances, come from: a
+    /// fixed list or names to resolve, not both.
+    pub fn sources(&self) -> anyhow::Result<(Source, Source)> {
+        let pick = |role: &str, urls: &[String], names: &[String]| {
+            let names: Vec<String> = names
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            if names.is_empty() {
+                return Ok(Source::Fixed(urls.to_vec()));
+            }
+            if !urls.is_empty() {
+                bail!("--{role}-endpoints and --{role}-service are alternatives: give one");
+            }
+            if let Some(bad) = names.iter().find(|n| !has_port(n)) {
+                bail!(
+                    "--{role}-service {bad:?} is not HOST:PORT (e.g. fashion-mlp-{role}.default.svc:8080)"
+                );
+            }
+            Ok(Source::Service(names))
+        };
+        Ok((
+            pick("model", &self.model_endpoints, &self.model_service)?,
+            pick("parity", &self.parity_endpoints, &self.parity_service)?,
+        ))
+    }
+}
+
+/// Whether `name` ends in `:<port>` (`host:8080`, `[fd00::1]:8080`).
+fn has_port(name: &str) -> bool {
+    name.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains("://") && port.parse::<u16>().is_ok()
+    })
 }
 
 #[derive(clap::Parser)]
@@ -134,5 +201,70 @@ impl FrontendOptions {
             // Only an empty endpoint list can fail, and callers pass some.
             Err(e) => panic!("frontend defaults: {e}"),
         }
+    }
+
+    /// The options these flags give (tests): `args` without the leading
+    /// `frontend`.
+    pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(args: I) -> Result<Self, clap::Error> {
+        use clap::Parser;
+        let args = std::iter::once("frontend".to_owned()).chain(args.into_iter().map(Into::into));
+        Standalone::try_parse_from(args).map(|s| s.options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_and_services_are_alternatives() {
+        let o = FrontendOptions::parse([
+            "--model-service",
+            "m.ns.svc:8080",
+            "--parity-service",
+            "p:8080",
+        ])
+        .expect("services");
+        let (models, parities) = o.sources().expect("sources");
+        assert!(matches!(models, Source::Service(n) if n == ["m.ns.svc:8080"]));
+        assert!(matches!(parities, Source::Service(n) if n == ["p:8080"]));
+        assert_eq!(o.resolve_interval(), Duration::from_secs(1));
+        // Mixed per role is fine.
+        let o = FrontendOptions::parse([
+            "--model-service",
+            "m:8080",
+            "--parity-endpoints",
+            "http://p:1",
+        ])
+        .expect("mixed");
+        assert!(matches!(o.sources().expect("sources").1, Source::Fixed(_)));
+
+        let err = FrontendOptions::parse([
+            "--model-service",
+            "m:8080",
+            "--model-endpoints",
+            "http://a:1",
+        ])
+        .expect_err("both refused")
+        .to_string();
+        assert!(err.contains("cannot be used with"), "{err}");
+        let err = FrontendOptions::parse(["--parity-service", "p:8080"])
+            .expect_err("no models refused")
+            .to_string();
+        assert!(err.contains("--model-endpoints"), "{err}");
+        let o = FrontendOptions::parse(["--model-service", "no-port"]).expect("parses");
+        let err = o.sources().expect_err("refused").to_string();
+        assert!(err.contains("is not HOST:PORT"), "{err}");
+        let o = FrontendOptions::parse(["--model-service", "http://m:8080"]).expect("parses");
+        assert!(o.sources().is_err(), "a URL is not a name");
+        let err = FrontendOptions::parse(["--model-service", "m:1", "--resolve-interval-ms", "10"])
+            .expect_err("too often")
+            .to_string();
+        assert!(err.contains("10"), "{err}");
+        // Programmatic options are checked too.
+        let mut o = FrontendOptions::new(&["http://a:1".into()], &[]);
+        o.model_service = vec!["m:8080".into()];
+        let err = o.sources().expect_err("both refused").to_string();
+        assert!(err.contains("alternatives"), "{err}");
     }
 }

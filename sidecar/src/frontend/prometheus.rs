@@ -8,8 +8,11 @@
 //! instance's `host:port` (a static scrape config, `coded-sidecar local`)
 //! or its `pod` label is the first DNS label of the instance's host (a
 //! StatefulSet pod behind a headless Service, as the operator runs them).
+//! Instances found through a Service's addresses (`--model-service`) are
+//! `http://<pod IP>:<port>`, which the `instance` label of a pod scraped
+//! by its address matches.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -60,10 +63,12 @@ pub struct PromConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromView {
     pub at: Instant,
-    /// Median latency per model instance, then per parity instance; `None`
-    /// where Prometheus has no recent calls of that instance.
-    pub model_medians: Vec<Option<f64>>,
-    pub parity_medians: Vec<Option<f64>>,
+    /// Median latency of model instances, then of parity instances, by
+    /// URL; absent where Prometheus has no recent calls of that instance.
+    /// By URL, not by place: discovery may change the instances between a
+    /// poll and its use.
+    pub model_medians: HashMap<String, f64>,
+    pub parity_medians: HashMap<String, f64>,
     /// The configured quantile over every model instance's calls.
     pub tail: Option<f64>,
 }
@@ -211,8 +216,12 @@ impl PromSource {
     ) -> Result<PromView, PromError> {
         let medians = self.query(&self.per_instance_query(0.5)).await?;
         let find = |url: &str| medians.iter().find(|s| belongs(url, &s.labels));
-        let model_medians = models.iter().map(|u| find(u).map(|s| s.value)).collect();
-        let parity_medians = parities.iter().map(|u| find(u).map(|s| s.value)).collect();
+        let medians_of = |urls: &[String]| -> HashMap<String, f64> {
+            urls.iter()
+                .filter_map(|u| Some((u.clone(), find(u)?.value)))
+                .collect()
+        };
+        let (model_medians, parity_medians) = (medians_of(models), medians_of(parities));
         let model_instances: Vec<&str> = models
             .iter()
             .filter_map(|u| find(u)?.labels.get("instance").map(String::as_str))
@@ -318,6 +327,11 @@ mod tests {
             &pod
         ));
         assert!(!belongs("not a url", &pod));
+        // Instances found by resolving a Service are pod addresses.
+        assert!(belongs("http://10.0.0.7:8080", &pod));
+        assert!(!belongs("http://10.0.0.8:8080", &pod));
+        let v6 = labels(&[("instance", "[fd00::7]:8080"), ("pod", "demo-model-1")]);
+        assert!(belongs("http://[fd00::7]:8080", &v6));
     }
 
     #[test]

@@ -11,13 +11,14 @@
 //! floor, retries, stalls) always uses the frontend's own windows: it needs
 //! sub-millisecond freshness that a scrape interval cannot give.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::dispatch::{Pool, Snapshot, Standing};
-use super::instance::{Instance, quantile};
+use super::instance::{Instance, Role, quantile};
 use super::metrics::Metrics;
 use super::prometheus::{PromSource, PromView};
 
@@ -115,11 +116,8 @@ pub fn assess(
     previous: &Snapshot,
     prom: Option<&PromView>,
 ) -> Snapshot {
-    let recent: Vec<Vec<f32>> = pool
-        .models
-        .iter()
-        .map(|m| m.recent_latencies(now))
-        .collect();
+    let (models, parities) = (pool.models(), pool.parities());
+    let recent: Vec<Vec<f32>> = models.iter().map(|m| m.recent_latencies(now)).collect();
     // An instance's latency at quantile q, once it has enough samples.
     let at = |mut r: Vec<f32>, q: f64| {
         if r.len() >= MIN_SAMPLES {
@@ -130,8 +128,7 @@ pub fn assess(
     };
     let median = |r: Vec<f32>| at(r, 0.5);
     let local_models: Vec<Option<f64>> = recent.iter().cloned().map(median).collect();
-    let local_parities: Vec<Option<f64>> = pool
-        .parities
+    let local_parities: Vec<Option<f64>> = parities
         .iter()
         .map(|p| median(p.recent_latencies(now)))
         .collect();
@@ -147,27 +144,38 @@ pub fn assess(
     // instead of 0.1 ms is not a straggler when every call takes 1.5 ms.
     let offset = match (
         local_typical,
-        prom.and_then(|p| typical_of(&p.model_medians)),
+        prom.and_then(|p| {
+            typical_of(
+                &p.model_medians
+                    .values()
+                    .map(|&m| Some(m))
+                    .collect::<Vec<_>>(),
+            )
+        }),
     ) {
         (Some(calls), Some(answers)) => (calls - answers).max(0.0),
         _ => 0.0,
     };
     // Prometheus' view where it knows an instance (`true`), the frontend's
     // own otherwise.
-    let merge = |local: &[Option<f64>], seen: Option<&Vec<Option<f64>>>| {
-        local
+    let merge = |instances: &[Arc<Instance>],
+                 local: &[Option<f64>],
+                 seen: Option<&HashMap<String, f64>>| {
+        instances
             .iter()
-            .enumerate()
-            .map(
-                |(i, l)| match seen.and_then(|s| s.get(i).copied().flatten()) {
-                    Some(m) => (Some(m + offset), true),
-                    None => (*l, false),
-                },
-            )
+            .zip(local)
+            .map(|(inst, l)| match seen.and_then(|s| s.get(&inst.url)) {
+                Some(m) => (Some(m + offset), true),
+                None => (*l, false),
+            })
             .collect::<Vec<(Option<f64>, bool)>>()
     };
-    let model_medians = merge(&local_models, prom.map(|p| &p.model_medians));
-    let parity_medians = merge(&local_parities, prom.map(|p| &p.parity_medians));
+    let model_medians = merge(&models[..], &local_models, prom.map(|p| &p.model_medians));
+    let parity_medians = merge(
+        &parities[..],
+        &local_parities,
+        prom.map(|p| &p.parity_medians),
+    );
     let typical = typical_of(&model_medians.iter().map(|m| m.0).collect::<Vec<_>>());
     // Hysteresis only for Prometheus' marks: its view moves one poll at a
     // time over a long window, and would flap around the threshold. The
@@ -177,18 +185,29 @@ pub fn assess(
     // a group, which one parity cannot rebuild (`bench stragglers --only
     // eager`: p99.9 was 53-54 ms in 4 of 5 runs with sticky local marks,
     // 6-37 ms in 6 runs without).
-    let decide = |was: &[bool], medians: &[(Option<f64>, bool)]| -> Vec<bool> {
-        medians
+    let decide = |instances: &[Arc<Instance>],
+                  was: &BTreeSet<usize>,
+                  medians: &[(Option<f64>, bool)]|
+     -> Vec<bool> {
+        instances
             .iter()
-            .enumerate()
-            .map(|(i, &(m, from_prom))| {
-                let was = from_prom && was.get(i).copied().unwrap_or(false);
+            .zip(medians)
+            .map(|(inst, &(m, from_prom))| {
+                let was = from_prom && was.contains(&inst.id);
                 straggling(was, m, typical, config)
             })
             .collect()
     };
-    let slow_models = decide(&previous.slow_models, &model_medians);
-    let slow_parities = decide(&previous.slow_parities, &parity_medians);
+    let slow_models = decide(&models[..], &previous.slow_models, &model_medians[..]);
+    let slow_parities = decide(&parities[..], &previous.slow_parities, &parity_medians[..]);
+    let ids = |instances: &[Arc<Instance>], slow: &[bool]| -> BTreeSet<usize> {
+        instances
+            .iter()
+            .zip(slow)
+            .filter(|(_, s)| **s)
+            .map(|(i, _)| i.id)
+            .collect()
+    };
 
     let mut all: Vec<f32> = recent.concat();
     let mut healthy: Vec<f32> = recent
@@ -224,7 +243,7 @@ pub fn assess(
         (Some(_), None) => (local_tail, LatencySource::Prometheus),
         (None, _) => (local_tail, LatencySource::Local),
     };
-    let initial = Snapshot::initial(0, 0);
+    let initial = Snapshot::initial();
     Snapshot {
         eager_after: local_typical
             .map(|t| Duration::from_secs_f64(t).max(MIN_EAGER_AFTER))
@@ -250,8 +269,8 @@ pub fn assess(
         lag_after: local_typical
             .map(|t| Duration::from_secs_f64(t * LAG_FACTOR).max(MIN_LAG_AFTER))
             .unwrap_or(initial.lag_after),
-        slow_models,
-        slow_parities,
+        slow_models: ids(&models[..], &slow_models[..]),
+        slow_parities: ids(&parities[..], &slow_parities[..]),
         observed_tail: tail,
         source,
     }
@@ -284,6 +303,7 @@ pub async fn run(
     }
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published = HashSet::new();
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
@@ -293,13 +313,29 @@ pub async fn run(
             .as_ref()
             .filter(|v| now.saturating_duration_since(v.at) < stale_after);
         let snapshot = assess(&pool, &config, now, &pool.snapshot(), fresh);
-        publish(&metrics, &pool, &snapshot, config.quantile, now);
+        publish(
+            &metrics,
+            &pool,
+            &snapshot,
+            config.quantile,
+            now,
+            &mut published,
+        );
         pool.set_snapshot(snapshot);
     }
 }
 
-/// The snapshot's conclusions as gauges.
-fn publish(metrics: &Metrics, pool: &Pool, snapshot: &Snapshot, q: f64, now: Instant) {
+/// The snapshot's conclusions as gauges. `published` holds the instances
+/// that have gauges; those no longer in the pool lose their series, so
+/// that instances coming and going (pods replaced) do not pile up.
+fn publish(
+    metrics: &Metrics,
+    pool: &Pool,
+    snapshot: &Snapshot,
+    q: f64,
+    now: Instant,
+    published: &mut HashSet<(Role, String)>,
+) {
     metrics
         .reconstruct_after_us
         .set(snapshot.reconstruct_after.as_micros() as i64);
@@ -315,7 +351,10 @@ fn publish(metrics: &Metrics, pool: &Pool, snapshot: &Snapshot, q: f64, now: Ins
             .with_label_values(&[source.as_str()])
             .set(i64::from(source == snapshot.source));
     }
-    for inst in pool.models.iter().chain(&pool.parities) {
+    let (models, parities) = (pool.models(), pool.parities());
+    let mut current = HashSet::with_capacity(models.len() + parities.len());
+    for inst in models.iter().chain(parities.iter()) {
+        current.insert((inst.role, inst.url.clone()));
         let labels = [inst.role.as_str(), inst.url.as_str()];
         let standing = pool.standing(inst, snapshot, now);
         metrics
@@ -327,6 +366,10 @@ fn publish(metrics: &Metrics, pool: &Pool, snapshot: &Snapshot, q: f64, now: Ins
             .with_label_values(&labels)
             .set(i64::from(standing != Standing::Down));
     }
+    for (role, url) in published.difference(&current) {
+        metrics.forget_instance(*role, url);
+    }
+    *published = current;
 }
 
 /// Asks Prometheus every `every`; a failure is counted each time and logged
@@ -345,7 +388,7 @@ async fn poll_prometheus(
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let urls = |v: &[Arc<Instance>]| v.iter().map(|i| i.url.clone()).collect::<Vec<_>>();
-        let (models, parities) = (urls(&pool.models), urls(&pool.parities));
+        let (models, parities) = (urls(&pool.models()), urls(&pool.parities()));
         drop(pool);
         match source.read(&models, &parities).await {
             Ok(view) => {
@@ -372,8 +415,12 @@ async fn probe_loop(pool: std::sync::Weak<Pool>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        let instances: Vec<Arc<Instance>> =
-            pool.models.iter().chain(&pool.parities).cloned().collect();
+        let instances: Vec<Arc<Instance>> = pool
+            .models()
+            .iter()
+            .chain(pool.parities().iter())
+            .cloned()
+            .collect();
         drop(pool);
         // All at once, each bounded by the probe interval.
         let probes = instances.into_iter().map(|inst| {
@@ -398,7 +445,11 @@ async fn probe_loop(pool: std::sync::Weak<Pool>, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontend::instance::{Role, test_instance};
+    use crate::frontend::instance::test_instance;
+
+    fn slow(s: &Snapshot) -> Vec<usize> {
+        s.slow_models.iter().copied().collect()
+    }
 
     fn pool(models: usize) -> Pool {
         Pool::new(
@@ -417,10 +468,10 @@ mod tests {
             &p.snapshot(),
             None,
         );
-        let initial = Snapshot::initial(2, 1);
+        let initial = Snapshot::initial();
         assert_eq!(s.eager_after, initial.eager_after);
         assert_eq!(s.reconstruct_after, initial.reconstruct_after);
-        assert_eq!(s.slow_models, vec![false, false]);
+        assert!(s.slow_models.is_empty());
     }
 
     #[test]
@@ -429,13 +480,13 @@ mod tests {
         let now = Instant::now();
         for i in 0..30 {
             let jitter = Duration::from_micros(10 * (i % 5));
-            p.models[0].record_success(now, Duration::from_micros(300) + jitter);
-            p.models[1].record_success(now, Duration::from_micros(320) + jitter);
-            p.models[2].record_success(now, Duration::from_millis(50) + jitter);
+            p.models()[0].record_success(now, Duration::from_micros(300) + jitter);
+            p.models()[1].record_success(now, Duration::from_micros(320) + jitter);
+            p.models()[2].record_success(now, Duration::from_millis(50) + jitter);
         }
         let config = WatchConfig::default();
         let s = assess(&p, &config, now, &p.snapshot(), None);
-        assert_eq!(s.slow_models, vec![false, false, true]);
+        assert_eq!(slow(&s), vec![2]);
         // Eager's floor is the typical median (~320 µs), not the straggler's 50 ms.
         assert!(
             s.eager_after < Duration::from_millis(1),
@@ -469,23 +520,27 @@ mod tests {
         let p = pool(2);
         let then = Instant::now();
         for _ in 0..30 {
-            p.models[0].record_success(then, Duration::from_micros(300));
-            p.models[1].record_success(then, Duration::from_millis(50));
+            p.models()[0].record_success(then, Duration::from_micros(300));
+            p.models()[1].record_success(then, Duration::from_millis(50));
         }
         let later = then + Duration::from_secs(10);
         let s = assess(&p, &WatchConfig::default(), later, &p.snapshot(), None);
-        assert_eq!(
-            s.slow_models,
-            vec![false, false],
+        assert!(
+            s.slow_models.is_empty(),
             "a slow spell does not ban forever"
         );
     }
 
+    /// What Prometheus says of model instance i (at test_instance(i)'s URL).
     fn view(models: Vec<Option<f64>>, tail: Option<f64>) -> PromView {
         PromView {
             at: Instant::now(),
-            model_medians: models,
-            parity_medians: vec![None],
+            model_medians: models
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, m)| Some((test_instance(i, Role::Model).url.clone(), m?)))
+                .collect(),
+            parity_medians: HashMap::new(),
             tail,
         }
     }
@@ -496,19 +551,19 @@ mod tests {
         let now = Instant::now();
         // This frontend only saw fast calls of instances 0 and 1...
         for _ in 0..30 {
-            p.models[0].record_success(now, Duration::from_micros(300));
-            p.models[1].record_success(now, Duration::from_micros(320));
+            p.models()[0].record_success(now, Duration::from_micros(300));
+            p.models()[1].record_success(now, Duration::from_micros(320));
         }
         // ...while every frontend's calls made instance 2 slow.
         let seen = view(vec![Some(0.0003), None, Some(0.05)], Some(0.045));
         let s = assess(&p, &WatchConfig::default(), now, &p.snapshot(), Some(&seen));
-        assert_eq!(s.slow_models, vec![false, false, true]);
+        assert_eq!(slow(&s), vec![2]);
         assert_eq!(s.source, LatencySource::Prometheus);
         assert_eq!(s.reconstruct_after, Duration::from_millis(45));
         assert_eq!(s.observed_tail, Some(Duration::from_millis(45)));
         // Without Prometheus nothing is known of instance 2.
         let s = assess(&p, &WatchConfig::default(), now, &p.snapshot(), None);
-        assert_eq!(s.slow_models, vec![false, false, false]);
+        assert!(s.slow_models.is_empty());
         assert_eq!(s.source, LatencySource::Local);
     }
 
@@ -523,16 +578,20 @@ mod tests {
         };
         let healthy = p.snapshot();
         // 2x typical: not enough to become a straggler...
-        assert!(!at(0.002, &healthy).slow_models[2]);
+        assert!(!at(0.002, &healthy).slow_models.contains(&2));
         let marked = at(0.004, &healthy);
-        assert!(marked.slow_models[2]);
+        assert!(marked.slow_models.contains(&2));
         // ...but enough to stay one.
         let still = at(0.002, &marked);
-        assert!(still.slow_models[2]);
+        assert!(still.slow_models.contains(&2));
         // Back near typical, or nothing known any more: usable again.
-        assert!(!at(0.0012, &still).slow_models[2]);
+        assert!(!at(0.0012, &still).slow_models.contains(&2));
         let unknown = view(vec![Some(0.001), Some(0.001), None], None);
-        assert!(!assess(&p, &config, now, &still, Some(&unknown)).slow_models[2]);
+        assert!(
+            !assess(&p, &config, now, &still, Some(&unknown))
+                .slow_models
+                .contains(&2)
+        );
     }
 
     #[test]
@@ -540,7 +599,7 @@ mod tests {
         let p = pool(3);
         let now = Instant::now();
         for _ in 0..30 {
-            for m in &p.models {
+            for m in p.models().iter() {
                 m.record_success(now, Duration::from_micros(1300));
             }
         }
@@ -548,11 +607,11 @@ mod tests {
         // every worker cost 1 ms more than the answer: not a straggler.
         let seen = view(vec![Some(0.0003), Some(0.0003), Some(0.0009)], Some(0.002));
         let s = assess(&p, &WatchConfig::default(), now, &p.snapshot(), Some(&seen));
-        assert_eq!(s.slow_models, vec![false, false, false]);
+        assert!(s.slow_models.is_empty());
         assert_eq!(s.reconstruct_after, Duration::from_millis(3));
         // At 4 ms (a 5 ms call) it is one.
         let seen = view(vec![Some(0.0003), Some(0.0003), Some(0.004)], None);
         let s = assess(&p, &WatchConfig::default(), now, &p.snapshot(), Some(&seen));
-        assert_eq!(s.slow_models, vec![false, false, true]);
+        assert_eq!(slow(&s), vec![2]);
     }
 }

@@ -38,9 +38,11 @@ pub struct HttpOptions {
     /// Largest request body accepted, in bytes; bigger ones get a 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// After SIGTERM, report not ready for this long before closing the
-    /// listener, so load balancers stop sending first.
-    #[arg(long, default_value_t = 0)]
+    /// After SIGTERM, report not ready but keep serving for this long
+    /// before closing the listener, so that load balancers (Service
+    /// endpoints, frontends' health probes) stop sending first; requests
+    /// already in are then answered before the process exits.
+    #[arg(long, env = "CODED_DRAIN_DELAY_MS", default_value_t = 0)]
     pub drain_delay_ms: u64,
 }
 

@@ -94,6 +94,44 @@ pub async fn card(uri: &str) -> Result<ModelCard, FetchError> {
     }
 }
 
+/// The bytes of the weights of `card`, the card that `uri` names, checked
+/// against its sha256; and where they came from.
+pub async fn weights(uri: &str, card: &ModelCard) -> Result<(bytes::Bytes, String), FetchError> {
+    match locate(uri)? {
+        Location::Local(path) => {
+            let card_path = if path.is_dir() {
+                path.join(CARD_FILE)
+            } else {
+                path
+            };
+            let file = card_path
+                .parent()
+                .unwrap_or(FsPath::new("."))
+                .join(&card.weights.uri);
+            let bytes = tokio::fs::read(&file)
+                .await
+                .map_err(|source| ModelError::Read {
+                    path: file.clone(),
+                    source,
+                })?;
+            store::check_sha256(card, &bytes, &file)?;
+            Ok((bytes.into(), file.display().to_string()))
+        }
+        Location::Remote(url) => {
+            let weights = url
+                .join(&card.weights.uri)
+                .map_err(|e| FetchError::BadUri {
+                    uri: card.weights.uri.clone(),
+                    reason: format!("weights URI relative to {url}: {e}"),
+                })?;
+            tracing::info!(%weights, "fetching weights");
+            let bytes = get(&weights).await?;
+            store::check_sha256(card, &bytes, FsPath::new(weights.as_str()))?;
+            Ok((bytes, weights.to_string()))
+        }
+    }
+}
+
 /// The model a URI names, weights checked against the card's sha256.
 pub async fn load(uri: &str) -> Result<Model, FetchError> {
     let url = match locate(uri)? {

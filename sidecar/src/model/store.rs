@@ -157,17 +157,25 @@ pub fn load(path: &Path) -> Result<Model, ModelError> {
     load_from_bytes(card, &bytes, &weights)
 }
 
-/// Builds a model from a card and the bytes of its weights (`origin` names
+/// Checks the bytes of weights against the card's sha256 (`origin` names
 /// them in errors).
-pub fn load_from_bytes(card: ModelCard, bytes: &[u8], origin: &Path) -> Result<Model, ModelError> {
+pub fn check_sha256(card: &ModelCard, bytes: &[u8], origin: &Path) -> Result<(), ModelError> {
     let actual = sha256_hex(bytes);
-    if !actual.eq_ignore_ascii_case(&card.weights.sha256) {
-        return Err(ModelError::Checksum {
+    if actual.eq_ignore_ascii_case(&card.weights.sha256) {
+        Ok(())
+    } else {
+        Err(ModelError::Checksum {
             path: origin.to_path_buf(),
             expected: card.weights.sha256.clone(),
             actual,
-        });
+        })
     }
+}
+
+/// Builds a model from a card and the bytes of its weights (`origin` names
+/// them in errors).
+pub fn load_from_bytes(card: ModelCard, bytes: &[u8], origin: &Path) -> Result<Model, ModelError> {
+    check_sha256(&card, bytes, origin)?;
     let mismatch = |reason: String| ModelError::Mismatch {
         path: origin.to_path_buf(),
         arch: card.arch,

@@ -1,6 +1,8 @@
 //! The frontend: a Deployment of `coded-sidecar frontend` processes, each
-//! told every model and parity instance by its stable DNS name, behind a
-//! ClusterIP Service that is the resource's endpoint.
+//! given the headless Services of the model and parity pools, whose
+//! addresses it resolves again every second (so a replica change does not
+//! roll the frontends), behind a ClusterIP Service that is the resource's
+//! endpoint.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -8,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Owner, PORT_NAME, PodParts, Role, Settings, drain_args, pod_template, sidecar_container, worker,
+    Owner, PORT_NAME, PodParts, Role, Settings, drain_args, pod_template, sidecar_container,
 };
 use crate::SIDECAR_PORT;
 use crate::crd::SchedulingSpec;
@@ -17,8 +19,16 @@ use crate::crd::SchedulingSpec;
 pub fn args(owner: &Owner<'_>, settings: &Settings) -> Vec<String> {
     let spec = &owner.cis.spec;
     let coding = &spec.coding;
-    let model_endpoints = worker::endpoints(owner, Role::Model, spec.model_replicas()).join(",");
-    let parity_endpoints = worker::endpoints(owner, Role::Parity, spec.parity_replicas()).join(",");
+    // The pools' headless Services (worker::headless_service): each pod's
+    // address is an instance.
+    let service = |role: Role| {
+        format!(
+            "{}.{}.svc:{SIDECAR_PORT}",
+            owner.child_name(role),
+            owner.namespace
+        )
+    };
+    let (model_service, parity_service) = (service(Role::Model), service(Role::Parity));
     let mut args: Vec<String> = [
         "frontend",
         "--host",
@@ -27,10 +37,10 @@ pub fn args(owner: &Owner<'_>, settings: &Settings) -> Vec<String> {
         &SIDECAR_PORT.to_string(),
         "--model-name",
         &owner.name,
-        "--model-endpoints",
-        &model_endpoints,
-        "--parity-endpoints",
-        &parity_endpoints,
+        "--model-service",
+        &model_service,
+        "--parity-service",
+        &parity_service,
         "--k",
         &coding.k.to_string(),
         "--r",
@@ -132,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn args_carry_the_code_and_every_instance() {
+    fn args_carry_the_code_and_the_pools_services() {
         let mut cis = cis("demo");
         cis.spec.coding.k = 3;
         cis.spec.coding.encoder = Encoder::Concat;
@@ -147,22 +157,47 @@ mod tests {
         // The model's metadata comes from a model instance: the URI means
         // nothing in the frontend's pod.
         assert_eq!(arg_after(&args, "--model-card"), None);
-        let models: Vec<&str> = arg_after(&args, "--model-endpoints")
-            .expect("models")
-            .split(',')
-            .collect();
-        assert_eq!(models.len(), 4);
-        assert_eq!(models[3], "http://demo-model-3.demo-model.ns1.svc:8080");
         assert_eq!(
-            arg_after(&args, "--parity-endpoints"),
-            Some("http://demo-parity-0.demo-parity.ns1.svc:8080")
+            arg_after(&args, "--model-service"),
+            Some("demo-model.ns1.svc:8080")
         );
+        assert_eq!(
+            arg_after(&args, "--parity-service"),
+            Some("demo-parity.ns1.svc:8080")
+        );
+        assert!(!args.iter().any(|a| a.ends_with("-endpoints")));
         assert_eq!(arg_after(&args, "--k"), Some("3"));
         assert_eq!(arg_after(&args, "--r"), Some("1"));
         assert_eq!(arg_after(&args, "--encoder"), Some("concat"));
         assert_eq!(arg_after(&args, "--decoder"), Some("subtract"));
         assert_eq!(arg_after(&args, "--reconstruct-policy"), Some("deadline"));
         assert!(!args.contains(&"--prometheus-url".to_string()));
+    }
+
+    /// The frontend follows the pools through their Services, so a replica
+    /// change leaves its pod template, and the running frontends, alone.
+    #[test]
+    fn a_replica_change_does_not_change_the_args() {
+        let mut cis = cis("demo");
+        let before = args(&Owner::new(&cis).expect("owner"), &Settings::default());
+        cis.spec.model.replicas = Some(7);
+        let after = args(&Owner::new(&cis).expect("owner"), &Settings::default());
+        assert_eq!(before, after);
+        // The names are those of the headless Services the workers sit behind.
+        let owner = Owner::new(&cis).expect("owner");
+        for (role, flag) in [
+            (Role::Model, "--model-service"),
+            (Role::Parity, "--parity-service"),
+        ] {
+            let svc = super::super::worker::headless_service(&owner, role);
+            let name = svc.metadata.name.expect("name");
+            let ns = svc.metadata.namespace.expect("namespace");
+            let port = svc.spec.and_then(|s| s.ports).expect("ports")[0].port;
+            assert_eq!(
+                arg_after(&after, flag),
+                Some(format!("{name}.{ns}.svc:{port}").as_str())
+            );
+        }
     }
 
     #[test]
