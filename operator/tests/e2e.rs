@@ -275,7 +275,10 @@ async fn editing_the_spec_rolls_the_children_and_bumps_observed_generation() {
     // Frontends find model instances through the pool's Service: a replica
     // change leaves them as they are.
     let after_scale = frontend_replica_sets(&cluster, &ns.name, "fashion-mlp").await;
-    assert_eq!(after_scale, frontend_rs, "a replica change rolled the frontends");
+    assert_eq!(
+        after_scale, frontend_rs,
+        "a replica change rolled the frontends"
+    );
 
     // ... then a bigger coding group, k = 3 (3 model replicas allow it).
     cis["spec"]["coding"]["k"] = json!(3);
@@ -635,7 +638,10 @@ fn real_mlp() -> Value {
 }
 
 /// Polls the resource until `Degraded` is True, in the background of a load.
-fn watch_degraded(api: Api<CodedInferenceService>, name: &'static str) -> tokio::task::JoinHandle<bool> {
+fn watch_degraded(
+    api: Api<CodedInferenceService>,
+    name: &'static str,
+) -> tokio::task::JoinHandle<bool> {
     tokio::spawn(async move {
         for _ in 0..240 {
             if let Ok(cis) = api.get(name).await {
@@ -706,19 +712,43 @@ async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_a
     // answers a model pod gives directly.
     let url = real::service_url(&cluster, &ns.name, "fashion-mlp").await;
     let model_pods = real::pods(&cluster, &ns.name, "fashion-mlp", "model").await;
-    let worker_ip = model_pods[0].status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+    let worker_ip = model_pods[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod IP");
     let check = real::tritonclient_check(&url, &format!("{worker_ip}:8080"), "fashion-mlp");
     assert_eq!(check["queries"], 16, "{check}");
     assert!(check["equal"].as_u64().unwrap_or(0) >= 8, "{check}");
 
     // 1. A model pod killed (no grace) under load.
     let progress = Arc::new(AtomicUsize::new(0));
-    let run = tokio::spawn(real::load(url.clone(), "fashion-mlp", 1500, 6, Duration::from_millis(5), progress.clone(), never()));
+    let run = tokio::spawn(real::load(
+        url.clone(),
+        "fashion-mlp",
+        1500,
+        6,
+        Duration::from_millis(5),
+        progress.clone(),
+        never(),
+    ));
     real::until_answered(&progress, 300).await;
-    kubectl(&["delete", "pod", "fashion-mlp-model-0", "-n", &ns.name, "--grace-period=0", "--force"]);
+    kubectl(&[
+        "delete",
+        "pod",
+        "fashion-mlp-model-0",
+        "-n",
+        &ns.name,
+        "--grace-period=0",
+        "--force",
+    ]);
     let killed = run.await.expect("load");
     eprintln!("model pod killed: {killed:?}");
-    assert!(killed.failed.is_empty(), "queries lost to a killed pod: {:?}", killed.failed);
+    assert!(
+        killed.failed.is_empty(),
+        "queries lost to a killed pod: {:?}",
+        killed.failed
+    );
     assert_eq!(killed.answered, 1500);
     wait_ready(&api, "fashion-mlp").await;
 
@@ -728,7 +758,15 @@ async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_a
     let frozen = real::pods(&cluster, &ns.name, "fashion-mlp", "model").await;
     let id = real::container_id(&frozen[1]);
     let progress = Arc::new(AtomicUsize::new(0));
-    let run = tokio::spawn(real::load(url.clone(), "fashion-mlp", 2000, 4, Duration::from_millis(20), progress.clone(), never()));
+    let run = tokio::spawn(real::load(
+        url.clone(),
+        "fashion-mlp",
+        2000,
+        4,
+        Duration::from_millis(20),
+        progress.clone(),
+        never(),
+    ));
     real::until_answered(&progress, 100).await;
     let degraded = watch_degraded(api.clone(), "fashion-mlp");
     real::ctr_task("pause", &id);
@@ -736,31 +774,76 @@ async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_a
     real::ctr_task("resume", &id);
     let paused = run.await.expect("load");
     eprintln!("model container paused: {paused:?}");
-    assert!(saw_degraded, "the resource never became Degraded while a model instance was frozen");
-    assert!(paused.failed.is_empty(), "queries lost to a frozen pod: {:?}", paused.failed);
+    assert!(
+        saw_degraded,
+        "the resource never became Degraded while a model instance was frozen"
+    );
+    assert!(
+        paused.failed.is_empty(),
+        "queries lost to a frozen pod: {:?}",
+        paused.failed
+    );
     assert_eq!(paused.answered, 2000);
-    assert!(paused.reconstructed >= 1, "no answer was rebuilt while a model instance was frozen: {paused:?}");
+    assert!(
+        paused.reconstructed >= 1,
+        "no answer was rebuilt while a model instance was frozen: {paused:?}"
+    );
     wait_ready(&api, "fashion-mlp").await;
 
     // 3. A spec edit that rolls the frontend (its arguments) and both worker
     // pools (their pod templates), under load until every rollout is done.
     let progress = Arc::new(AtomicUsize::new(0));
     let stop = never();
-    let run = tokio::spawn(real::load(url.clone(), "fashion-mlp", 100_000, 4, Duration::from_millis(20), progress.clone(), stop.clone()));
+    let run = tokio::spawn(real::load(
+        url.clone(),
+        "fashion-mlp",
+        100_000,
+        4,
+        Duration::from_millis(20),
+        progress.clone(),
+        stop.clone(),
+    ));
     real::until_answered(&progress, 100).await;
-    let before = api.get("fashion-mlp").await.expect("cis").metadata.generation;
+    let before = api
+        .get("fashion-mlp")
+        .await
+        .expect("cis")
+        .metadata
+        .generation;
     kubectl(&[
-        "patch", "cis", "fashion-mlp", "-n", &ns.name, "--type", "merge", "-p",
+        "patch",
+        "cis",
+        "fashion-mlp",
+        "-n",
+        &ns.name,
+        "--type",
+        "merge",
+        "-p",
         r#"{"spec": {"coding": {"reconstructPolicy": "deadline"}, "model": {"resources": {"requests": {"cpu": "110m"}}}, "parityModel": {"resources": {"requests": {"cpu": "110m"}}}}}"#,
     ]);
     wait_for("the edit to be observed", || async {
         let cis = api.get("fashion-mlp").await.map_err(|e| e.to_string())?;
         let seen = cis.status.as_ref().and_then(|s| s.observed_generation);
-        if seen > before { Ok(()) } else { Err(format!("observedGeneration {seen:?}")) }
+        if seen > before {
+            Ok(())
+        } else {
+            Err(format!("observedGeneration {seen:?}"))
+        }
     })
     .await;
-    for object in ["statefulset/fashion-mlp-model", "statefulset/fashion-mlp-parity", "deployment/fashion-mlp-frontend"] {
-        kubectl(&["rollout", "status", object, "-n", &ns.name, "--timeout=240s"]);
+    for object in [
+        "statefulset/fashion-mlp-model",
+        "statefulset/fashion-mlp-parity",
+        "deployment/fashion-mlp-frontend",
+    ] {
+        kubectl(&[
+            "rollout",
+            "status",
+            object,
+            "-n",
+            &ns.name,
+            "--timeout=240s",
+        ]);
     }
     wait_ready(&api, "fashion-mlp").await;
     // a few more answers from the new pods, then stop
@@ -769,7 +852,11 @@ async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_a
     stop.store(true, Ordering::Relaxed);
     let rolling = run.await.expect("load");
     eprintln!("rollout: {rolling:?}");
-    assert!(rolling.failed.is_empty(), "queries lost in a rollout: {:?}", rolling.failed);
+    assert!(
+        rolling.failed.is_empty(),
+        "queries lost in a rollout: {:?}",
+        rolling.failed
+    );
     assert!(rolling.answered >= 1000, "{rolling:?}");
     for role in ["model", "parity", "frontend"] {
         for pod in real::pods(&cluster, &ns.name, "fashion-mlp", role).await {
@@ -791,7 +878,11 @@ fn quick_start_blocks() -> String {
             continue;
         }
         let fence = lines.find(|l| !l.trim().is_empty()).unwrap_or_default();
-        assert_eq!(fence.trim(), "```sh", "a quick-start marker must precede a ```sh block");
+        assert_eq!(
+            fence.trim(),
+            "```sh",
+            "a quick-start marker must precede a ```sh block"
+        );
         for l in lines.by_ref() {
             if l.trim() == "```" {
                 break;
@@ -800,7 +891,10 @@ fn quick_start_blocks() -> String {
             script.push('\n');
         }
     }
-    assert!(!script.is_empty(), "docs/operations.md has no quick-start blocks");
+    assert!(
+        !script.is_empty(),
+        "docs/operations.md has no quick-start blocks"
+    );
     script
 }
 

@@ -276,14 +276,27 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
         spec.prometheus.as_ref().map(|p| p.url.as_str()),
         "{name}"
     );
-    // Frontends follow the workers' tolerations but not their node selector
-    // (they need no GPU).
-    assert_eq!(
-        pod.tolerations.clone().unwrap_or_default(),
-        scheduling.tolerations,
-        "{name}"
-    );
-    assert_eq!(pod.node_selector, None, "{name}");
+    // Frontends are placed by `frontend.scheduling`; without it they follow
+    // the workers' tolerations but not their node selector (they need no GPU).
+    match &spec.frontend.scheduling {
+        Some(own) => {
+            assert_eq!(
+                pod.tolerations.clone().unwrap_or_default(),
+                own.tolerations,
+                "{name}"
+            );
+            let selector = (!own.node_selector.is_empty()).then(|| own.node_selector.clone());
+            assert_eq!(pod.node_selector, selector, "{name}");
+        }
+        None => {
+            assert_eq!(
+                pod.tolerations.clone().unwrap_or_default(),
+                scheduling.tolerations,
+                "{name}"
+            );
+            assert_eq!(pod.node_selector, None, "{name}");
+        }
+    }
 
     let services: Api<Service> = get(cluster, ns);
     for role in ["model", "parity", "frontend"] {

@@ -40,7 +40,8 @@ pub fn real_node() -> Option<String> {
 /// The sidecar image the real node has (imported by `e2e/run.sh` from
 /// `scripts/images.sh`'s build).
 pub fn sidecar_image() -> String {
-    std::env::var("CODED_E2E_SIDECAR_IMAGE").unwrap_or_else(|_| "localhost/coded-sidecar:dev".into())
+    std::env::var("CODED_E2E_SIDECAR_IMAGE")
+        .unwrap_or_else(|_| "localhost/coded-sidecar:dev".into())
 }
 
 /// `coded-sidecar` as `cargo test --workspace` built it.
@@ -72,11 +73,27 @@ pub fn train_models(dir: &Path) -> (PathBuf, PathBuf) {
     let base = dir.join("fashion-mlp");
     let parity = dir.join("fashion-mlp-parity-k2-sum");
     run(Command::new(&bin)
-        .args(["train", "base", "--arch", "mlp", "--epochs", "1", "--limit", "5000", "--quiet", "--out"])
+        .args([
+            "train", "base", "--arch", "mlp", "--epochs", "1", "--limit", "5000", "--quiet",
+            "--out",
+        ])
         .arg(&base)
         .env("CODED_THREADS", "1"));
     run(Command::new(&bin)
-        .args(["train", "parity", "--k", "2", "--encoder", "sum", "--epochs", "2", "--limit", "5000", "--quiet", "--base"])
+        .args([
+            "train",
+            "parity",
+            "--k",
+            "2",
+            "--encoder",
+            "sum",
+            "--epochs",
+            "2",
+            "--limit",
+            "5000",
+            "--quiet",
+            "--base",
+        ])
         .arg(&base)
         .arg("--out")
         .arg(&parity)
@@ -110,15 +127,29 @@ pub async fn pods(cluster: &Cluster, ns: &str, name: &str, role: &str) -> Vec<Po
 pub fn assert_running_on(pod: &Pod, node: &str) {
     let name = pod.metadata.name.as_deref().unwrap_or("?");
     let spec = pod.spec.as_ref().expect("pod spec");
-    assert_eq!(spec.node_name.as_deref(), Some(node), "{name} is not on {node}");
+    assert_eq!(
+        spec.node_name.as_deref(),
+        Some(node),
+        "{name} is not on {node}"
+    );
     let status = pod.status.as_ref().expect("pod status");
-    assert_eq!(status.phase.as_deref(), Some("Running"), "{name}: {status:?}");
+    assert_eq!(
+        status.phase.as_deref(),
+        Some("Running"),
+        "{name}: {status:?}"
+    );
     let ip = status.pod_ip.as_deref().unwrap_or("");
-    assert!(ip.starts_with("10.240.0."), "{name}: pod IP {ip:?} is not on the node's pod network");
+    assert!(
+        ip.starts_with("10.240.0."),
+        "{name}: pod IP {ip:?} is not on the node's pod network"
+    );
     for c in status.container_statuses.iter().flatten() {
         assert!(c.ready, "{name}: container {} not ready: {c:?}", c.name);
         let id = c.container_id.as_deref().unwrap_or("");
-        assert!(id.starts_with("containerd://"), "{name}: container id {id:?}");
+        assert!(
+            id.starts_with("containerd://"),
+            "{name}: container id {id:?}"
+        );
     }
 }
 
@@ -126,7 +157,10 @@ pub fn assert_running_on(pod: &Pod, node: &str) {
 /// through kube-proxy's rules, as any client on a node reaches a Service.
 pub async fn service_url(cluster: &Cluster, ns: &str, name: &str) -> String {
     let api: Api<Service> = Api::namespaced(cluster.client.clone(), ns);
-    let svc = api.get(&format!("{name}-frontend")).await.expect("frontend Service");
+    let svc = api
+        .get(&format!("{name}-frontend"))
+        .await
+        .expect("frontend Service");
     let spec = svc.spec.expect("spec");
     let ip = spec.cluster_ip.expect("a ClusterIP");
     let port = spec.ports.expect("ports")[0].port;
@@ -136,7 +170,10 @@ pub async fn service_url(cluster: &Cluster, ns: &str, name: &str) -> String {
 /// The containerd task id of a pod's first container.
 pub fn container_id(pod: &Pod) -> String {
     let status = pod.status.as_ref().expect("status");
-    let id = status.container_statuses.as_ref().expect("container statuses")[0]
+    let id = status
+        .container_statuses
+        .as_ref()
+        .expect("container statuses")[0]
         .container_id
         .clone()
         .expect("a container id");
@@ -148,7 +185,15 @@ pub fn container_id(pod: &Pod) -> String {
 pub fn ctr_task(action: &str, id: &str) {
     let dir = std::env::var("CODED_E2E_NODE_DIR").expect("CODED_E2E_NODE_DIR (e2e/node.sh up)");
     let sock = format!("{dir}/containerd/containerd.sock");
-    run(Command::new("ctr").args(["--address", &sock, "--namespace", "k8s.io", "tasks", action, id]));
+    run(Command::new("ctr").args([
+        "--address",
+        &sock,
+        "--namespace",
+        "k8s.io",
+        "tasks",
+        action,
+        id,
+    ]));
 }
 
 /// One Fashion-MNIST-shaped query, different for every `i`.
@@ -234,9 +279,13 @@ pub async fn load(
                         let text = r.text().await.unwrap_or_default();
                         if status.is_success() {
                             match serde_json::from_str::<Value>(&text) {
-                                Ok(v) if v["outputs"][0]["data"].as_array().is_some_and(|d| d.len() == 10) => Ok(
-                                    v["parameters"]["reconstructed"].as_bool() == Some(true),
-                                ),
+                                Ok(v)
+                                    if v["outputs"][0]["data"]
+                                        .as_array()
+                                        .is_some_and(|d| d.len() == 10) =>
+                                {
+                                    Ok(v["parameters"]["reconstructed"].as_bool() == Some(true))
+                                }
                                 _ => Err(format!("query {i}: bad body {text:.200}")),
                             }
                         } else {
@@ -282,9 +331,12 @@ pub async fn until_answered(progress: &AtomicUsize, n: usize) {
 /// Runs the stock `tritonclient[http]` check (tritonclient_check.py) with
 /// the virtualenv `scripts/client-tests.sh` made; returns its JSON line.
 pub fn tritonclient_check(frontend: &str, worker: &str, model: &str) -> Value {
-    let venv = std::env::var("CODED_VENV").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/coded-serving/venv")
-    });
+    let venv = std::env::var("CODED_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/coded-serving/venv")
+        });
     let python = venv.join("bin/python");
     assert!(
         python.exists(),
@@ -293,9 +345,12 @@ pub fn tritonclient_check(frontend: &str, worker: &str, model: &str) -> Value {
     );
     let script = repo().join("operator/tests/e2e/tritonclient_check.py");
     let strip = |u: &str| u.trim_start_matches("http://").to_string();
-    let out = run(Command::new(python)
-        .arg(script)
-        .args([strip(frontend), strip(worker), model.to_string(), "16".to_string()]));
+    let out = run(Command::new(python).arg(script).args([
+        strip(frontend),
+        strip(worker),
+        model.to_string(),
+        "16".to_string(),
+    ]));
     serde_json::from_str(out.trim()).expect("the check's JSON line")
 }
 
