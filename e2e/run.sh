@@ -5,6 +5,7 @@
 #
 #   e2e/run.sh                      tools + cluster + smoke test
 #   CODED_E2E_TESTS=1 e2e/run.sh    ... plus the real node and the Rust e2e tests (operator/tests/e2e.rs)
+#   CODED_E2E_FILTER=real ...       only the e2e tests whose names contain "real"
 #
 # The real node (e2e/node.sh: kubelet, containerd, CNI, kube-proxy, CoreDNS)
 # joins after the smoke test when CODED_E2E_REAL_NODE is 1 (required: CI),
@@ -123,6 +124,7 @@ fi
 if [[ ${CODED_E2E_TESTS:-0} == 1 ]]; then
   mkdir -p "$CODED_E2E_CLUSTER_DIR/tmp"
   # shellcheck disable=SC2016 # $1 and $2 expand in the child shell
-  step bash -c 'cd "$1" && TMPDIR="$2" exec cargo test --workspace --locked --test e2e -- --test-threads=1' \
-    _ "$ROOT" "$CODED_E2E_CLUSTER_DIR/tmp"
+  # CODED_E2E_FILTER: only the tests whose names contain it (cargo's filter)
+  step bash -c 'cd "$1" && TMPDIR="$2" exec cargo test --workspace --locked --test e2e -- --test-threads=1 ${3:+"$3"}' \
+    _ "$ROOT" "$CODED_E2E_CLUSTER_DIR/tmp" "${CODED_E2E_FILTER:-}"
 fi

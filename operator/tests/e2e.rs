@@ -637,6 +637,13 @@ fn real_mlp() -> Value {
     })
 }
 
+/// A line for the e2e log, past the test harness's capture (the load
+/// figures of a passing run are worth reading).
+fn report(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Polls the resource until `Degraded` is True, in the background of a load.
 fn watch_degraded(
     api: Api<CodedInferenceService>,
@@ -743,7 +750,8 @@ async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_a
         "--force",
     ]);
     let killed = run.await.expect("load");
-    eprintln!("model pod killed: {killed:?}");
+    report(&format!("model pod killed: {killed:?}"));
+    assert_eq!(killed.resent, 0, "client connections were cut: {killed:?}");
     assert!(
         killed.failed.is_empty(),
         "queries lost to a killed pod: {:?}",
@@ -773,11 +781,12 @@ async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_a
     let saw_degraded = degraded.await.expect("watch");
     real::ctr_task("resume", &id);
     let paused = run.await.expect("load");
-    eprintln!("model container paused: {paused:?}");
+    report(&format!("model container paused: {paused:?}"));
     assert!(
         saw_degraded,
         "the resource never became Degraded while a model instance was frozen"
     );
+    assert_eq!(paused.resent, 0, "client connections were cut: {paused:?}");
     assert!(
         paused.failed.is_empty(),
         "queries lost to a frozen pod: {:?}",
@@ -846,12 +855,18 @@ async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_a
         ]);
     }
     wait_ready(&api, "fashion-mlp").await;
-    // a few more answers from the new pods, then stop
+    // more answers from the new pods (and at least 1,000 in all), then stop
     let after = progress.load(Ordering::Relaxed);
-    real::until_answered(&progress, after + 100).await;
+    real::until_answered(&progress, (after + 100).max(1000)).await;
     stop.store(true, Ordering::Relaxed);
     let rolling = run.await.expect("load");
-    eprintln!("rollout: {rolling:?}");
+    report(&format!("rollout: {rolling:?}"));
+    // Draining pods answer with `Connection: close`, so the client's
+    // kept-alive connections move to the new frontend between two queries.
+    assert_eq!(
+        rolling.resent, 0,
+        "client connections were cut: {rolling:?}"
+    );
     assert!(
         rolling.failed.is_empty(),
         "queries lost in a rollout: {:?}",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONNECTION, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -108,7 +108,12 @@ impl V2Server {
             draining: draining.clone(),
             max_body_bytes: options.max_body_bytes,
         });
-        let app = router(state).merge(extra);
+        let app = router(state)
+            .merge(extra)
+            .layer(axum::middleware::map_response_with_state(
+                draining.clone(),
+                close_when_draining,
+            ));
         let addr = format!("{}:{}", options.host, options.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -170,6 +175,22 @@ impl V2Server {
         tracing::info!("drained");
         Ok(())
     }
+}
+
+/// While draining, every response asks the client to close its connection,
+/// so that a kept-alive connection (pinned to this pod by the Service's NAT)
+/// moves to another instance after its next answer instead of being cut
+/// when the server stops: no request is sent into a closing connection.
+async fn close_when_draining(
+    State(draining): State<Arc<AtomicBool>>,
+    mut response: Response,
+) -> Response {
+    if draining.load(Ordering::SeqCst) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn router<E: Engine>(state: Arc<AppState<E>>) -> Router {
