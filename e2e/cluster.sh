@@ -31,6 +31,7 @@ NODE_MEMORY=${CODED_E2E_NODE_MEMORY:-4Ti}
 NODE_PODS=${CODED_E2E_NODE_PODS:-2000}
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
+UP_TEARDOWN=down   # what a failed `up` runs (lib.sh up_exit)
 log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
@@ -247,22 +248,6 @@ EOF
   log "up in $((SECONDS - t0))s: eval \"\$($0 env)\" to use it"
 }
 
-up_exit() {
-  local rc=$1
-  trap - EXIT
-  ((rc != 0)) || return 0
-  log "up failed (exit $rc); last log lines:"
-  local n
-  for n in "${COMPONENTS[@]}"; do
-    [[ -f $DIR/logs/$n.log ]] && { echo "--- $n" >&2; tail -n 15 "$DIR/logs/$n.log" >&2; }
-  done
-  if [[ ${CODED_E2E_KEEP_ON_FAILURE:-0} == 1 ]]; then
-    log "left running for debugging ($DIR); '$0 down' cleans up"
-  else
-    down
-  fi
-  exit "$rc"
-}
 
 # ---- down / env / status ----------------------------------------------------------------
 down() {

@@ -128,3 +128,22 @@ kubeconfig() { # NAME (cert in pki/NAME.*)
   KUBECONFIG=$kc "$BIN/kubectl" config set-context coded-e2e --cluster=coded-e2e --user="$1" >/dev/null
   KUBECONFIG=$kc "$BIN/kubectl" config use-context coded-e2e >/dev/null
 }
+
+# up_exit RC, the EXIT trap of `up`: on failure, the last lines of every
+# $COMPONENTS log, then $UP_TEARDOWN unless CODED_E2E_KEEP_ON_FAILURE=1.
+up_exit() {
+  local rc=$1
+  trap - EXIT
+  ((rc != 0)) || return 0
+  log "up failed (exit $rc); last log lines:"
+  local n
+  for n in "${COMPONENTS[@]}"; do
+    [[ -f $DIR/logs/$n.log ]] && { echo "--- $n" >&2; tail -n 20 "$DIR/logs/$n.log" >&2; }
+  done
+  if [[ ${CODED_E2E_KEEP_ON_FAILURE:-0} == 1 ]]; then
+    log "left running for debugging ($DIR); '$0 down' cleans up"
+  else
+    "$UP_TEARDOWN"
+  fi
+  exit "$rc"
+}

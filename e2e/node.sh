@@ -47,6 +47,7 @@ COMPONENTS=(containerd coredns kubelet kube-proxy apiserver-proxy)
 # relayed to the API server, which listens on loopback only.
 API_RELAY_PORT=6443
 
+UP_TEARDOWN=down_node   # what a failed `up` runs (lib.sh up_exit)
 log() { printf '[node %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 # shellcheck source=e2e/lib.sh
@@ -337,22 +338,6 @@ EOF
   log "node $NODE up in $((SECONDS - t0))s (pods on $POD_CIDR, DNS and kubelet on $NODE_IP)"
 }
 
-up_exit() {
-  local rc=$1
-  trap - EXIT
-  ((rc != 0)) || return 0
-  log "node up failed (exit $rc); last log lines:"
-  local n
-  for n in "${COMPONENTS[@]}"; do
-    [[ -f $DIR/logs/$n.log ]] && { echo "--- $n" >&2; tail -n 25 "$DIR/logs/$n.log" >&2; }
-  done
-  if [[ ${CODED_E2E_KEEP_ON_FAILURE:-0} == 1 ]]; then
-    log "left running for debugging ($N); '$0 down' cleans up"
-  else
-    down_node
-  fi
-  exit "$rc"
-}
 
 node_import() { # ARCHIVE...
   local a

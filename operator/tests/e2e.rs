@@ -651,10 +651,10 @@ fn watch_degraded(
 ) -> tokio::task::JoinHandle<bool> {
     tokio::spawn(async move {
         for _ in 0..240 {
-            if let Ok(cis) = api.get(name).await {
-                if condition(&cis, "Degraded").map(|c| c.0) == Some("True") {
-                    return true;
-                }
+            if let Ok(cis) = api.get(name).await
+                && condition(&cis, "Degraded").map(|c| c.0) == Some("True")
+            {
+                return true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }

@@ -9,6 +9,8 @@
 //! runs it as a process resolving `localhost:PORT` names, as it resolves a
 //! headless Service in a pod.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,27 +35,12 @@ fn models() -> &'static (PathBuf, PathBuf) {
     MODELS.get_or_init(|| {
         coded_sidecar::tls::init();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("discovery-models");
-        let (base, parity) = (dir.join("base"), dir.join("parity"));
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new(BIN)
-                .args(args)
-                .output()
-                .expect("run coded-sidecar");
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let (b, p) = (base.to_str().unwrap(), parity.to_str().unwrap());
-        run(&[
-            "train", "base", "--epochs", "1", "--limit", "2000", "--quiet", "--out", b,
-        ]);
-        run(&[
-            "train", "parity", "--base", b, "--k", "2", "--epochs", "1", "--limit", "2000",
-            "--quiet", "--out", p,
-        ]);
-        (base, parity)
+        common::models::train_pair(
+            BIN,
+            &dir,
+            &["--epochs", "1", "--limit", "2000"],
+            &["--epochs", "1", "--limit", "2000"],
+        )
     })
 }
 

@@ -3,6 +3,8 @@
 //! freshly trained candle MLP and its k = 2 parity model. SIGSTOP and
 //! SIGKILL hit workers under load; every query must be answered.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -42,27 +44,12 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         coded_sidecar::tls::init();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults-models");
-        let base = dir.join("base");
-        let parity = dir.join("parity");
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new(BIN)
-                .args(args)
-                .output()
-                .expect("run coded-sidecar");
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let (b, p) = (base.to_str().unwrap(), parity.to_str().unwrap());
-        run(&[
-            "train", "base", "--epochs", "2", "--limit", "10000", "--quiet", "--out", b,
-        ]);
-        run(&[
-            "train", "parity", "--base", b, "--k", "2", "--epochs", "4", "--limit", "10000",
-            "--quiet", "--out", p,
-        ]);
+        let (base, parity) = common::models::train_pair(
+            BIN,
+            &dir,
+            &["--epochs", "2", "--limit", "10000"],
+            &["--epochs", "4", "--limit", "10000"],
+        );
         let data = FashionMnist::load(DEFAULT_DATA_DIR.as_ref()).expect("Fashion-MNIST");
         let test = data.test.take(TEST_IMAGES).unwrap();
         let base_model = model::load(&base).unwrap();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod linear;
+pub mod models;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
