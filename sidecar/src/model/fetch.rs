@@ -118,18 +118,24 @@ pub async fn weights(uri: &str, card: &ModelCard) -> Result<(bytes::Bytes, Strin
             Ok((bytes.into(), file.display().to_string()))
         }
         Location::Remote(url) => {
-            let weights = url
-                .join(&card.weights.uri)
-                .map_err(|e| FetchError::BadUri {
-                    uri: card.weights.uri.clone(),
-                    reason: format!("weights URI relative to {url}: {e}"),
-                })?;
-            tracing::info!(%weights, "fetching weights");
-            let bytes = get(&weights).await?;
+            let (bytes, weights) = get_weights(&url, card).await?;
             store::check_sha256(card, &bytes, FsPath::new(weights.as_str()))?;
             Ok((bytes, weights.to_string()))
         }
     }
+}
+
+/// The weights `card` names, relative to the card's own URL (not checked).
+async fn get_weights(url: &Url, card: &ModelCard) -> Result<(bytes::Bytes, Url), FetchError> {
+    let weights = url
+        .join(&card.weights.uri)
+        .map_err(|e| FetchError::BadUri {
+            uri: card.weights.uri.clone(),
+            reason: format!("weights URI relative to {url}: {e}"),
+        })?;
+    tracing::info!(%weights, "fetching weights");
+    let bytes = get(&weights).await?;
+    Ok((bytes, weights))
 }
 
 /// The model a URI names, weights checked against the card's sha256.
@@ -148,14 +154,8 @@ pub async fn load(uri: &str) -> Result<Model, FetchError> {
     };
     let text = get(&url).await?;
     let card = store::parse_card(&text, FsPath::new(url.as_str()))?;
-    let weights = url
-        .join(&card.weights.uri)
-        .map_err(|e| FetchError::BadUri {
-            uri: card.weights.uri.clone(),
-            reason: format!("weights URI relative to {url}: {e}"),
-        })?;
-    tracing::info!(%weights, "fetching weights");
-    let bytes = get(&weights).await?;
+    // load_from_bytes checks the sha256
+    let (bytes, weights) = get_weights(&url, &card).await?;
     Ok(store::load_from_bytes(
         card,
         &bytes,
