@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, TempDir, kubectl, repo};
+use crate::cluster::{Cluster, kubectl, repo};
 
 /// The real node's name (`CODED_E2E_REAL_NODE`, set by `e2e/node.sh up`), or
 /// `None` with a message. With `CODED_E2E_REQUIRE_REAL_NODE=1` (CI) a
@@ -352,9 +352,4 @@ pub fn tritonclient_check(frontend: &str, worker: &str, model: &str) -> Value {
         "16".to_string(),
     ]));
     serde_json::from_str(out.trim()).expect("the check's JSON line")
-}
-
-/// A scratch dir for the models of one test.
-pub fn model_dir() -> TempDir {
-    TempDir::new()
 }

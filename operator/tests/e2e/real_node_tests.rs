@@ -82,7 +82,7 @@ async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_a
     )
     .await;
     let _op = Operator::start(&cluster, &deployed, &deployed.pods[0]).await;
-    let models = real::model_dir();
+    let models = cluster::TempDir::new();
     let (base, parity) = real::train_models(models.path());
     real::configmap_from_dir(&ns.name, "fashion-mlp", &base);
     real::configmap_from_dir(&ns.name, "fashion-mlp-parity-k2-sum", &parity);
