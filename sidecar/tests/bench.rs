@@ -160,6 +160,16 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
         assert_eq!(tail.last().unwrap(), &(1.0, q[4]));
         let share = row["reconstructed_share"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&share));
+        // Coded rows say how many rebuilt answers an idle instance could
+        // have given exactly: a part of those rebuilt (counted by the
+        // frontend, which also counts queries whose client gave up).
+        match row["rebuilt_while_idle_share"].as_f64() {
+            Some(idle) => assert!(
+                parities > 0 && (0.0..=share + 0.01).contains(&idle),
+                "{row}"
+            ),
+            None => assert_eq!(parities, 0, "{row}"),
+        }
         assert!(row["throughput_rps"].as_f64().unwrap() > 0.0);
         if row["config"]["name"]
             .as_str()

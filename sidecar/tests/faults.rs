@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 use coded_sidecar::data::{DEFAULT_DATA_DIR, FashionMnist};
 use coded_sidecar::local::Child;
+use coded_sidecar::local::prometheus::{LocalPrometheus, PrometheusSpec, ScrapeTarget};
 use coded_sidecar::model::{self, argmax};
 use coded_sidecar::protocol::client::{Client, Encoding};
 use coded_sidecar::protocol::{InferRequest, NamedTensor, OutputSelection};
@@ -86,6 +87,8 @@ async fn cluster(extra_frontend: &[&str]) -> Cluster {
             name.to_owned(),
             "--port".to_owned(),
             "0".to_owned(),
+            // `/admin/delay`, to make a worker slow.
+            "--admin".to_owned(),
         ]
     };
     let mut models = Vec::new();
@@ -108,6 +111,17 @@ async fn cluster(extra_frontend: &[&str]) -> Cluster {
     )
     .await
     .unwrap();
+    let frontend = frontend(&models, &parity, extra_frontend).await;
+    Cluster {
+        models,
+        parity,
+        frontend,
+    }
+}
+
+/// A frontend process in front of `models` and `parity`, with `extra` flags.
+async fn frontend(models: &[Child], parity: &Child, extra: &[&str]) -> Child {
+    let f = fixture();
     let mut args: Vec<String> = [
         "frontend",
         "--port",
@@ -125,18 +139,22 @@ async fn cluster(extra_frontend: &[&str]) -> Cluster {
     ]
     .map(String::from)
     .to_vec();
-    args.extend(extra_frontend.iter().map(|s| s.to_string()));
-    let frontend = Child::spawn_exe(BIN.as_ref(), "frontend", &args, "warn")
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Child::spawn_exe(BIN.as_ref(), "frontend", &args, "warn")
         .await
-        .unwrap();
-    Cluster {
-        models,
-        parity,
-        frontend,
-    }
+        .unwrap()
 }
 
 impl Cluster {
+    /// Replaces the frontend with one started with `extra` flags (e.g. a
+    /// Prometheus that needed the workers' addresses first).
+    async fn restart_frontend(mut self, extra: &[&str]) -> Cluster {
+        let new = frontend(&self.models, &self.parity, extra).await;
+        let old = std::mem::replace(&mut self.frontend, new);
+        coded_sidecar::local::stop_all(vec![old]).await;
+        self
+    }
+
     async fn stop(self) {
         let mut all = self.models;
         all.push(self.parity);
@@ -174,20 +192,35 @@ struct Answered {
 /// from CONCURRENCY tasks; `done` counts answered queries as they come.
 /// Panics on any error: no query may be lost.
 async fn load(url: &str, range: std::ops::Range<usize>, done: Arc<AtomicUsize>) -> Vec<Answered> {
+    load_with(url, range, CONCURRENCY, ROWS_PER_REQUEST, done).await
+}
+
+/// One query at a time, as a sequential client sends them.
+async fn sequential(url: &str, range: std::ops::Range<usize>) -> Vec<Answered> {
+    load_with(url, range, 1, 1, Arc::default()).await
+}
+
+async fn load_with(
+    url: &str,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    rows_per_request: usize,
+    done: Arc<AtomicUsize>,
+) -> Vec<Answered> {
     let client = Client::new(url, Duration::from_secs(10)).unwrap();
     let next = Arc::new(AtomicUsize::new(range.start));
     let end = range.end;
-    let tasks: Vec<_> = (0..CONCURRENCY)
+    let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let (client, next, done) = (client.clone(), next.clone(), done.clone());
             tokio::spawn(async move {
                 let mut answered = Vec::new();
                 loop {
-                    let start = next.fetch_add(ROWS_PER_REQUEST, Ordering::SeqCst);
+                    let start = next.fetch_add(rows_per_request, Ordering::SeqCst);
                     if start >= end {
                         return answered;
                     }
-                    let images: Vec<usize> = (start..(start + ROWS_PER_REQUEST).min(end)).collect();
+                    let images: Vec<usize> = (start..(start + rows_per_request).min(end)).collect();
                     let r = client
                         .infer(NAME, None, &request(&images), Encoding::Binary)
                         .await
@@ -422,4 +455,193 @@ async fn two_losses_in_a_group_are_retried_and_answered() {
     eprintln!("two losses: {retries} retries");
     assert!(retries >= 1.0);
     c.stop().await;
+}
+
+async fn set_delay(url: &str, ms: u64) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/admin/delay"))
+        .body(format!("{{\"delay_ms\": {ms}}}"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "setting {url}'s delay");
+}
+
+/// Runs `send` again and again for at least `d`; every answer.
+async fn for_a_while(d: Duration, mut send: impl AsyncFnMut() -> Vec<Answered>) -> Vec<Answered> {
+    let started = Instant::now();
+    let mut all = Vec::new();
+    while started.elapsed() < d {
+        all.extend(send().await);
+    }
+    all
+}
+
+fn rebuilt(answers: &[Answered]) -> usize {
+    answers.iter().filter(|a| a.reconstructed).count()
+}
+
+/// A model worker slow for seconds (every answer 200 ms late), under
+/// sequential then concurrent load: once marked it gets no real call,
+/// only sampled copies, its straggler gauge reads 1 and queries are
+/// rebuilt no more than when nothing is slow; once its delay is lifted the
+/// mark clears and it gets calls again.
+async fn a_slow_worker_is_marked_avoided_and_restored(prometheus: bool) {
+    let f = fixture();
+    let mut prom = None;
+    let c = if prometheus {
+        // Prometheus needs the workers' addresses before the frontend starts.
+        let c = cluster(&[]).await;
+        let mut targets: Vec<ScrapeTarget> = c
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ScrapeTarget::new(&m.url, NAME, "model", Some(i)).unwrap())
+            .collect();
+        targets.push(ScrapeTarget::new(&c.parity.url, NAME, "parity", Some(0)).unwrap());
+        let started = LocalPrometheus::start(
+            &PrometheusSpec {
+                port: 0,
+                interval: Duration::from_millis(250),
+            },
+            &targets,
+        )
+        .await
+        .expect("prometheus starts");
+        started
+            .wait_for_targets(targets.len(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let c = c
+            .restart_frontend(&[
+                "--prometheus-url",
+                &started.url,
+                "--prometheus-interval-ms",
+                "250",
+                "--prometheus-window",
+                "2s",
+            ])
+            .await;
+        prom = Some(started);
+        c
+    } else {
+        cluster(&[]).await
+    };
+    let url = c.frontend.url.clone();
+    let slow = c.models[1].url.clone();
+    let gauge = async || metric(&url, "coded_frontend_instance_straggler", &slow).await;
+    let calls_to_slow = async || metric(&slow, "coded_worker_requests_total", "").await;
+    let sampled = async || metric(&url, "coded_frontend_sampled_calls_total", "").await;
+
+    let healthy = sequential(&url, 0..200).await;
+    eprintln!(
+        "healthy: {} of 200 sequential queries rebuilt",
+        rebuilt(&healthy)
+    );
+
+    set_delay(&slow, 200).await;
+    let started = Instant::now();
+    let mut detection = Vec::new();
+    // Sampled copies go only to a marked instance: the first one shows the
+    // mark (the gauge also reads 1 while a slow call is merely out).
+    while sampled().await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the slow worker is never marked ({} queries sent)",
+            detection.len()
+        );
+        detection.extend(sequential(&url, 200..220).await);
+    }
+    eprintln!(
+        "marked after {:.2} s: {} of {} sequential queries rebuilt meanwhile",
+        started.elapsed().as_secs_f64(),
+        rebuilt(&detection),
+        detection.len()
+    );
+
+    let (calls_before, sampled_before) = (calls_to_slow().await, sampled().await);
+    let marked_at = Instant::now();
+    let seq = for_a_while(Duration::from_secs(2), async || {
+        sequential(&url, 300..500).await
+    })
+    .await;
+    let conc = for_a_while(Duration::from_secs(1), async || {
+        load(&url, 500..1300, Arc::default()).await
+    })
+    .await;
+    let calls = calls_to_slow().await - calls_before;
+    let copies = sampled().await - sampled_before;
+    let held = marked_at.elapsed().as_secs_f64();
+    eprintln!(
+        "while marked ({held:.1} s): {} of {} sequential and {} of {} concurrent queries rebuilt; \
+         the slow worker got {calls} calls, {copies} sampled copies were sent",
+        rebuilt(&seq),
+        seq.len(),
+        rebuilt(&conc),
+        conc.len()
+    );
+    assert_eq!(
+        gauge().await,
+        1.0,
+        "the mark holds while the worker is slow"
+    );
+    // A call already out when the mark came may still arrive late.
+    assert!(
+        calls <= copies + 1.0,
+        "a marked worker gets only sampled copies: {calls} calls, {copies} copies"
+    );
+    assert!(copies >= 2.0, "a marked worker is sampled ({held:.1} s)");
+    let n = seq.len() + conc.len();
+    let r = rebuilt(&seq) + rebuilt(&conc);
+    assert!(
+        r * 20 < n,
+        "{r} of {n} queries rebuilt while a healthy instance could answer them"
+    );
+    for a in seq.iter().chain(&conc).filter(|a| !a.reconstructed) {
+        assert_eq!(class(&a.output), f.base_class[a.image]);
+    }
+
+    set_delay(&slow, 0).await;
+    let lifted = Instant::now();
+    while gauge().await > 0.0 {
+        assert!(
+            lifted.elapsed() < Duration::from_secs(20),
+            "the mark is never cleared"
+        );
+        sequential(&url, 1500..1520).await;
+    }
+    eprintln!(
+        "restored {:.2} s after the delay was lifted",
+        lifted.elapsed().as_secs_f64()
+    );
+    let before = calls_to_slow().await;
+    sequential(&url, 1600..1800).await;
+    let calls = calls_to_slow().await - before;
+    assert!(
+        calls >= 40.0,
+        "the restored worker gets its share of calls again ({calls} of 200)"
+    );
+    c.stop().await;
+    if let Some(p) = prom {
+        p.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_worker_stops_getting_queries_until_it_recovers() {
+    a_slow_worker_is_marked_avoided_and_restored(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_worker_stops_getting_queries_until_it_recovers_with_prometheus() {
+    if coded_sidecar::local::prometheus::binary().is_none() {
+        assert!(
+            std::env::var_os("CODED_REQUIRE_PROMETHEUS").is_none(),
+            "CODED_REQUIRE_PROMETHEUS is set but there is no `prometheus` binary"
+        );
+        eprintln!("skipped: no `prometheus` binary (apt-get install prometheus)");
+        return;
+    }
+    a_slow_worker_is_marked_avoided_and_restored(true).await;
 }

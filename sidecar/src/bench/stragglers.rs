@@ -117,6 +117,10 @@ pub struct Row {
     pub sent: u64,
     pub errors: u64,
     pub reconstructed_share: f64,
+    /// Share of the answers rebuilt while a usable model instance had no
+    /// call in flight (`coded_frontend_reconstructions_while_idle_total`):
+    /// approximations an exact answer could have replaced. Coded only.
+    pub rebuilt_while_idle_share: Option<f64>,
     /// Share of the reconstructed answers whose class is the base model's
     /// (live degraded-mode accuracy relative to the base model).
     pub agreement: Option<f64>,
@@ -324,6 +328,7 @@ async fn run_one(
     for i in 0..200 {
         let _ = super::request::send_infer(http, &requests.calls[i % requests.calls.len()]).await;
     }
+    let idle_before = rebuilt_while_idle(http, url).await;
     let start = Instant::now();
     let label = format!("{} @ {} req/s", config.name, load_plan.rate);
     let load = load::run(http, requests, &load_plan, &label);
@@ -352,6 +357,9 @@ async fn run_one(
             (result, 0)
         }
     };
+    let idle_after = rebuilt_while_idle(http, url)
+        .await
+        .filter(|_| !config.is_baseline());
     cluster.stop().await;
     drop(namespaces);
     let latency = result.latency.summary();
@@ -378,11 +386,31 @@ async fn run_one(
         sent: result.sent,
         errors: result.errors,
         reconstructed_share: result.reconstructed as f64 / answered.max(1) as f64,
+        rebuilt_while_idle_share: idle_before
+            .zip(idle_after)
+            .map(|(b, a)| (a - b).max(0.0) / answered.max(1) as f64),
         agreement: (result.rebuilt_checked > 0)
             .then(|| result.rebuilt_agree as f64 / result.rebuilt_checked as f64),
         tail_gap_us: latency.p999_us.saturating_sub(latency.p50_us),
         latency,
     })
+}
+
+/// The frontend's count of answers rebuilt while a usable model instance
+/// was idle; None where it has none (a baseline) or did not answer.
+async fn rebuilt_while_idle(http: &reqwest::Client, frontend: &str) -> Option<f64> {
+    const NAME: &str = "coded_frontend_reconstructions_while_idle_total";
+    let text = http
+        .get(format!("{frontend}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter(|l| l.starts_with(NAME))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// "<CPU model> × <logical CPUs>", from /proc/cpuinfo where there is one.
@@ -415,7 +443,7 @@ pub fn markdown(r: &Report) -> String {
             s.push_str(&format!("\n{rate} req/s:\n\n"));
         }
         s.push_str(
-            "| configuration | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | req/s | errors | rebuilt | rebuilt = base model | p99.9 − p50 vs equal-resources |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "| configuration | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | req/s | errors | rebuilt | rebuilt, an instance idle | rebuilt = base model | p99.9 − p50 vs equal-resources |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for row in &rows {
             let l = &row.latency;
@@ -423,7 +451,7 @@ pub fn markdown(r: &Report) -> String {
                 .map(|b| format!("{:.2}×", row.tail_gap_us as f64 / b))
                 .unwrap_or_default();
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1}% | {} | {ratio} |\n",
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1}% | {} | {} | {ratio} |\n",
                 row.config.name,
                 l.p50_us,
                 l.p90_us,
@@ -433,6 +461,9 @@ pub fn markdown(r: &Report) -> String {
                 row.throughput_rps,
                 row.errors,
                 row.reconstructed_share * 100.0,
+                row.rebuilt_while_idle_share
+                    .map(|s| format!("{:.1}%", s * 100.0))
+                    .unwrap_or_default(),
                 row.agreement
                     .map(|a| format!("{:.1}%", a * 100.0))
                     .unwrap_or_default()

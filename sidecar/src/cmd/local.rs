@@ -39,7 +39,11 @@ pub struct LocalArgs {
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// Make model worker 1 a straggler (every answer delayed by
-    /// --straggle-ms), to watch reconstructions happen.
+    /// --straggle-ms): its first queries are rebuilt from the parity
+    /// (`parameters.reconstructed`), then the frontend marks it slow
+    /// (`coded_frontend_instance_straggler` 1 on /metrics) and sends it
+    /// only sampled copies until its answers are in time again (lift the
+    /// delay with `POST <model-1>/admin/delay {"delay_ms": 0}`).
     #[arg(long)]
     pub straggle: bool,
     #[arg(long, default_value_t = 200)]
@@ -141,7 +145,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
             &name,
             &card.input.name,
             &card.input.shape,
-            models,
+            &cluster.model_urls,
             &args,
         );
         let result = supervise(&mut cluster.children).await;
@@ -157,9 +161,10 @@ fn banner(
     name: &str,
     input: &str,
     shape: &[usize],
-    models: usize,
+    model_urls: &[String],
     args: &LocalArgs,
 ) {
+    let models = model_urls.len();
     let row_len: usize = shape.iter().product();
     let dims = shape
         .iter()
@@ -199,6 +204,15 @@ fn banner(
     );
     println!();
     println!("  metrics: {url}/metrics (coded_frontend_reconstructions_total, ...)");
+    if let (true, Some(slow)) = (args.straggle, model_urls.get(1)) {
+        println!(
+            "  the straggler's mark (1 once its late answers are seen, until it is fast again):"
+        );
+        println!("    curl -s {url}/metrics | grep 'coded_frontend_instance_straggler{{'");
+        println!(
+            "    curl -s {slow}/admin/delay -d '{{\"delay_ms\": 0}}'   # makes model-1 fast again"
+        );
+    }
     if let Some(p) = prometheus {
         println!();
         println!("  Prometheus: {p} (the dashboard's queries work there, e.g.)");

@@ -39,10 +39,12 @@ pub struct Call<'a> {
 }
 
 /// Answers one request under a baseline mode.
+/// `sampled` counts the copies sent to instances marked slow.
 pub async fn infer(
     pool: &Pool,
     mode: DispatchMode,
     call: Call<'_>,
+    sampled: &prometheus::IntCounter,
 ) -> Result<Vec<f32>, EngineError> {
     let mut tried: Vec<usize> = Vec::new();
     let mut running: JoinSet<Result<Vec<f32>, String>> = JoinSet::new();
@@ -73,6 +75,19 @@ pub async fn infer(
     };
     let mut picked = pool.pick(Role::Model, first, &[]);
     picked.dedup_by_key(|i| i.id);
+    sampled.inc_by(
+        pool.sample(
+            Role::Model,
+            &picked,
+            call.rows,
+            call.item_shape,
+            call.data,
+            call.out_len,
+            call.deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ) as u64,
+    );
     for instance in picked {
         spawn(&mut running, &mut tried, instance);
     }

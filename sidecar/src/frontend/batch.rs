@@ -208,12 +208,18 @@ impl Batch {
             .filter(|&j| !self.slots[j].members.is_empty())
             .collect();
         let picked = self.ctx.pool.pick(Role::Model, active.len(), &[]);
+        if let Some(&j) = active.first() {
+            let (rows, data) = self.slot_rows(j);
+            self.sample(Role::Model, &picked, rows, &data);
+        }
         for (j, instance) in active.into_iter().zip(picked) {
             self.send_slot(j, instance);
         }
         match self.ctx.encode(&self.rows, self.groups) {
             Ok(parity_rows) => {
-                if let Some(instance) = self.ctx.pool.pick(Role::Parity, 1, &[]).pop() {
+                let picked = self.ctx.pool.pick(Role::Parity, 1, &[]);
+                self.sample(Role::Parity, &picked, self.groups, &parity_rows);
+                if let Some(instance) = picked.into_iter().next() {
                     self.send_parity(instance, parity_rows);
                 }
             }
@@ -227,14 +233,35 @@ impl Batch {
             .max(Duration::from_millis(1))
     }
 
-    fn send_slot(&mut self, j: usize, instance: Arc<Instance>) {
-        let slot = &mut self.slots[j];
-        let data: Vec<f32> = slot
-            .members
+    /// Slot j's rows, one per group it has a query in, and their count.
+    fn slot_rows(&self, j: usize) -> (usize, Vec<f32>) {
+        let members = &self.slots[j].members;
+        let data = members
             .iter()
             .flat_map(|&q| self.rows[q].iter().copied())
             .collect();
-        let rows = slot.members.len();
+        (members.len(), data)
+    }
+
+    /// Copies of a call to instances of `role` marked slow (see
+    /// `Pool::sample`).
+    fn sample(&self, role: Role, picked: &[Arc<Instance>], rows: usize, data: &[f32]) {
+        let ctx = &self.ctx;
+        let sent = ctx.pool.sample(
+            role,
+            picked,
+            rows,
+            &ctx.item_shape,
+            data,
+            ctx.out_len,
+            self.call_timeout(),
+        );
+        ctx.metrics.sampled_calls.inc_by(sent as u64);
+    }
+
+    fn send_slot(&mut self, j: usize, instance: Arc<Instance>) {
+        let (rows, data) = self.slot_rows(j);
+        let slot = &mut self.slots[j];
         slot.pending += 1;
         slot.tried.push(instance.id);
         slot.last_sent = Instant::now();
@@ -280,6 +307,9 @@ impl Batch {
             self.reconstructed[q] = reconstructed;
             if reconstructed {
                 self.ctx.metrics.reconstructions.inc();
+                if self.ctx.pool.idle_usable_model() {
+                    self.ctx.metrics.rebuilt_while_idle.inc();
+                }
             }
             let _ = reply.send(Ok(RowAnswer {
                 output,

@@ -39,6 +39,10 @@ pub struct Snapshot {
     /// avoided within a few typical latencies, not once its slow answers
     /// have moved a median (a 500 ms slow spell is over by then).
     pub lag_after: Duration,
+    /// An answer that took longer than this was late; late answers in a
+    /// row mark their instance slow until answers in time clear it
+    /// (`Instance::note_pace`).
+    pub late_after: Duration,
     /// Ids of the model instances, then of the parity instances, slow
     /// enough to avoid.
     pub slow_models: BTreeSet<usize>,
@@ -58,6 +62,7 @@ impl Snapshot {
             retry_after: Duration::from_millis(50),
             stall_after: Duration::from_millis(50),
             lag_after: Duration::from_millis(50),
+            late_after: Duration::from_millis(50),
             slow_models: BTreeSet::new(),
             slow_parities: BTreeSet::new(),
             observed_tail: None,
@@ -85,12 +90,21 @@ pub struct Pool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Standing {
     Usable,
+    /// A call of it is out too long, or none finishes: judged afresh at
+    /// every pick, and often only busy (it took every call of a batch).
+    Lagging,
+    /// Marked slow (late answers in a row, or its median): slow for
+    /// seconds, so a lagging instance is the better choice.
     Straggler,
     Down,
 }
 
 impl Pool {
     pub fn new(models: Vec<Arc<Instance>>, parities: Vec<Arc<Instance>>) -> Self {
+        let limit = Snapshot::initial().late_after;
+        for inst in models.iter().chain(&parities) {
+            inst.set_late_after(limit);
+        }
         Pool {
             models: RwLock::new(models.into()),
             parities: RwLock::new(parities.into()),
@@ -106,7 +120,12 @@ impl Pool {
         }
     }
 
+    /// Publishes the watcher's conclusions; `late_after` also tells each
+    /// instance which of its answers are late (see `Instance::note_pace`).
     pub fn set_snapshot(&self, snapshot: Snapshot) {
+        for inst in self.models().iter().chain(self.parities().iter()) {
+            inst.set_late_after(snapshot.late_after);
+        }
         match self.snapshot.write() {
             Ok(mut s) => *s = Arc::new(snapshot),
             Err(e) => *e.into_inner() = Arc::new(snapshot),
@@ -139,6 +158,10 @@ impl Pool {
 
     /// Replaces the instances of `role`; new picks see only these.
     pub fn set_instances(&self, role: Role, instances: Vec<Arc<Instance>>) {
+        let limit = self.snapshot().late_after;
+        for inst in &instances {
+            inst.set_late_after(limit);
+        }
         match self.list(role).write() {
             Ok(mut l) => *l = instances.into(),
             Err(e) => *e.into_inner() = instances.into(),
@@ -156,11 +179,12 @@ impl Pool {
             Role::Model => &snapshot.slow_models,
             Role::Parity => &snapshot.slow_parities,
         };
-        if slow.contains(&instance.id)
-            || instance.stalled_for(now) > snapshot.stall_after
+        if slow.contains(&instance.id) || instance.marked_slow() {
+            Standing::Straggler
+        } else if instance.stalled_for(now) > snapshot.stall_after
             || instance.oldest_call_age(now) > snapshot.lag_after
         {
-            Standing::Straggler
+            Standing::Lagging
         } else {
             Standing::Usable
         }
@@ -197,17 +221,60 @@ impl Pool {
         ranked.sort_by_key(|&(avoided, standing, inflight, rotation, _)| {
             (standing, avoided, inflight, rotation)
         });
-        let usable: Vec<&Arc<Instance>> = ranked
-            .iter()
-            .filter(|r| r.1 == Standing::Usable)
-            .map(|r| r.4)
-            .collect();
-        if usable.len() >= n || usable.is_empty() {
-            // Enough usable ones, or none at all: take the best n, cycling
-            // when there are fewer instances than calls.
+        // The best standing present: usable ones, else lagging ones (a
+        // busy instance beats one slow for seconds), which calls reuse
+        // when there are fewer of them than calls. With none of those,
+        // every instance is tried.
+        let best = ranked[0].1;
+        let first: Vec<&Arc<Instance>> =
+            ranked.iter().filter(|r| r.1 == best).map(|r| r.4).collect();
+        if first.len() >= n || best >= Standing::Straggler {
             return (0..n).map(|i| ranked[i % ranked.len()].4.clone()).collect();
         }
-        (0..n).map(|i| usable[i % usable.len()].clone()).collect()
+        (0..n).map(|i| first[i % first.len()].clone()).collect()
+    }
+
+    /// Sends a copy of a call (`rows` rows of `item_shape`, the same the
+    /// batch sends to `picked`) to each instance of `role` marked slow and
+    /// due a sample. Its answer is only timed: the instance's pace shows
+    /// whether it recovered, without a query waiting on it. Down instances
+    /// are left to their probes. Returns how many copies went out.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(
+        &self,
+        role: Role,
+        picked: &[Arc<Instance>],
+        rows: usize,
+        item_shape: &[usize],
+        data: &[f32],
+        out_len: usize,
+        timeout: Duration,
+    ) -> usize {
+        let now = Instant::now();
+        let due: Vec<Arc<Instance>> = self
+            .instances(role)
+            .iter()
+            .filter(|i| !picked.iter().any(|p| p.id == i.id))
+            .filter(|i| !i.is_down(now) && i.probe_ok() && i.claim_sample(now))
+            .cloned()
+            .collect();
+        for instance in &due {
+            let (instance, item, data) = (instance.clone(), item_shape.to_vec(), data.to_vec());
+            tokio::spawn(async move {
+                let _ = instance.infer(rows, &item, data, out_len, timeout).await;
+            });
+        }
+        due.len()
+    }
+
+    /// Whether some usable model instance has no call in flight: a query
+    /// rebuilt now could have had a real answer.
+    pub fn idle_usable_model(&self) -> bool {
+        let snapshot = self.snapshot();
+        let now = Instant::now();
+        self.models()
+            .iter()
+            .any(|m| m.inflight() == 0 && self.standing(m, &snapshot, now) == Standing::Usable)
     }
 
     /// How many instances of `role` could answer now: not down after
@@ -294,7 +361,102 @@ mod tests {
         );
         assert_eq!(
             p.standing(&models[1], &snapshot, Instant::now()),
+            Standing::Lagging
+        );
+    }
+
+    /// Two answers later than the late limit (50 ms before the watcher
+    /// sets one).
+    fn mark_slow(instance: &Instance) {
+        for _ in 0..2 {
+            instance.record_success(Instant::now(), Duration::from_millis(80));
+        }
+        assert!(instance.marked_slow());
+    }
+
+    #[test]
+    fn an_instance_marked_by_late_answers_gets_no_calls_while_others_can_take_them() {
+        let p = pool(3);
+        let models = p.models();
+        mark_slow(&models[1]);
+        assert_eq!(
+            p.standing(&models[1], &p.snapshot(), Instant::now()),
             Standing::Straggler
+        );
+        for _ in 0..4 {
+            let mut picked = indices(&p.pick(Role::Model, 2, &[]));
+            picked.sort();
+            assert_eq!(picked, vec![0, 2]);
+        }
+        // The watcher's limit reaches instances already in the pool and
+        // those that join.
+        let mut s = (*p.snapshot()).clone();
+        s.late_after = Duration::from_millis(500);
+        p.set_snapshot(s);
+        models[0].record_success(Instant::now(), Duration::from_millis(80));
+        models[0].record_success(Instant::now(), Duration::from_millis(80));
+        assert!(!models[0].marked_slow());
+        let joined = instance(7, Role::Model);
+        p.set_instances(Role::Model, vec![models[0].clone(), joined.clone()]);
+        joined.record_success(Instant::now(), Duration::from_millis(80));
+        joined.record_success(Instant::now(), Duration::from_millis(80));
+        assert!(!joined.marked_slow());
+    }
+
+    #[test]
+    fn a_busy_instance_is_preferred_to_one_marked_slow() {
+        // m = k = 2, model 1 marked: model 0 takes both slots, and keeps
+        // them when a call of it is out long enough to make it lag.
+        let p = pool(2);
+        let mut s = (*p.snapshot()).clone();
+        s.lag_after = Duration::from_millis(5);
+        p.set_snapshot(s);
+        let models = p.models();
+        mark_slow(&models[1]);
+        let _busy = models[0].hold_call(Instant::now() - Duration::from_millis(8));
+        assert_eq!(
+            p.standing(&models[0], &p.snapshot(), Instant::now()),
+            Standing::Lagging
+        );
+        for _ in 0..4 {
+            assert_eq!(indices(&p.pick(Role::Model, 2, &[])), vec![0, 0]);
+            assert_eq!(indices(&p.pick(Role::Model, 1, &[0])), vec![0]);
+        }
+    }
+
+    #[tokio::test]
+    async fn marked_instances_get_one_sampled_copy_per_period_unless_picked() {
+        let p = pool(3);
+        let models = p.models();
+        mark_slow(&models[1]);
+        let copy = |p: &Pool, picked: &[Arc<Instance>]| {
+            p.sample(
+                Role::Model,
+                picked,
+                1,
+                &[2],
+                &[0.0, 0.0],
+                1,
+                Duration::from_millis(10),
+            )
+        };
+        let picked = p.pick(Role::Model, 2, &[]);
+        assert_eq!(copy(&p, &picked), 1, "the marked instance gets a copy");
+        assert_eq!(copy(&p, &picked), 0, "and no second one in the same period");
+        // Marked and picked (nothing else could take the call): the call
+        // itself tells its pace, no copy is sent.
+        let p = pool(2);
+        let models = p.models();
+        mark_slow(&models[0]);
+        mark_slow(&models[1]);
+        let picked = p.pick(Role::Model, 2, &[]);
+        assert_eq!(copy(&p, &picked), 0);
+        let unmarked = pool(2);
+        let picked = unmarked.pick(Role::Model, 1, &[]);
+        assert_eq!(
+            copy(&unmarked, &picked),
+            0,
+            "instances not marked get no copies"
         );
     }
 

@@ -264,6 +264,7 @@ impl Engine for Frontend {
                     out_len: ctx.out_len,
                     deadline,
                 },
+                &ctx.metrics.sampled_calls,
             )
             .await
             .inspect_err(|_| ctx.metrics.timeouts.inc_by(input.rows as u64))?;

@@ -18,6 +18,17 @@ const WINDOW_AGE: Duration = Duration::from_secs(5);
 /// Longest an instance is skipped after failures, before it is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Answers in a row later than the late limit that mark an instance slow,
+/// and answers in a row within it that clear the mark. Two, not one: a
+/// single late answer is as likely a hiccup (a page fault, a big batch) as
+/// a slow instance.
+const LATE_TO_MARK: u32 = 2;
+const ON_TIME_TO_CLEAR: u32 = 2;
+/// A marked instance gets a copy of a real call this often (its answer is
+/// only timed), so that it is seen to recover without a query paying for it.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// The late limit until the pool sets one from what calls took.
+const FIRST_LATE_AFTER: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -77,6 +88,21 @@ pub struct Instance {
     samples: Mutex<VecDeque<(u64, f32)>>,
     duration: Histogram,
     errors: IntCounter,
+    /// An answer later than this (µs) is late: the pool sets it from the
+    /// watcher's snapshot (`Snapshot::late_after`).
+    late_after: AtomicU64,
+    /// Marked slow from its late answers; read on every pick.
+    slow: AtomicBool,
+    pace: Mutex<Pace>,
+}
+
+/// The answers in a row that were late, or in time, and when a marked
+/// instance last got a sampled call (µs since `epoch`).
+#[derive(Debug, Default)]
+struct Pace {
+    late: u32,
+    on_time: u32,
+    sampled_at: Option<u64>,
 }
 
 /// One call in flight at an instance, counted until it finishes or is
@@ -160,6 +186,9 @@ impl Instance {
             samples: Mutex::new(VecDeque::with_capacity(WINDOW)),
             duration: spec.duration,
             errors: spec.errors,
+            late_after: AtomicU64::new(FIRST_LATE_AFTER.as_micros() as u64),
+            slow: AtomicBool::new(false),
+            pace: Mutex::new(Pace::default()),
         })
     }
 
@@ -239,6 +268,83 @@ impl Instance {
             }
             samples.push_back((self.micros(at), latency.as_secs_f32()));
         }
+        self.note_pace(latency);
+    }
+
+    /// Marks the instance slow after LATE_TO_MARK late answers in a row,
+    /// whether or not their queries had been rebuilt meanwhile, and clears
+    /// the mark after ON_TIME_TO_CLEAR answers in time (sampled calls
+    /// included). The mark holds however long the instance gets no calls:
+    /// only answers show it recovered. Logs each change once.
+    fn note_pace(&self, latency: Duration) {
+        let limit = Duration::from_micros(self.late_after.load(Ordering::SeqCst));
+        let Ok(mut pace) = self.pace.lock() else {
+            return;
+        };
+        let slow = self.slow.load(Ordering::SeqCst);
+        if latency > limit {
+            pace.late += 1;
+            pace.on_time = 0;
+            if !slow && pace.late >= LATE_TO_MARK {
+                self.slow.store(true, Ordering::SeqCst);
+                pace.sampled_at = None;
+                tracing::warn!(
+                    instance = %self.url,
+                    role = self.role.as_str(),
+                    "marked slow: {} answers in a row came later than {:.1} ms (the last in {:.1} ms); \
+                     it gets no calls while others can take them, only a sampled copy every {} ms",
+                    pace.late,
+                    ms(limit),
+                    ms(latency),
+                    SAMPLE_EVERY.as_millis(),
+                );
+            }
+        } else {
+            pace.on_time += 1;
+            pace.late = 0;
+            if slow && pace.on_time >= ON_TIME_TO_CLEAR {
+                self.slow.store(false, Ordering::SeqCst);
+                tracing::info!(
+                    instance = %self.url,
+                    role = self.role.as_str(),
+                    "no longer slow: {} answers in a row within {:.1} ms (the last in {:.1} ms)",
+                    pace.on_time,
+                    ms(limit),
+                    ms(latency),
+                );
+            }
+        }
+    }
+
+    /// Whether late answers marked the instance slow (see `note_pace`).
+    pub fn marked_slow(&self) -> bool {
+        self.slow.load(Ordering::SeqCst)
+    }
+
+    /// Sets the late limit: answers that took longer are late.
+    pub fn set_late_after(&self, limit: Duration) {
+        self.late_after
+            .store(limit.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Whether a marked instance is due a sampled call now: none in flight
+    /// and none for SAMPLE_EVERY. Claims the turn, so that concurrent
+    /// batches send one copy, not one each.
+    pub fn claim_sample(&self, now: Instant) -> bool {
+        if !self.marked_slow() || self.inflight() > 0 {
+            return false;
+        }
+        let now = self.micros(now);
+        let Ok(mut pace) = self.pace.lock() else {
+            return false;
+        };
+        let due = pace
+            .sampled_at
+            .is_none_or(|t| now.saturating_sub(t) >= SAMPLE_EVERY.as_micros() as u64);
+        if due {
+            pace.sampled_at = Some(now);
+        }
+        due
     }
 
     /// Failed calls put the instance aside for a backoff that doubles with
@@ -335,6 +441,10 @@ impl Instance {
     }
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 /// The `q` quantile (nearest rank) of `values`, which it sorts.
 pub fn quantile(values: &mut [f32], q: f64) -> Option<f32> {
     if values.is_empty() {
@@ -421,6 +531,57 @@ mod tests {
         assert_eq!(instance.stalled_for(Instant::now()), Duration::ZERO);
         assert_eq!(instance.oldest_call_age(Instant::now()), Duration::ZERO);
         held.abort();
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn late_answers_in_a_row_mark_an_instance_and_answers_in_time_clear_it() {
+        let i = test_instance(0, Role::Model);
+        i.set_late_after(ms(20));
+        let at = Instant::now();
+        i.record_success(at, ms(30));
+        assert!(!i.marked_slow(), "one late answer is a hiccup");
+        i.record_success(at, ms(5));
+        i.record_success(at, ms(30));
+        assert!(!i.marked_slow(), "late answers must come in a row");
+        i.record_success(at, ms(30));
+        assert!(i.marked_slow());
+        i.record_success(at, ms(5));
+        assert!(i.marked_slow(), "one answer in time is not enough");
+        i.record_success(at, ms(30));
+        i.record_success(at, ms(5));
+        assert!(i.marked_slow(), "answers in time must come in a row");
+        i.record_success(at, ms(5));
+        assert!(!i.marked_slow());
+        // The limit is the pool's to set: the same answers under a higher
+        // one are in time.
+        i.set_late_after(ms(100));
+        i.record_success(at, ms(30));
+        i.record_success(at, ms(30));
+        assert!(!i.marked_slow());
+    }
+
+    #[test]
+    fn a_marked_instance_is_due_one_sample_per_period_and_none_while_a_call_is_out() {
+        let i = test_instance(0, Role::Model);
+        i.set_late_after(ms(20));
+        let t0 = Instant::now();
+        assert!(!i.claim_sample(t0), "an instance not marked is not sampled");
+        i.record_success(t0, ms(30));
+        i.record_success(t0, ms(30));
+        assert!(i.claim_sample(t0));
+        assert!(
+            !i.claim_sample(t0 + ms(1)),
+            "one copy per period, however many batches ask"
+        );
+        let due = t0 + SAMPLE_EVERY;
+        let call = i.hold_call(due);
+        assert!(!i.claim_sample(due), "none while a call is out");
+        drop(call);
+        assert!(i.claim_sample(due));
     }
 
     #[test]

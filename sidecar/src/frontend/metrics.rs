@@ -24,6 +24,11 @@ pub struct Metrics {
     pub timeouts: IntCounter,
     /// Real answers that came after their query was reconstructed.
     pub late_answers: IntCounter,
+    /// Queries rebuilt while a usable model instance had no call in
+    /// flight: approximate answers an idle instance could have made exact.
+    pub rebuilt_while_idle: IntCounter,
+    /// Copies of calls sent to instances marked slow, to see them recover.
+    pub sampled_calls: IntCounter,
     /// Real queries per coding group (the rest is zero padding).
     pub group_fill: Histogram,
     /// Coding groups per coding batch.
@@ -76,6 +81,14 @@ impl Metrics {
             late_answers: counter(
                 "late_answers_dropped_total",
                 "Real answers dropped because the query was already reconstructed",
+            )?,
+            rebuilt_while_idle: counter(
+                "reconstructions_while_idle_total",
+                "Queries reconstructed while a usable model instance had no call in flight",
+            )?,
+            sampled_calls: counter(
+                "sampled_calls_total",
+                "Copies of calls sent to instances marked slow, to see whether they recovered (answers only timed)",
             )?,
             group_fill: Histogram::with_opts(hist(
                 "group_fill",
@@ -147,6 +160,8 @@ impl Metrics {
             &m.retries,
             &m.timeouts,
             &m.late_answers,
+            &m.rebuilt_while_idle,
+            &m.sampled_calls,
             &m.prometheus_errors,
         ] {
             m.registry.register(Box::new(c.clone()))?;

@@ -136,7 +136,25 @@ pub fn assess(
         let mut known: Vec<f32> = medians.iter().flatten().map(|&m| m as f32).collect();
         quantile(&mut known, 0.5).map(f64::from)
     };
-    let local_typical = typical_of(&local_models);
+    // The typical instance is one not marked slow by its late answers: a
+    // marked instance gets only sampled calls, so its window still holds
+    // the fast answers from before its slow spell, and those made the one
+    // instance taking all the calls look 3× slower than "typical"
+    // (faults.rs: the healthy instance marked, calls back on the slow one).
+    let unmarked = |instances: &[Arc<Instance>], medians: &[Option<f64>]| -> Vec<Option<f64>> {
+        let kept: Vec<Option<f64>> = instances
+            .iter()
+            .zip(medians)
+            .filter(|(i, _)| !i.marked_slow())
+            .map(|(_, m)| *m)
+            .collect();
+        if kept.iter().any(Option::is_some) {
+            kept
+        } else {
+            medians.to_vec()
+        }
+    };
+    let local_typical = typical_of(&unmarked(&models[..], &local_models));
 
     // Workers time their answers; the frontend times calls, which also pay
     // for HTTP and the network. Prometheus' view is moved to the call's
@@ -176,7 +194,10 @@ pub fn assess(
         &local_parities,
         prom.map(|p| &p.parity_medians),
     );
-    let typical = typical_of(&model_medians.iter().map(|m| m.0).collect::<Vec<_>>());
+    let typical = typical_of(&unmarked(
+        &models[..],
+        &model_medians.iter().map(|m| m.0).collect::<Vec<_>>(),
+    ));
     // Hysteresis only for Prometheus' marks: its view moves one poll at a
     // time over a long window, and would flap around the threshold. The
     // frontend's own windows mark stragglers afresh every tick: with m = k,
@@ -213,8 +234,9 @@ pub fn assess(
     let mut healthy: Vec<f32> = recent
         .iter()
         .zip(&slow_models)
-        .filter(|(_, slow)| !**slow)
-        .flat_map(|(r, _)| r.iter().copied())
+        .zip(models.iter())
+        .filter(|((_, slow), inst)| !**slow && !inst.marked_slow())
+        .flat_map(|((r, _), _)| r.iter().copied())
         .collect();
     let pooled = |v: &mut Vec<f32>, q: f64| {
         quantile(v, q)
@@ -233,7 +255,8 @@ pub fn assess(
         .iter()
         .map(|r| at(r.clone(), config.quantile))
         .collect();
-    let local_tail = typical_of(&per_instance).and_then(|t| Duration::try_from_secs_f64(t).ok());
+    let local_tail = typical_of(&unmarked(&models[..], &per_instance))
+        .and_then(|t| Duration::try_from_secs_f64(t).ok());
     let p99 = pooled(&mut healthy, 0.99);
     let prom_tail = prom
         .and_then(|p| p.tail)
@@ -244,6 +267,9 @@ pub fn assess(
         (None, _) => (local_tail, LatencySource::Local),
     };
     let initial = Snapshot::initial();
+    let retry_after = local_typical
+        .map(|t| Duration::from_secs_f64(t * RETRY_FACTOR).max(MIN_RETRY_AFTER))
+        .unwrap_or(initial.retry_after);
     Snapshot {
         eager_after: local_typical
             .map(|t| Duration::from_secs_f64(t).max(MIN_EAGER_AFTER))
@@ -260,9 +286,12 @@ pub fn assess(
         // slow instances at once) then waited for the slow answers instead
         // of being sent elsewhere (`bench stragglers --k 3,4`: p99.9 ~53 ms
         // with 2× the typical instance's p99).
-        retry_after: local_typical
-            .map(|t| Duration::from_secs_f64(t * RETRY_FACTOR).max(MIN_RETRY_AFTER))
-            .unwrap_or(initial.retry_after),
+        retry_after,
+        // As long as a retry waits: an answer that late is well past the
+        // jitter of a few shared cores (4 medians is not: healthy
+        // instances were marked under load), and a limit from the typical
+        // median, not a tail, is not raised by the slow answers it judges.
+        late_after: retry_after,
         stall_after: p99
             .map(|t| (t * 4).max(MIN_STALL_AFTER))
             .unwrap_or(initial.stall_after),
@@ -312,7 +341,9 @@ pub async fn run(
         let fresh = view
             .as_ref()
             .filter(|v| now.saturating_duration_since(v.at) < stale_after);
-        let snapshot = assess(&pool, &config, now, &pool.snapshot(), fresh);
+        let previous = pool.snapshot();
+        let snapshot = assess(&pool, &config, now, &previous, fresh);
+        log_marks(&pool, &previous, &snapshot, &config);
         publish(
             &metrics,
             &pool,
@@ -322,6 +353,34 @@ pub async fn run(
             &mut published,
         );
         pool.set_snapshot(snapshot);
+    }
+}
+
+/// One line per change of a mark from median latency (marks from late
+/// answers log their own, `Instance::note_pace`).
+fn log_marks(pool: &Pool, before: &Snapshot, after: &Snapshot, config: &WatchConfig) {
+    for (role, was, is) in [
+        (Role::Model, &before.slow_models, &after.slow_models),
+        (Role::Parity, &before.slow_parities, &after.slow_parities),
+    ] {
+        for inst in pool.instances(role).iter() {
+            match (was.contains(&inst.id), is.contains(&inst.id)) {
+                (false, true) => tracing::warn!(
+                    instance = %inst.url,
+                    role = role.as_str(),
+                    source = after.source.as_str(),
+                    "marked a straggler: its median latency is over {}× the typical instance's",
+                    config.slow_factor
+                ),
+                (true, false) => tracing::info!(
+                    instance = %inst.url,
+                    role = role.as_str(),
+                    source = after.source.as_str(),
+                    "no longer a straggler by its median latency"
+                ),
+                _ => {}
+            }
+        }
     }
 }
 
