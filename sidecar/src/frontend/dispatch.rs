@@ -404,6 +404,22 @@ mod tests {
     }
 
     #[test]
+    fn a_parity_instance_marked_slow_is_avoided_while_another_can_take_its_calls() {
+        let p = Pool::new(
+            vec![instance(0, Role::Model), instance(1, Role::Model)],
+            vec![instance(2, Role::Parity), instance(3, Role::Parity)],
+        );
+        mark_slow(&p.parities()[0]);
+        for _ in 0..4 {
+            assert_eq!(indices(&p.pick(Role::Parity, 1, &[])), vec![3]);
+        }
+        // With one parity instance, a slow parity beats none.
+        let p = pool(2);
+        mark_slow(&p.parities()[0]);
+        assert_eq!(p.pick(Role::Parity, 1, &[]).len(), 1);
+    }
+
+    #[test]
     fn a_busy_instance_is_preferred_to_one_marked_slow() {
         // m = k = 2, model 1 marked: model 0 takes both slots, and keeps
         // them when a call of it is out long enough to make it lag.
