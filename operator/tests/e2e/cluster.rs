@@ -24,7 +24,8 @@ pub struct Cluster {
 }
 
 /// The cluster from `e2e/cluster.sh env`, or `None` (with a message) when the
-/// tests run outside `e2e/run.sh`, e.g. under a plain `cargo test --workspace`.
+/// tests run outside `e2e/run.sh`, e.g. under a plain `cargo test --workspace`;
+/// under `CODED_E2E_TESTS=1` a missing cluster fails the test instead.
 /// A KUBECONFIG alone is not enough: these tests create and delete cluster
 /// objects, so they only run against the throwaway cluster the script made.
 pub async fn cluster() -> Option<Cluster> {
@@ -32,6 +33,12 @@ pub async fn cluster() -> Option<Cluster> {
         std::env::var("CODED_E2E_SERVER"),
         std::env::var("KUBECONFIG"),
     ) else {
+        // Asked for (`e2e/run.sh` sets CODED_E2E_TESTS=1), a missing
+        // cluster is a failure, never a silent pass.
+        assert!(
+            std::env::var("CODED_E2E_TESTS").as_deref() != Ok("1"),
+            "CODED_E2E_TESTS=1 but CODED_E2E_SERVER or KUBECONFIG is unset: run the tests through e2e/run.sh"
+        );
         // Straight to stderr, past the test harness's capture, so that a
         // plain `cargo test` shows that these tests did not run.
         let _ = writeln!(std::io::stderr(), "skipped: no cluster (run e2e/run.sh)");
