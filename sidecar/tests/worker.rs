@@ -564,3 +564,49 @@ async fn admin_endpoint_sets_the_injected_delay() {
     assert_eq!(status, 200);
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
+
+/// On one I/O thread (the default), a batch that takes long runs off it:
+/// health checks and `/metrics` are answered while it runs, for the first
+/// batch (its cost unknown) and for later ones (its cost known) alike. The
+/// test's own client shares that thread, as the server's other
+/// connections would.
+#[tokio::test]
+async fn health_and_metrics_answer_while_a_long_batch_runs() {
+    let model = Linear {
+        call_time: Duration::from_millis(1500),
+        ..Linear::default()
+    };
+    let w = start(options(), model).await;
+    let http = reqwest::Client::new();
+    let batches = || w.model.batches.lock().unwrap().len();
+    for round in 0..2 {
+        let before = batches();
+        let url = format!("{}/v2/models/linear/infer", w.url);
+        let data = rows(1, round);
+        let infer = tokio::spawn(async move {
+            post_json(
+                &url,
+                json!({"inputs": [{"name": "input", "shape": [1, INPUTS], "datatype": "FP32", "data": data}]}),
+            )
+            .await
+        });
+        while batches() == before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let asked = std::time::Instant::now();
+        for path in ["/v2/health/ready", "/v2/health/live", "/metrics"] {
+            let r = http.get(format!("{}{path}", w.url)).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+        }
+        let took = asked.elapsed();
+        assert!(
+            !infer.is_finished(),
+            "batch {round}: health and /metrics waited for the batch ({took:?})"
+        );
+        eprintln!(
+            "batch {round}: health, liveness and /metrics answered in {took:?} during a 1.5 s batch"
+        );
+        let (status, _) = infer.await.unwrap();
+        assert_eq!(status, 200);
+    }
+}

@@ -31,7 +31,9 @@ pub struct BatchConfig {
     /// Run the model on the batcher's own thread instead of a blocking
     /// thread: for a server on one I/O thread, where a hand-off to another
     /// thread and back costs more than these models' compute. One call at
-    /// a time.
+    /// a time, and only batches predicted to take under INLINE_BUDGET
+    /// (2 ms): longer ones (and the first, whose cost is unknown) run on a
+    /// blocking thread, so that health checks are answered meanwhile.
     pub inline: bool,
 }
 
@@ -129,6 +131,7 @@ async fn run(
 ) {
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let mut carried: Option<Job> = None;
+    let mut pace = Pace::default();
     loop {
         // Wait for a free model slot first: requests keep queueing meanwhile
         // and join the next batch.
@@ -167,15 +170,21 @@ async fn run(
             jobs.push(next);
         }
         if config.inline {
+            // Inline only while the batch is predicted short: a long one
+            // would hold health checks and `/metrics` on the one I/O
+            // thread for its whole run (ResNet-18, batch 64: seconds).
+            let inline = pace.predict(rows).is_some_and(|d| d <= INLINE_BUDGET);
+            let started = Instant::now();
             run_batch(
                 backend.clone(),
                 &input_shape,
                 output_len,
                 jobs,
                 &metrics,
-                true,
+                inline,
             )
             .await;
+            pace.record(rows, started.elapsed());
             drop(slot);
             continue;
         }
@@ -190,6 +199,36 @@ async fn run(
     // Wait for batches still running so that their requests are answered
     // before the worker reports that it has drained.
     let _ = slots.acquire_many(config.concurrency as u32).await;
+}
+
+/// Longest batch run inline on the I/O thread: health checks and other
+/// requests wait at most this long behind it.
+const INLINE_BUDGET: Duration = Duration::from_millis(2);
+
+/// What a row costs the model, from the batches so far (a moving average),
+/// to predict how long the next batch takes.
+#[derive(Debug, Default)]
+struct Pace {
+    per_row: Option<f64>,
+}
+
+impl Pace {
+    /// Unknown before the first batch: then the batch runs off the I/O
+    /// thread, whatever it turns out to cost.
+    fn predict(&self, rows: usize) -> Option<Duration> {
+        self.per_row
+            .and_then(|s| Duration::try_from_secs_f64(s * rows as f64).ok())
+    }
+
+    fn record(&mut self, rows: usize, took: Duration) {
+        let sample = took.as_secs_f64() / rows.max(1) as f64;
+        self.per_row = Some(match self.per_row {
+            // A slower batch counts at once, a faster one gradually: a
+            // model that turned slow must leave the I/O thread now.
+            Some(old) if sample < old => 0.8 * old + 0.2 * sample,
+            _ => sample,
+        });
+    }
 }
 
 async fn run_batch(
@@ -277,6 +316,23 @@ async fn run_batch(
 
 #[cfg(test)]
 mod tests {
+    use super::Pace;
+
+    #[test]
+    fn pace_predicts_from_rows_and_leaves_the_io_thread_at_once_when_slower() {
+        let ms = std::time::Duration::from_millis;
+        let mut pace = Pace::default();
+        assert_eq!(pace.predict(1), None, "unknown before the first batch");
+        pace.record(4, ms(4));
+        assert_eq!(pace.predict(8), Some(ms(8)));
+        // Faster batches lower the cost gradually...
+        pace.record(1, ms(0));
+        assert_eq!(pace.predict(10), Some(ms(8)));
+        // ...a slower one raises it at once.
+        pace.record(1, ms(50));
+        assert_eq!(pace.predict(2), Some(ms(100)));
+    }
+
     use super::*;
     use crate::protocol::{ModelInfo, TensorSpec};
     use crate::worker::backend::BackendError;
