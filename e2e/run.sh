@@ -40,6 +40,10 @@ step() {
 }
 
 REAL_NODE=${CODED_E2E_REAL_NODE:-auto}
+# The tests read CODED_E2E_REAL_NODE as the node's name (`cluster.sh env`
+# sets it once the node is up): the switch above must not reach them, or
+# `CODED_E2E_REAL_NODE=0` would send them looking for a node named "0".
+unset CODED_E2E_REAL_NODE
 SIDECAR_IMAGE=${CODED_E2E_SIDECAR_IMAGE:-localhost/coded-sidecar:dev}
 NODE_UP=""
 

@@ -47,6 +47,19 @@ async fn chart_installs_and_every_example_becomes_ready() {
     // tolerations for kwok's nodes.
     let (ns, deployed) = install_chart(&cluster, "e2e-examples", Watch::All, &[], 1).await;
     let _op = Operator::start(&cluster, &deployed, &deployed.pods[0]).await;
+    // The namespace enforces the restricted Pod Security Standard (so the
+    // chart's pod above and every example's pods below were admitted under
+    // it): a pod that is not locked down is refused.
+    let refused = kubectl_fails(&[
+        "run",
+        "not-locked-down",
+        "--namespace",
+        &ns.name,
+        "--image",
+        "busybox",
+        "--restart=Never",
+    ]);
+    assert!(refused.contains("violates PodSecurity"), "{refused}");
 
     // The GPU example needs what a GPU cluster has: a node with GPUs behind a
     // taint, and the `nvidia` RuntimeClass.

@@ -208,6 +208,20 @@ impl Namespace {
         }
     }
 
+    /// Enforces Kubernetes' `restricted` Pod Security Standard here: the API
+    /// server then refuses any pod of the chart or of the operator that is
+    /// not locked down (root, privilege escalation, capabilities, seccomp,
+    /// host volumes), and a Deployment with such pods never becomes ready.
+    pub fn enforce_restricted(&self) {
+        kubectl(&[
+            "label",
+            "namespace",
+            &self.name,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest",
+        ]);
+    }
+
     /// `helm install` the repository's chart as `release` (waiting for its
     /// Deployment, whose pods kwok runs); `set` are `--set` values.
     pub fn helm_install(&mut self, release: &str, set: &[String]) -> String {

@@ -105,6 +105,9 @@ pub async fn install_chart(
     replicas: usize,
 ) -> (Namespace, Deployed) {
     let mut ns = Namespace::create(prefix);
+    // Every chart test runs under the restricted profile: the operator's
+    // pod and every pod it writes must be admitted there.
+    ns.enforce_restricted();
     let release = ns.name.clone();
     let mut values: Vec<String> = set.iter().map(|s| s.to_string()).collect();
     if watch == Watch::Own {
