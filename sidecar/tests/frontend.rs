@@ -321,3 +321,17 @@ async fn baseline_dispatch_modes_answer_and_hedging_dodges_a_straggler() {
         }
     }
 }
+
+/// The row limit holds at the frontend too (the HTTP layer both share),
+/// before any query is queued for coding.
+#[tokio::test]
+async fn the_frontend_refuses_requests_over_the_row_limit() {
+    let s = setup(2, |o| o.http.max_rows_per_request = 3).await;
+    let c = Client::new(&s.url, Duration::from_secs(5)).unwrap();
+    let r = infer(&c, rows(3, 1)).await.unwrap();
+    assert_exact(&rows(3, 1), &r.outputs[0].data);
+    let err = infer(&c, rows(4, 1)).await.unwrap_err().to_string();
+    assert!(err.contains("4 rows") && err.contains("at most 3"), "{err}");
+    let queries = metric(&s.url, "coded_frontend_queries_total").await;
+    assert_eq!(queries, 3.0, "the refused request's rows were never queued");
+}

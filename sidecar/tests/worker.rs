@@ -610,3 +610,42 @@ async fn health_and_metrics_answer_while_a_long_batch_runs() {
         assert_eq!(status, 200);
     }
 }
+
+/// A request with more rows than the largest batch is cut into batch-sized
+/// model calls, answered in order; one over the row limit gets a 400 that
+/// names the limit, and the model sees none of it.
+#[tokio::test]
+async fn big_requests_run_in_batch_sized_parts_and_the_row_limit_refuses_bigger_ones() {
+    let mut opts = options();
+    opts.max_batch_size = 8;
+    opts.http.max_rows_per_request = 20;
+    let w = start(opts, Linear::default()).await;
+    let client = Client::new(&w.url, Duration::from_secs(10)).unwrap();
+    let request = |n: usize| InferRequest {
+        id: None,
+        parameters: Default::default(),
+        inputs: vec![NamedTensor {
+            name: "input".into(),
+            shape: vec![n, INPUTS],
+            data: rows(n, n),
+        }],
+        outputs: OutputSelection::default(),
+    };
+    let r = client
+        .infer("linear", None, &request(20), Encoding::Binary)
+        .await
+        .unwrap();
+    assert!(close(&r.outputs[0].data, &expected_rows(&rows(20, 20))));
+    assert_eq!(*w.model.batches.lock().unwrap(), vec![8, 8, 4]);
+
+    let refused = client
+        .infer("linear", None, &request(21), Encoding::Binary)
+        .await
+        .unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        text.contains("400") && text.contains("21 rows") && text.contains("at most 20"),
+        "{text}"
+    );
+    assert_eq!(w.model.batches.lock().unwrap().len(), 3, "no work started");
+}

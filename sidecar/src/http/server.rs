@@ -44,6 +44,10 @@ pub struct HttpOptions {
     /// already in are then answered before the process exits.
     #[arg(long, env = "CODED_DRAIN_DELAY_MS", default_value_t = 0)]
     pub drain_delay_ms: u64,
+    /// Most rows (queries) one infer request may carry; a request with
+    /// more gets a 400 naming the limit, before any of it is computed.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rows_per_request: u64,
 }
 
 impl Default for HttpOptions {
@@ -53,6 +57,7 @@ impl Default for HttpOptions {
             port: 8000,
             max_body_bytes: 64 * 1024 * 1024,
             drain_delay_ms: 0,
+            max_rows_per_request: 4096,
         }
     }
 }
@@ -75,6 +80,7 @@ struct AppState<E> {
     registry: Registry,
     draining: Arc<AtomicBool>,
     max_body_bytes: usize,
+    max_rows: usize,
 }
 
 /// A bound v2 server; `run` serves until the shutdown future resolves, then
@@ -107,6 +113,7 @@ impl V2Server {
             registry,
             draining: draining.clone(),
             max_body_bytes: options.max_body_bytes,
+            max_rows: usize::try_from(options.max_rows_per_request).unwrap_or(usize::MAX),
         });
         let app = router(state)
             .merge(extra)
@@ -373,6 +380,16 @@ async fn answer<E: Engine>(
     drop(raw);
     let input = info.take_input(&mut request)?;
     let (rows, batched) = (input.rows, input.batched);
+    if rows > s.max_rows {
+        return Err(ApiError::Engine(EngineError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_rows",
+            format!(
+                "the request has {rows} rows; this server takes at most {} per request (--max-rows-per-request): split it",
+                s.max_rows
+            ),
+        )));
+    }
 
     let answer = if rows == 0 {
         super::Answer::default()

@@ -22,7 +22,8 @@ use super::metrics::Metrics;
 /// How requests are grouped into model calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConfig {
-    /// Most rows per model call. A request with more rows runs on its own.
+    /// Most rows per model call. A request with more rows is cut into
+    /// parts of this size (`Batcher::infer`).
     pub max_batch_size: usize,
     /// Longest a request waits for others to join its batch.
     pub max_queue_delay: Duration,
@@ -78,6 +79,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
+    max_batch_size: usize,
 }
 
 impl Batcher {
@@ -102,13 +104,42 @@ impl Batcher {
             },
             ..config
         };
+        let max_batch_size = config.max_batch_size;
         let task = tokio::spawn(run(backend, input_shape, output_len, config, metrics, rx));
-        (Batcher { tx }, task)
+        (Batcher { tx, max_batch_size }, task)
     }
 
     /// Runs `rows` rows (`data` row-major) through the model and returns
-    /// their outputs.
+    /// their outputs. More rows than the largest batch are cut into
+    /// batch-sized parts, queued together and answered in order: one big
+    /// request never becomes one model call the size of the whole request.
     pub async fn infer(&self, rows: usize, data: Vec<f32>) -> Result<Vec<f32>, BatchError> {
+        let row_len = data.len() / rows.max(1);
+        if rows <= self.max_batch_size || row_len == 0 {
+            return self
+                .submit(rows, data)
+                .await?
+                .await
+                .unwrap_or(Err(BatchError::Closed));
+        }
+        let mut parts = Vec::with_capacity(rows.div_ceil(self.max_batch_size));
+        for chunk in data.chunks(self.max_batch_size * row_len) {
+            parts.push(self.submit(chunk.len() / row_len, chunk.to_vec()).await?);
+        }
+        drop(data);
+        let mut out = Vec::new();
+        for part in parts {
+            out.extend(part.await.unwrap_or(Err(BatchError::Closed))?);
+        }
+        Ok(out)
+    }
+
+    /// Queues one job; the receiver gets its outputs.
+    async fn submit(
+        &self,
+        rows: usize,
+        data: Vec<f32>,
+    ) -> Result<oneshot::Receiver<Result<Vec<f32>, BatchError>>, BatchError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             rows,
@@ -117,7 +148,7 @@ impl Batcher {
             reply,
         };
         self.tx.send(job).await.map_err(|_| BatchError::Closed)?;
-        answer.await.unwrap_or(Err(BatchError::Closed))
+        Ok(answer)
     }
 }
 

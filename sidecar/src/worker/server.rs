@@ -39,13 +39,13 @@ pub struct ServeOptions {
     /// Model calls that may run at once (with more than one I/O thread).
     #[arg(long, default_value_t = 1)]
     pub batch_concurrency: usize,
-    /// Threads that serve requests. With one (the default) the model runs
-    /// on that same thread between reads: no hand-off to a compute thread
-    /// and back for each batch, and requests that arrive meanwhile wait in
-    /// their sockets and form the next batch (`bench overhead`, 2 cores:
-    /// see docs/benchmarks.md). With more, the model runs on a blocking
-    /// thread while they keep serving, which suits models that take long
-    /// per batch.
+    /// Threads that serve requests. With one (the default) batches expected
+    /// to take under 2 ms run on that same thread between reads: no
+    /// hand-off to a compute thread and back for each batch, and requests
+    /// that arrive meanwhile wait in their sockets and form the next batch
+    /// (`bench overhead`, 2 cores: see docs/benchmarks.md); longer batches
+    /// run on a blocking thread, so that health checks are answered
+    /// meanwhile. With more, the model always runs on a blocking thread.
     #[arg(long, env = "CODED_IO_THREADS", default_value_t = 1)]
     pub io_threads: usize,
     /// Added to every answer, in ms: makes this worker a straggler on purpose.
