@@ -484,7 +484,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_requests_run_alone_and_errors_reach_every_caller() {
+    async fn oversized_requests_are_cut_into_batches_and_errors_reach_every_caller() {
         let (backend, batcher, _task) = start(
             false,
             BatchConfig {
@@ -494,7 +494,7 @@ mod tests {
         );
         let out = batcher.infer(5, vec![1.0; 10]).await.unwrap();
         assert_eq!(out, vec![4.0; 5]);
-        assert_eq!(*backend.batches.lock().unwrap(), vec![5]);
+        assert_eq!(*backend.batches.lock().unwrap(), vec![2, 2, 1]);
 
         let (_, batcher, _task) = start(true, BatchConfig::default());
         let (a, b) = tokio::join!(
