@@ -97,8 +97,11 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
     }
 }
 
+/// The first line of an error (candle appends a backtrace on the lines
+/// after it when RUST_BACKTRACE is set), its spaces squeezed.
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let first = s.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    first.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A device as `--device` names it.
@@ -189,6 +192,14 @@ mod tests {
             let err = bad.parse::<DeviceSpec>().unwrap_err().to_string();
             assert!(err.contains("use cpu, cuda or cuda:N"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn errors_keep_their_first_line_only() {
+        assert_eq!(
+            one_line("DriverError(X, \"no  driver\")\n 0: candle::bt\n 1: main"),
+            "DriverError(X, \"no driver\")"
+        );
     }
 
     #[test]
