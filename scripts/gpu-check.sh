@@ -39,7 +39,7 @@ scripts/cuda-build.sh --no-clippy --release
 VENV=${CODED_CUDA_VENV:-$HOME/.cache/coded-serving/cuda-venv}
 CUDA=$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
 export LD_LIBRARY_PATH="$CUDA/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-BIN=${CARGO_TARGET_DIR:-target}/release/coded-sidecar
+BIN=${CODED_CUDA_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/cuda}/release/coded-sidecar
 "$BIN" worker --help >/dev/null
 
 WORK=${CODED_GPU_CHECK_DIR:-$(mktemp -d)}
