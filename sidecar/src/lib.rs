@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cmd;
 pub mod coding;
 pub mod data;
+pub mod device;
 pub mod eval;
 pub mod frontend;
 pub mod http;

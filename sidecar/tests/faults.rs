@@ -53,8 +53,9 @@ fn fixture() -> &'static Fixture {
         );
         let data = FashionMnist::load(DEFAULT_DATA_DIR.as_ref()).expect("Fashion-MNIST");
         let test = data.test.take(TEST_IMAGES).unwrap();
-        let base_model = model::load(&base).unwrap();
-        let parity_model = model::load(&parity).unwrap();
+        let cpu = model::Placement::f32(candle_core::Device::Cpu);
+        let base_model = model::load(&base, &cpu).unwrap();
+        let parity_model = model::load(&parity, &cpu).unwrap();
         let logits = base_model.network.forward(&test.images).unwrap();
         let report = coded_sidecar::eval::report::evaluate(&base_model, &parity_model, &test, 0)
             .expect("eval");

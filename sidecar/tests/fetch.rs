@@ -69,23 +69,23 @@ async fn file_server(root: PathBuf, tamper: bool) -> String {
 async fn http_models_load_and_are_checked() {
     coded_sidecar::tls::init();
     let dir = model_dir();
-    let local = coded_sidecar::model::load(&dir).unwrap();
+    let local = coded_sidecar::model::load(&dir, &cpu()).unwrap();
     let url = file_server(dir.clone(), false).await;
     for uri in [
         format!("{url}/models/fashion-mlp"),
         format!("{url}/models/card.json"),
     ] {
-        let model = fetch::load(&uri).await.unwrap();
+        let model = fetch::load(&uri, &cpu()).await.unwrap();
         assert_eq!(model.card, local.card, "{uri}");
         assert_eq!(fetch::card(&uri).await.unwrap(), local.card);
     }
-    let Err(missing) = fetch::load(&format!("{url}/nothing/here")).await else {
+    let Err(missing) = fetch::load(&format!("{url}/nothing/here"), &cpu()).await else {
         panic!("a missing model loaded");
     };
     assert!(matches!(missing, FetchError::Store { .. }), "{missing}");
 
     let bad = file_server(dir, true).await;
-    let Err(err) = fetch::load(&format!("{bad}/models/fashion-mlp")).await else {
+    let Err(err) = fetch::load(&format!("{bad}/models/fashion-mlp"), &cpu()).await else {
         panic!("tampered weights loaded");
     };
     let err = err.to_string();
@@ -178,7 +178,7 @@ fn fetch_writes_a_checked_model_once_and_refuses_tampered_weights() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let url = runtime.block_on(file_server(dir.clone(), false));
     let bad = runtime.block_on(file_server(dir.clone(), true));
-    let local = coded_sidecar::model::load(&dir).unwrap();
+    let local = coded_sidecar::model::load(&dir, &cpu()).unwrap();
     let scratch = tempfile::tempdir().unwrap();
 
     // Over http://, into a directory that does not exist yet.
@@ -192,7 +192,8 @@ fn fetch_writes_a_checked_model_once_and_refuses_tampered_weights() {
     );
     assert!(stdout.contains("fetched"), "{stdout}");
     assert_eq!(files(&out), vec!["card.json", "model.safetensors"]);
-    let fetched = coded_sidecar::model::load(&out).expect("a worker can load what was fetched");
+    let fetched =
+        coded_sidecar::model::load(&out, &cpu()).expect("a worker can load what was fetched");
     assert_eq!(fetched.card, local.card);
 
     // Again: nothing to do, nothing rewritten.
@@ -220,7 +221,7 @@ fn fetch_writes_a_checked_model_once_and_refuses_tampered_weights() {
     let run = fetch_cli(&format!("{url}/models/card.json"), &out);
     assert!(run.status.success());
     assert!(String::from_utf8_lossy(&run.stdout).contains("fetched"));
-    coded_sidecar::model::load(&out).expect("repaired");
+    coded_sidecar::model::load(&out, &cpu()).expect("repaired");
 
     // Tampered weights at the source: refused, nothing written.
     let clean = scratch.path().join("clean");
@@ -242,7 +243,7 @@ fn fetch_writes_a_checked_model_once_and_refuses_tampered_weights() {
     assert_eq!(std::fs::read(&weights).unwrap(), bytes, "left as it was");
     let run = fetch_cli(&format!("{url}/models/fashion-mlp"), &out);
     assert!(run.status.success());
-    coded_sidecar::model::load(&out).expect("repaired from a good source");
+    coded_sidecar::model::load(&out, &cpu()).expect("repaired from a good source");
 
     // Paths and file:// work the same; missing models and unknown schemes
     // fail clearly.
@@ -257,7 +258,7 @@ fn fetch_writes_a_checked_model_once_and_refuses_tampered_weights() {
             "{uri}: {}",
             String::from_utf8_lossy(&run.stderr)
         );
-        coded_sidecar::model::load(&into).unwrap();
+        coded_sidecar::model::load(&into, &cpu()).unwrap();
     }
     let run = fetch_cli(&format!("{url}/nothing/here"), &scratch.path().join("x"));
     assert!(!run.status.success());
@@ -308,6 +309,13 @@ fn fetch_reads_object_storage_with_credentials_from_the_environment() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let fetched = coded_sidecar::model::load(out.path()).unwrap();
-    assert_eq!(fetched.card, coded_sidecar::model::load(&dir).unwrap().card);
+    let fetched = coded_sidecar::model::load(out.path(), &cpu()).unwrap();
+    assert_eq!(
+        fetched.card,
+        coded_sidecar::model::load(&dir, &cpu()).unwrap().card
+    );
+}
+
+fn cpu() -> coded_sidecar::model::Placement {
+    coded_sidecar::model::Placement::f32(candle_core::Device::Cpu)
 }

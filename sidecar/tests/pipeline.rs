@@ -203,3 +203,60 @@ fn bad_input_gives_clear_errors() {
     let err = fails(&["train", "base", "--arch", "vgg"]);
     assert!(err.contains("possible values: mlp, cnn, resnet18"), "{err}");
 }
+
+/// This binary is built without the `cuda` feature (the default): every
+/// subcommand that takes `--device` refuses CUDA at start, in one line,
+/// before reading a model or the dataset.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_from_a_cpu_build_fails_at_start_with_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    let commands: [&[&str]; 5] = [
+        &["worker", "--model", missing, "--device", "cuda"],
+        &[
+            "train",
+            "base",
+            "--quiet",
+            "--device",
+            "cuda:1",
+            "--data-dir",
+            missing,
+        ],
+        &[
+            "eval", "--base", missing, "--parity", missing, "--device", "cuda",
+        ],
+        &["local", "--cache-dir", missing, "--device", "cuda"],
+        &[
+            "worker", "--model", missing, "--dtype", "f16", "--device", "cuda",
+        ],
+    ];
+    for args in commands {
+        let err = fails(args);
+        assert!(
+            err.contains(
+                "needs CUDA, but this coded-sidecar was built without it (cargo feature `cuda`)"
+            ),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    // The environment variable works like the flag.
+    let out = Command::new(env!("CARGO_BIN_EXE_coded-sidecar"))
+        .args(["worker", "--model", missing])
+        .env("CODED_DEVICE", "cuda")
+        .output()
+        .expect("run coded-sidecar");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--device cuda:0 needs CUDA"), "{err}");
+    // A device that does not exist is a usage error.
+    let err = fails(&["worker", "--model", missing, "--device", "tpu"]);
+    assert!(
+        err.contains("'tpu' is not a device: use cpu, cuda or cuda:N"),
+        "{err}"
+    );
+    let err = fails(&["worker", "--model", missing, "--dtype", "f64"]);
+    assert!(err.contains("possible values: f32, f16, bf16"), "{err}");
+}

@@ -281,6 +281,7 @@ async fn run_one(
         } else {
             Vec::new()
         },
+        worker_args: Vec::new(),
     };
     let namespaces = match plan.mode {
         SlowMode::Network => Some(Namespaces::create(config.workers(), plan.net.rate_mbit)?),

@@ -193,6 +193,9 @@ fn models(
         parity_epochs,
         seed: 0,
         cache: cache.unwrap_or_else(default_cache_dir),
+        // The benchmarks measure the frontend and emulated workers; their
+        // small models are trained on the CPU by design.
+        device: candle_core::Device::Cpu,
     };
     let dirs = plan.ensure(&|| data.load())?;
     let card = crate::model::store::read_card(&dirs.base)?.0;
@@ -322,7 +325,9 @@ fn test_images(
         return Ok(stragglers::Images::default());
     }
     let test = data.load()?.test.take(n).context("taking test images")?;
-    let base = crate::model::load(base).context("loading the base model")?;
+    // The reference answers are computed on the CPU, like the data.
+    let placement = crate::model::Placement::f32(candle_core::Device::Cpu);
+    let base = crate::model::load(base, &placement).context("loading the base model")?;
     let logits = base
         .network
         .forward(&test.images)
@@ -424,6 +429,7 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         prometheus: None,
         worker_netns: Vec::new(),
         frontend_args: Vec::new(),
+        worker_args: Vec::new(),
     };
     let forwarding = ClusterSpec {
         dispatch: crate::frontend::DispatchMode::LeastLoaded,

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::DataArgs;
+use crate::device::{DeviceArgs, Placement};
 use crate::eval::report::evaluate;
 
 #[derive(Debug, Args)]
@@ -26,15 +27,18 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
     pub data: DataArgs,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let base = crate::model::load(&args.base)
+    let placement = Placement::f32(args.device.open()?);
+    let base = crate::model::load(&args.base, &placement)
         .with_context(|| format!("loading the base model {}", args.base.display()))?;
-    let parity = crate::model::load(&args.parity)
+    let parity = crate::model::load(&args.parity, &placement)
         .with_context(|| format!("loading the parity model {}", args.parity.display()))?;
-    let data = args.data.load()?;
+    let data = args.data.load()?.to_device(&placement.device)?;
     let test = match args.limit {
         Some(n) => data.test.take(n)?,
         None => data.test,

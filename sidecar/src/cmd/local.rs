@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::DataArgs;
 use crate::coding::EncoderKind;
+use crate::device::{DeviceArgs, Precision};
 use crate::frontend::ReconstructPolicy;
 use crate::http::shutdown;
 use crate::local::prometheus::PrometheusSpec;
@@ -68,6 +69,14 @@ pub struct LocalArgs {
     /// Port of that Prometheus (0 picks a free one).
     #[arg(long, default_value_t = 9090)]
     pub prometheus_port: u16,
+    /// Where the workers run and where missing models are trained (the
+    /// frontend's coding stays on the CPU: a few vector sums per query).
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Precision of the workers' inference: f32, f16 or bf16 (see
+    /// `worker --help`).
+    #[arg(long, env = "CODED_DTYPE", value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
     /// Log level of the child processes (RUST_LOG overrides it).
     #[arg(long, default_value = "warn")]
     pub child_log: String,
@@ -89,7 +98,11 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
              `apt-get install prometheus`) or set PROMETHEUS to its path"
         );
     }
+    // Opened here too, so a missing GPU fails before anything is trained
+    // or started.
+    let device = args.device.open()?;
     let plan = ModelPlan {
+        device,
         arch: args.arch,
         k: args.k,
         encoder: args.encoder,
@@ -136,6 +149,12 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         .filter(|_| args.prometheus)
         .map(String::from)
         .collect(),
+        worker_args: vec![
+            "--device".into(),
+            args.device.device.to_string(),
+            "--dtype".into(),
+            args.dtype.to_string(),
+        ],
     };
     runtime.block_on(async {
         let mut cluster = Cluster::start(&dirs, &name, &spec).await?;

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::DataArgs;
 use crate::coding::EncoderKind;
+use crate::device::{DeviceArgs, Placement};
 use crate::model::{Arch, ModelCard};
 use crate::train::{TrainOptions, parity::default_groups_per_batch, train_base, train_parity};
 
@@ -35,6 +36,9 @@ pub struct Common {
     /// No progress bar and no per-epoch lines; just the summary.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Training runs in f32 on this device (the dataset is copied to it once).
+    #[command(flatten)]
+    pub device: DeviceArgs,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -85,7 +89,8 @@ impl Common {
 pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
     match cmd {
         TrainCommand::Base(args) => {
-            let data = args.common.data.load()?;
+            let device = args.common.device.open()?;
+            let data = args.common.data.load()?.to_device(&device)?;
             let out = args
                 .common
                 .out
@@ -100,9 +105,10 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             if args.k < crate::coding::MIN_K {
                 anyhow::bail!("--k {} is not a code: k must be at least 2", args.k);
             }
-            let base = crate::model::load(&args.base)
+            let device = args.common.device.open()?;
+            let base = crate::model::load(&args.base, &Placement::f32(device.clone()))
                 .with_context(|| format!("loading the base model {}", args.base.display()))?;
-            let data = args.common.data.load()?;
+            let data = args.common.data.load()?.to_device(&device)?;
             let out = args.common.out.clone().unwrap_or_else(|| {
                 PathBuf::from(format!(
                     "models/{}-parity-k{}-{}",

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 
+use crate::device::{DeviceArgs, Placement, Precision};
 use crate::http::shutdown;
 use crate::worker::candle::CandleBackend;
 use crate::worker::{ServeOptions, Server};
@@ -19,15 +20,32 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub model_name: Option<String>,
     #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Precision of inference: f32 (the default, what models are trained
+    /// in), f16 or bf16 (weights cast at load; requests and answers stay
+    /// FP32 on the wire). A precision the model cannot run in on the device
+    /// fails at start.
+    #[arg(long, env = "CODED_DTYPE", value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+    #[command(flatten)]
     pub serve: ServeOptions,
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let placement = Placement {
+        device: args.device.open()?,
+        dtype: args.dtype.dtype(),
+    };
     let runtime =
         crate::runtime::io_runtime(args.serve.io_threads).context("starting the async runtime")?;
     let model = runtime
-        .block_on(crate::model::fetch::load(&args.model))
+        .block_on(crate::model::fetch::load(&args.model, &placement))
         .with_context(|| format!("loading the model {}", args.model))?;
+    tracing::info!(
+        device = %args.device.device,
+        dtype = %args.dtype,
+        "model placed"
+    );
     let name = args
         .model_name
         .clone()

@@ -18,6 +18,8 @@ pub trait Encoder: Send + Sync {
     fn encode_flat(&self, flat: Vec<f32>, groups: usize) -> Result<Vec<f32>, CodingError> {
         let mut shape = vec![groups, self.k()];
         shape.extend_from_slice(self.item_shape());
+        // CPU by design: the frontend codes the flat f32 rows of requests
+        // (a few sums per query); a GPU round trip would cost more.
         let queries = Tensor::from_vec(flat, shape, &Device::Cpu)?;
         Ok(self.encode(&queries)?.flatten_all()?.to_vec1::<f32>()?)
     }
@@ -192,6 +194,7 @@ fn area_resize_matrix(n_in: usize, n_out: usize) -> candle_core::Result<Tensor> 
             m[o * n_in + i] = (overlap / scale) as f32;
         }
     }
+    // Built on the host once; `encode` moves it to the queries' device.
     Tensor::from_vec(m, (n_out, n_in), &Device::Cpu)
 }
 

@@ -79,6 +79,14 @@ impl Split {
         })
     }
 
+    /// The same split with its images on `device` (one copy).
+    pub fn to_device(&self, device: &Device) -> Result<Split, DataError> {
+        Ok(Split {
+            images: self.images.to_device(device)?,
+            labels: self.labels.clone(),
+        })
+    }
+
     /// The images at `indices`, stacked in that order.
     pub fn images_at(&self, indices: &[u32]) -> Result<Tensor, candle_core::Error> {
         let idx = Tensor::from_slice(indices, indices.len(), self.images.device())?;
@@ -116,6 +124,16 @@ impl FashionMnist {
             train,
             validation,
             test,
+        })
+    }
+
+    /// The dataset with every split's images on `device`: read on the host,
+    /// then copied once, so training and evaluation run where the model is.
+    pub fn to_device(&self, device: &Device) -> Result<Self, DataError> {
+        Ok(Self {
+            train: self.train.to_device(device)?,
+            validation: self.validation.to_device(device)?,
+            test: self.test.to_device(device)?,
         })
     }
 }
@@ -158,6 +176,7 @@ fn load_split(
     }
     let n = images.dims[0];
     let pixels: Vec<f32> = images.data.iter().map(|&p| p as f32 / 255.0).collect();
+    // CPU by design: decoded from the files on the host; `to_device` moves it.
     let images = Tensor::from_vec(pixels, (n, 1, IMAGE_SIDE, IMAGE_SIDE), &Device::Cpu)?;
     Ok(Split {
         images,

@@ -30,6 +30,9 @@ pub struct ClusterSpec {
     pub prometheus: Option<PrometheusSpec>,
     /// More `frontend` flags (e.g. `--prometheus-window 10s`).
     pub frontend_args: Vec<String>,
+    /// More `worker` flags, for model and parity workers alike (e.g.
+    /// `--device cuda`).
+    pub worker_args: Vec<String>,
     /// Network namespace and address of each worker (models, then
     /// parities), for `bench stragglers --mode network`; empty: loopback.
     pub worker_netns: Vec<(String, String)>,
@@ -92,8 +95,10 @@ impl Cluster {
                 "--inject-delay-ms",
                 &delay_ms.to_string(),
             ]
+            .into_iter()
             .map(String::from)
-            .to_vec()
+            .chain(spec.worker_args.iter().cloned())
+            .collect::<Vec<_>>()
         };
         // Inside its network namespace when it has one.
         let spawn = |index: usize, name: String, mut args: Vec<String>| async move {

@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use candle_core::Device;
 
 use crate::coding::EncoderKind;
 use crate::data::FashionMnist;
 use crate::model::card::Role;
-use crate::model::{Arch, Model};
+use crate::model::{Arch, Model, Placement};
 use crate::train::{TrainOptions, parity::default_groups_per_batch, train_base, train_parity};
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct ModelPlan {
     pub parity_epochs: usize,
     pub seed: u64,
     pub cache: PathBuf,
+    /// Where missing models are trained (and cached ones verified).
+    pub device: Device,
 }
 
 /// Where the base and parity model directories live.
@@ -65,7 +68,8 @@ impl ModelPlan {
             quiet: false,
         };
         let mut data = None;
-        let base = match cached(&dirs.base) {
+        let placement = Placement::f32(self.device.clone());
+        let base = match cached(&dirs.base, &placement) {
             Some(model) => model,
             None => {
                 eprintln!(
@@ -74,7 +78,7 @@ impl ModelPlan {
                     self.base_epochs,
                     dirs.base.display()
                 );
-                let d = dataset(&mut data, load)?;
+                let d = dataset(&mut data, load, &self.device)?;
                 train_base(
                     d,
                     self.arch,
@@ -83,10 +87,11 @@ impl ModelPlan {
                     &dirs.base,
                 )
                 .context("training the base model")?;
-                crate::model::load(&dirs.base).context("loading the trained base model")?
+                crate::model::load(&dirs.base, &placement)
+                    .context("loading the trained base model")?
             }
         };
-        if let Some(parity) = cached(&dirs.parity)
+        if let Some(parity) = cached(&dirs.parity, &placement)
             && matches!(&parity.card.role, Role::Parity { base_sha256, .. } if *base_sha256 == base.card.weights.sha256)
         {
             return Ok(dirs);
@@ -99,7 +104,7 @@ impl ModelPlan {
             dirs.parity.display()
         );
         train_parity(
-            dataset(&mut data, load)?,
+            dataset(&mut data, load, &self.device)?,
             &base,
             self.k,
             self.encoder,
@@ -115,18 +120,19 @@ impl ModelPlan {
 fn dataset<'a>(
     slot: &'a mut Option<FashionMnist>,
     load: &dyn Fn() -> anyhow::Result<FashionMnist>,
+    device: &Device,
 ) -> anyhow::Result<&'a FashionMnist> {
     if slot.is_none() {
-        *slot = Some(load()?);
+        *slot = Some(load()?.to_device(device)?);
     }
     slot.as_ref().context("the dataset is not loaded")
 }
 
-fn cached(dir: &Path) -> Option<Model> {
+fn cached(dir: &Path, placement: &Placement) -> Option<Model> {
     if !dir.join(crate::model::card::CARD_FILE).exists() {
         return None;
     }
-    match crate::model::load(dir) {
+    match crate::model::load(dir, placement) {
         Ok(model) => {
             eprintln!("using the cached model {}", dir.display());
             Some(model)

@@ -12,9 +12,9 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
-use super::Model;
 use super::card::{CARD_FILE, ModelCard};
 use super::store::{self, ModelError};
+use super::{Model, Placement};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -138,11 +138,13 @@ async fn get_weights(url: &Url, card: &ModelCard) -> Result<(bytes::Bytes, Url),
     Ok((bytes, weights))
 }
 
-/// The model a URI names, weights checked against the card's sha256.
-pub async fn load(uri: &str) -> Result<Model, FetchError> {
+/// The model a URI names, weights checked against the card's sha256, on
+/// `placement`'s device in its precision.
+pub async fn load(uri: &str, placement: &Placement) -> Result<Model, FetchError> {
     let url = match locate(uri)? {
         Location::Local(path) => {
-            return tokio::task::spawn_blocking(move || store::load(&path))
+            let placement = placement.clone();
+            return tokio::task::spawn_blocking(move || store::load(&path, &placement))
                 .await
                 .map_err(|e| FetchError::BadUri {
                     uri: uri.to_owned(),
@@ -160,6 +162,7 @@ pub async fn load(uri: &str) -> Result<Model, FetchError> {
         card,
         &bytes,
         FsPath::new(weights.as_str()),
+        placement,
     )?)
 }
 

@@ -3,7 +3,7 @@
 //! the way PyTorch initialises linear and conv layers (uniform in
 //! ±1/sqrt(fan_in)); batch-norm parameters keep their constant init.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,7 +31,9 @@ pub fn reseed(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
         let values: Vec<f32> = (0..var.elem_count())
             .map(|_| rng.random_range(-bound..bound))
             .collect();
-        var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu)?)?;
+        // Drawn on the host (the stream is ours), then placed like the variable.
+        let value = Tensor::from_vec(values, var.shape(), var.device())?;
+        var.set(&value.to_dtype(var.dtype())?)?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
+pub use crate::device::Placement;
 pub use card::{ModelCard, Role, TensorSpec};
 pub use store::{ModelError, load, save};
 
@@ -64,28 +65,54 @@ impl std::fmt::Display for Arch {
 pub struct Network {
     arch: Arch,
     input: [usize; 3],
+    device: Device,
+    dtype: DType,
     net: Box<dyn ModuleT + Send + Sync>,
     varmap: VarMap,
 }
 
 impl Network {
-    /// A freshly initialised network; the same seed gives the same weights.
+    /// A freshly initialised f32 network on `device` (what training
+    /// needs); the same seed gives the same weights on every device.
     pub fn new(
         arch: Arch,
         input: [usize; 3],
         classes: usize,
         seed: u64,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        Self::placed(arch, input, classes, seed, &Placement::f32(device.clone()))
+    }
+
+    /// The same with its variables in `placement`'s device and precision
+    /// (inference in f16 or bf16: inputs are cast to it, logits back to f32).
+    pub fn placed(
+        arch: Arch,
+        input: [usize; 3],
+        classes: usize,
+        seed: u64,
+        placement: &Placement,
     ) -> candle_core::Result<Self> {
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_varmap(&varmap, placement.dtype, &placement.device);
         let net = arch.build(vb, input, classes)?;
         init::reseed(&varmap, seed)?;
         Ok(Self {
             arch,
             input,
+            device: placement.device.clone(),
+            dtype: placement.dtype,
             net,
             varmap,
         })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     pub fn arch(&self) -> Arch {
@@ -104,7 +131,11 @@ impl Network {
     /// later as a training target must not drag the whole forward pass into
     /// every backward step (that made parity training 14x slower).
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(self.net.forward_t(xs, false)?.detach())
+        if self.dtype == DType::F32 {
+            return Ok(self.net.forward_t(xs, false)?.detach());
+        }
+        let ys = self.net.forward_t(&xs.to_dtype(self.dtype)?, false)?;
+        Ok(ys.to_dtype(DType::F32)?.detach())
     }
 
     /// Logits in training mode (batch statistics for batch norm).
@@ -147,7 +178,7 @@ mod tests {
     use super::*;
 
     fn out_shape(arch: Arch, batch: usize) -> Vec<usize> {
-        let net = Network::new(arch, [1, 28, 28], 10, 0).unwrap();
+        let net = Network::new(arch, [1, 28, 28], 10, 0, &Device::Cpu).unwrap();
         let xs = Tensor::zeros((batch, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
         net.forward(&xs).unwrap().dims().to_vec()
     }
@@ -161,7 +192,7 @@ mod tests {
 
     #[test]
     fn mlp_has_the_papers_size() {
-        let net = Network::new(Arch::Mlp, [1, 28, 28], 10, 0).unwrap();
+        let net = Network::new(Arch::Mlp, [1, 28, 28], 10, 0, &Device::Cpu).unwrap();
         assert_eq!(
             net.parameter_count(),
             784 * 200 + 200 + 200 * 100 + 100 + 100 * 10 + 10
@@ -172,7 +203,7 @@ mod tests {
     fn same_seed_same_weights_other_seed_other_weights() {
         let xs = Tensor::ones((1, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
         let out = |seed| {
-            Network::new(Arch::Mlp, [1, 28, 28], 10, seed)
+            Network::new(Arch::Mlp, [1, 28, 28], 10, seed, &Device::Cpu)
                 .unwrap()
                 .forward(&xs)
                 .unwrap()
@@ -187,7 +218,7 @@ mod tests {
 
     #[test]
     fn batched_forward_matches_whole() {
-        let net = Network::new(Arch::Mlp, [1, 28, 28], 10, 1).unwrap();
+        let net = Network::new(Arch::Mlp, [1, 28, 28], 10, 1, &Device::Cpu).unwrap();
         let xs = Tensor::rand(0f32, 1., (7, 1, 28, 28), &Device::Cpu).unwrap();
         let a = net.forward(&xs).unwrap();
         let b = net.forward_batched(&xs, 3).unwrap();

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use sha2::{Digest, Sha256};
 
 use super::card::{CARD_FILE, CARD_FORMAT, WEIGHTS_FILE};
-use super::{Model, ModelCard, Network};
+use super::{Model, ModelCard, Network, Placement};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -41,6 +41,13 @@ pub enum ModelError {
     Mismatch {
         path: PathBuf,
         arch: super::Arch,
+        reason: String,
+    },
+    #[error("a {arch} network cannot run in {dtype} on {device}: {reason}")]
+    Placement {
+        arch: super::Arch,
+        dtype: String,
+        device: String,
         reason: String,
     },
     #[error(transparent)]
@@ -145,8 +152,9 @@ pub fn parse_card(text: &[u8], origin: &Path) -> Result<ModelCard, ModelError> {
 
 /// Loads a model from its card (file or directory), checking the weights'
 /// sha256 and that every tensor the architecture needs is there with the
-/// right shape, and nothing else.
-pub fn load(path: &Path) -> Result<Model, ModelError> {
+/// right shape, and nothing else; placed on `placement`'s device in its
+/// precision.
+pub fn load(path: &Path, placement: &Placement) -> Result<Model, ModelError> {
     let (card, card_path) = read_card(path)?;
     let base = card_path.parent().unwrap_or(Path::new("."));
     let weights = base.join(&card.weights.uri);
@@ -154,7 +162,7 @@ pub fn load(path: &Path) -> Result<Model, ModelError> {
         path: weights.clone(),
         source,
     })?;
-    load_from_bytes(card, &bytes, &weights)
+    load_from_bytes(card, &bytes, &weights, placement)
 }
 
 /// Checks the bytes of weights against the card's sha256 (`origin` names
@@ -173,8 +181,15 @@ pub fn check_sha256(card: &ModelCard, bytes: &[u8], origin: &Path) -> Result<(),
 }
 
 /// Builds a model from a card and the bytes of its weights (`origin` names
-/// them in errors).
-pub fn load_from_bytes(card: ModelCard, bytes: &[u8], origin: &Path) -> Result<Model, ModelError> {
+/// them in errors), on `placement`'s device in its precision. A model placed
+/// anywhere but f32 on the CPU runs one forward pass here, so that a
+/// device or precision the network cannot run in fails at start.
+pub fn load_from_bytes(
+    card: ModelCard,
+    bytes: &[u8],
+    origin: &Path,
+    placement: &Placement,
+) -> Result<Model, ModelError> {
     check_sha256(&card, bytes, origin)?;
     let mismatch = |reason: String| ModelError::Mismatch {
         path: origin.to_path_buf(),
@@ -184,9 +199,9 @@ pub fn load_from_bytes(card: ModelCard, bytes: &[u8], origin: &Path) -> Result<M
     let input = card
         .image_input()
         .ok_or_else(|| mismatch("card input is not an image".into()))?;
-    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+    let tensors = candle_core::safetensors::load_buffer(bytes, &placement.device)
         .map_err(|e| mismatch(format!("not a safetensors file: {e}")))?;
-    let network = Network::new(card.arch, input, card.classes.len(), 0)?;
+    let network = Network::placed(card.arch, input, card.classes.len(), 0, placement)?;
     {
         let vars = network
             .varmap()
@@ -212,10 +227,27 @@ pub fn load_from_bytes(card: ModelCard, bytes: &[u8], origin: &Path) -> Result<M
                     var.dims()
                 )));
             }
-            var.set(&t.to_dtype(candle_core::DType::F32)?)?;
+            var.set(&t.to_dtype(var.dtype())?)?;
         }
     }
+    if placement.dtype != candle_core::DType::F32 || !placement.device.is_cpu() {
+        probe(&network, input).map_err(|e| ModelError::Placement {
+            arch: card.arch,
+            dtype: placement.dtype.as_str().to_owned(),
+            device: crate::device::name(&placement.device),
+            reason: e.to_string().lines().next().unwrap_or_default().to_owned(),
+        })?;
+    }
     Ok(Model { card, network })
+}
+
+/// One forward pass of a zero image: every layer's kernel in the
+/// network's device and precision.
+fn probe(network: &Network, input: [usize; 3]) -> candle_core::Result<()> {
+    let [c, h, w] = input;
+    let xs = Tensor::zeros((1, c, h, w), candle_core::DType::F32, network.device())?;
+    network.forward(&xs)?.to_vec2::<f32>()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -223,6 +255,11 @@ mod tests {
     use super::*;
     use crate::model::card::{Role, TensorSpec, WeightsRef};
     use crate::model::{Arch, argmax};
+    use candle_core::Device;
+
+    fn cpu() -> Placement {
+        Placement::f32(Device::Cpu)
+    }
 
     pub(crate) fn base_card(arch: Arch) -> ModelCard {
         ModelCard {
@@ -252,7 +289,7 @@ mod tests {
 
     fn saved(arch: Arch) -> (tempfile::TempDir, Network, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
-        let net = Network::new(arch, [1, 28, 28], 10, 3).unwrap();
+        let net = Network::new(arch, [1, 28, 28], 10, 3, &Device::Cpu).unwrap();
         let mut card = base_card(arch);
         let path = save(&net, &mut card, dir.path()).unwrap();
         (dir, net, path)
@@ -262,7 +299,7 @@ mod tests {
     fn save_load_round_trip_gives_the_same_outputs() {
         for arch in [Arch::Mlp, Arch::Cnn] {
             let (dir, net, _) = saved(arch);
-            let model = load(dir.path()).unwrap();
+            let model = load(dir.path(), &cpu()).unwrap();
             assert_eq!(model.card.weights.sha256.len(), 64);
             let xs = Tensor::rand(0f32, 1., (4, 1, 28, 28), &Device::Cpu).unwrap();
             let a = net.forward(&xs).unwrap();
@@ -273,6 +310,46 @@ mod tests {
         }
     }
 
+    /// Half precision on the CPU: weights cast at load, logits back in f32,
+    /// close to the f32 model's.
+    #[test]
+    fn f16_placements_load_and_agree_with_f32() {
+        let placement = Placement {
+            device: Device::Cpu,
+            dtype: candle_core::DType::F16,
+        };
+        for arch in [Arch::Mlp, Arch::Cnn, Arch::Resnet18] {
+            let (dir, net, _) = saved(arch);
+            let xs = Tensor::rand(0f32, 1., (3, 1, 28, 28), &Device::Cpu).unwrap();
+            let want = net.forward(&xs).unwrap();
+            let model =
+                load(dir.path(), &placement).unwrap_or_else(|e| panic!("{arch} in f16: {e}"));
+            assert_eq!(model.network.dtype(), candle_core::DType::F16);
+            let got = model.network.forward(&xs).unwrap();
+            assert_eq!(got.dtype(), candle_core::DType::F32);
+            let diff = (&want - got).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(diff < 0.05, "{arch} in f16: max difference {diff}");
+        }
+    }
+
+    /// candle's CPU backend has no bf16 convolution: the load refuses the
+    /// placement with one clear line instead of failing on the first request.
+    #[test]
+    fn a_precision_the_device_cannot_run_fails_at_load() {
+        let (dir, _, _) = saved(Arch::Cnn);
+        let placement = Placement {
+            device: Device::Cpu,
+            dtype: candle_core::DType::BF16,
+        };
+        let err = load(dir.path(), &placement).err().unwrap().to_string();
+        assert!(
+            err.starts_with("a cnn network cannot run in bf16 on cpu: "),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+
     #[test]
     fn tampered_weights_are_refused() {
         let (dir, _, _) = saved(Arch::Mlp);
@@ -281,7 +358,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&w, bytes).unwrap();
-        let err = load(dir.path()).err().unwrap().to_string();
+        let err = load(dir.path(), &cpu()).err().unwrap().to_string();
         assert!(err.contains("tampered"), "{err}");
     }
 
@@ -292,7 +369,7 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
         card.arch = Arch::Cnn;
         std::fs::write(&card_path, serde_json::to_string(&card).unwrap()).unwrap();
-        let err = load(dir.path()).err().unwrap().to_string();
+        let err = load(dir.path(), &cpu()).err().unwrap().to_string();
         assert!(err.contains("do not fit a cnn network"), "{err}");
     }
 
@@ -300,7 +377,7 @@ mod tests {
     fn bad_cards_are_refused() {
         let (dir, _, card_path) = saved(Arch::Mlp);
         std::fs::write(&card_path, "{not json").unwrap();
-        let err = load(dir.path()).err().unwrap().to_string();
+        let err = load(dir.path(), &cpu()).err().unwrap().to_string();
         assert!(err.contains("is not a model card"), "{err}");
 
         let mut card = base_card(Arch::Mlp);
@@ -311,10 +388,10 @@ mod tests {
             base_name: String::new(),
         };
         std::fs::write(&card_path, serde_json::to_string(&card).unwrap()).unwrap();
-        let err = load(dir.path()).err().unwrap().to_string();
+        let err = load(dir.path(), &cpu()).err().unwrap().to_string();
         assert!(err.contains("k must be ≥ 2"), "{err}");
 
-        let err = load(&dir.path().join("nope.json"))
+        let err = load(&dir.path().join("nope.json"), &cpu())
             .err()
             .unwrap()
             .to_string();

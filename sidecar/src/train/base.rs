@@ -40,7 +40,9 @@ pub fn train_base(
         None => data.train.clone(),
     };
     let input = [1, crate::data::IMAGE_SIDE, crate::data::IMAGE_SIDE];
-    let net = Network::new(arch, input, CLASSES.len(), opts.seed)?;
+    // The model lives where the data does (`FashionMnist::to_device`).
+    let device = train.images.device().clone();
+    let net = Network::new(arch, input, CLASSES.len(), opts.seed, &device)?;
     let vars = net.varmap().all_vars();
     let mut opt = adam(vars.clone())?;
     let steps_per_epoch = train.len().div_ceil(batch_size);
@@ -52,7 +54,7 @@ pub fn train_base(
         let mut loss_sum = 0f64;
         for batch in order.chunks(batch_size) {
             let xs = train.images_at(batch)?;
-            let ys = label_tensor(&train.labels, batch)?;
+            let ys = label_tensor(&train.labels, batch, &device)?;
             let loss = cross_entropy(&net.forward_train(&xs)?, &ys)?;
             let l = optimiser_step(&mut opt, &loss)?;
             loss_sum += l as f64;

@@ -76,9 +76,13 @@ impl Snapshot {
 }
 
 /// Labels as a u32 tensor for cross-entropy.
-pub(crate) fn label_tensor(labels: &[u8], idx: &[u32]) -> candle_core::Result<Tensor> {
+pub(crate) fn label_tensor(
+    labels: &[u8],
+    idx: &[u32],
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
     let ys: Vec<u32> = idx.iter().map(|&i| labels[i as usize] as u32).collect();
-    Tensor::from_vec(ys, idx.len(), &candle_core::Device::Cpu)
+    Tensor::from_vec(ys, idx.len(), device)
 }
 
 pub(crate) fn shuffled(n: usize, seed: u64, epoch: usize) -> Vec<u32> {

@@ -70,7 +70,9 @@ pub fn train_parity(
     let val_groups = grouping(data.validation.len(), k, VALIDATION_GROUPING_SEED);
     let classes = base.card.classes.len();
 
-    let net = Network::new(base.card.arch, input, classes, opts.seed)?;
+    // The parity model lives where the data and the base model do.
+    let device = train.images.device().clone();
+    let net = Network::new(base.card.arch, input, classes, opts.seed, &device)?;
     let vars = net.varmap().all_vars();
     let mut opt = adam(vars.clone())?;
     let groups_per_epoch = train.len() / k;
@@ -87,7 +89,7 @@ pub fn train_parity(
         for batch in order.chunks(groups_per_batch * k) {
             let g = batch.len() / k;
             shape[0] = g;
-            let idx = Tensor::from_slice(batch, batch.len(), &candle_core::Device::Cpu)?;
+            let idx = Tensor::from_slice(batch, batch.len(), &device)?;
             let queries = train
                 .images
                 .index_select(&idx, 0)?

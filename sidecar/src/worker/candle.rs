@@ -1,7 +1,7 @@
 //! The candle models as a worker's backend: metadata from the model card,
 //! batches through the network's forward pass.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::{Backend, BackendError};
 use crate::model::Model;
@@ -35,7 +35,8 @@ impl Backend for CandleBackend {
     }
 
     fn infer_batch(&self, shape: &[usize], data: &[f32]) -> Result<Vec<f32>, BackendError> {
-        let xs = Tensor::from_slice(data, shape, &Device::Cpu).map_err(BackendError::new)?;
+        let device = self.model.network.device();
+        let xs = Tensor::from_slice(data, shape, device).map_err(BackendError::new)?;
         self.model
             .network
             .forward(&xs)

@@ -16,7 +16,57 @@ use super::{
     sidecar_container,
 };
 use crate::SIDECAR_PORT;
-use crate::crd::ModelSpec;
+use crate::crd::{ModelSpec, SchedulingSpec};
+use k8s_openapi::api::core::v1::Toleration;
+
+/// The extended resource a GPU pool requests (NVIDIA's device plugin).
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// The runtime class GPU pods get unless the spec names one: the one the
+/// NVIDIA GPU Operator installs. `scheduling.runtimeClassName: ""` opts out
+/// (clusters whose default runtime already exposes GPUs).
+pub const GPU_RUNTIME_CLASS: &str = "nvidia";
+
+/// Whether a pool's instances request a GPU (`nvidia.com/gpu` above zero in
+/// their limits or requests).
+pub fn wants_gpu(model: &ModelSpec) -> bool {
+    let Some(resources) = &model.resources else {
+        return false;
+    };
+    [&resources.limits, &resources.requests]
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get(GPU_RESOURCE))
+        .any(|q| !matches!(q.0.trim(), "" | "0"))
+}
+
+/// Where a pool's pods go: the spec's scheduling; for a GPU pool also the
+/// `nvidia` runtime class (unless one is named, or `""` opts out) and a
+/// toleration of the `nvidia.com/gpu` taint GPU nodes usually carry.
+pub fn scheduling(owner: &Owner<'_>, model: &ModelSpec) -> SchedulingSpec {
+    let mut scheduling = owner.cis.spec.scheduling.clone().unwrap_or_default();
+    let named = scheduling.runtime_class_name.take();
+    if !wants_gpu(model) {
+        scheduling.runtime_class_name = named.filter(|c| !c.is_empty());
+        return scheduling;
+    }
+    scheduling.runtime_class_name = match named {
+        None => Some(GPU_RUNTIME_CLASS.to_string()),
+        Some(c) => (!c.is_empty()).then_some(c),
+    };
+    let tolerated = scheduling.tolerations.iter().any(|t| {
+        t.operator.as_deref() == Some("Exists") && t.key.is_none()
+            || t.key.as_deref() == Some(GPU_RESOURCE)
+    });
+    if !tolerated {
+        scheduling.tolerations.push(Toleration {
+            key: Some(GPU_RESOURCE.to_string()),
+            operator: Some("Exists".to_string()),
+            effect: Some("NoSchedule".to_string()),
+            ..Toleration::default()
+        });
+    }
+    scheduling
+}
 
 /// The name a pool's workers serve their model under: the resource's name
 /// for the model pool, `<name>-parity` for the parity pool. The frontend
@@ -30,7 +80,8 @@ pub fn served_name(owner: &Owner<'_>, role: Role) -> String {
 
 /// The `coded-sidecar worker` arguments for one model, found at `model_arg`
 /// in the pod (see [`super::storage`]). Pods listen on every interface (the
-/// worker's own default is loopback only) and drain as `drainSeconds` says.
+/// worker's own default is loopback only), drain as `drainSeconds` says,
+/// and run on the GPU (`--device cuda`) when the pool requests one.
 pub fn args(owner: &Owner<'_>, role: Role, model: &ModelSpec, model_arg: &str) -> Vec<String> {
     let mut args: Vec<String> = [
         "worker",
@@ -45,6 +96,9 @@ pub fn args(owner: &Owner<'_>, role: Role, model: &ModelSpec, model_arg: &str) -
     ]
     .map(String::from)
     .to_vec();
+    if wants_gpu(model) {
+        args.extend(["--device".to_string(), "cuda".to_string()]);
+    }
     args.extend(drain_args(&model.pod));
     args
 }
@@ -100,7 +154,7 @@ pub fn stateful_set(
         init_containers: storage.init_container.into_iter().collect(),
         volumes: storage.volumes,
     };
-    let scheduling = owner.cis.spec.scheduling.clone().unwrap_or_default();
+    let scheduling = scheduling(owner, model);
     StatefulSet {
         metadata: owner.meta(role),
         spec: Some(StatefulSetSpec {
@@ -300,6 +354,103 @@ mod tests {
             assert_eq!(pod.tolerations.as_ref().expect("tolerations").len(), 1);
             assert_eq!(pod.runtime_class_name.as_deref(), Some("nvidia"));
         }
+    }
+
+    fn gpu_limits() -> ResourceRequirements {
+        ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                GPU_RESOURCE.to_string(),
+                Quantity("1".to_string()),
+            )])),
+            ..ResourceRequirements::default()
+        }
+    }
+
+    #[test]
+    fn a_gpu_pool_runs_on_cuda_under_the_nvidia_runtime_and_tolerates_gpu_nodes() {
+        let mut cis = cis("demo");
+        cis.spec.model.resources = Some(gpu_limits());
+        let owner = Owner::new(&cis).expect("owner");
+        let c = Children::build(&owner, &Settings::default());
+        let model = pod_spec(&c.model);
+        let args = model.containers[0].args.clone().expect("args");
+        assert_eq!(arg_after(&args, "--device"), Some("cuda"));
+        assert_eq!(model.runtime_class_name.as_deref(), Some(GPU_RUNTIME_CLASS));
+        let tolerations = model.tolerations.clone().expect("tolerations");
+        assert_eq!(
+            tolerations,
+            [Toleration {
+                key: Some("nvidia.com/gpu".into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Toleration::default()
+            }]
+        );
+        // The parity pool asked for no GPU: it stays a CPU pod.
+        let parity = pod_spec(&c.parity);
+        let args = parity.containers[0].args.clone().expect("args");
+        assert!(!args.contains(&"--device".to_string()), "{args:?}");
+        assert_eq!(parity.runtime_class_name, None);
+        assert_eq!(parity.tolerations, None);
+    }
+
+    #[test]
+    fn a_gpu_request_in_requests_counts_and_zero_gpus_do_not() {
+        let mut spec = cis("demo").spec.model;
+        spec.resources = Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                GPU_RESOURCE.to_string(),
+                Quantity("2".to_string()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+        assert!(wants_gpu(&spec));
+        spec.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                GPU_RESOURCE.to_string(),
+                Quantity("0".to_string()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+        assert!(!wants_gpu(&spec));
+        spec.resources = None;
+        assert!(!wants_gpu(&spec));
+    }
+
+    #[test]
+    fn the_spec_scheduling_of_a_gpu_pool_is_kept_not_doubled() {
+        let mut cis = cis("demo");
+        cis.spec.parity_model.resources = Some(gpu_limits());
+        // As deploy/examples/resnet-k4-gpu.yaml: its own class and toleration.
+        cis.spec.scheduling = Some(SchedulingSpec {
+            tolerations: vec![Toleration {
+                key: Some("nvidia.com/gpu".into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Toleration::default()
+            }],
+            runtime_class_name: Some("nvidia-cdi".into()),
+            ..SchedulingSpec::default()
+        });
+        let owner = Owner::new(&cis).expect("owner");
+        let c = Children::build(&owner, &Settings::default());
+        let parity = pod_spec(&c.parity);
+        assert_eq!(parity.runtime_class_name.as_deref(), Some("nvidia-cdi"));
+        assert_eq!(parity.tolerations.as_ref().map(Vec::len), Some(1));
+        // An empty class opts out of any runtime class.
+        cis.spec.scheduling = Some(SchedulingSpec {
+            runtime_class_name: Some(String::new()),
+            ..SchedulingSpec::default()
+        });
+        let owner = Owner::new(&cis).expect("owner");
+        let c = Children::build(&owner, &Settings::default());
+        assert_eq!(pod_spec(&c.parity).runtime_class_name, None);
+        assert_eq!(
+            pod_spec(&c.parity).tolerations.as_ref().map(Vec::len),
+            Some(1)
+        );
+        // No pool passes an empty class on (the API server refuses it).
+        assert_eq!(pod_spec(&c.model).runtime_class_name, None);
     }
 
     #[test]
