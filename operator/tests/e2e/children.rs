@@ -217,7 +217,7 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
         }
         assert_eq!(flag(c, "--model-name"), Some(served.as_str()), "{name}");
         // A pool that requests a GPU runs its workers on CUDA.
-        let gpu = coded_operator::reconcile::children::worker::wants_gpu(model);
+        let gpu = coded_operator::reconcile::children::gpu::wants_gpu(model);
         assert_eq!(flag(c, "--device"), gpu.then_some("cuda"), "{name}");
         assert_eq!(
             c.resources.as_ref().filter(|r| **r != Default::default()),

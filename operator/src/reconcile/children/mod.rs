@@ -3,6 +3,7 @@
 //! unit-tested; [`super`] applies them.
 
 pub mod frontend;
+pub mod gpu;
 pub mod pdb;
 pub mod service_monitor;
 pub mod storage;

@@ -10,63 +10,14 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::gpu::{scheduling, wants_gpu};
 use super::storage::model_storage;
 use super::{
     Owner, PORT_NAME, PodParts, Role, Settings, drain_args, merge_env, pod_template,
     sidecar_container,
 };
 use crate::SIDECAR_PORT;
-use crate::crd::{ModelSpec, SchedulingSpec};
-use k8s_openapi::api::core::v1::Toleration;
-
-/// The extended resource a GPU pool requests (NVIDIA's device plugin).
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
-/// The runtime class GPU pods get unless the spec names one: the one the
-/// NVIDIA GPU Operator installs. `scheduling.runtimeClassName: ""` opts out
-/// (clusters whose default runtime already exposes GPUs).
-pub const GPU_RUNTIME_CLASS: &str = "nvidia";
-
-/// Whether a pool's instances request a GPU (`nvidia.com/gpu` above zero in
-/// their limits or requests).
-pub fn wants_gpu(model: &ModelSpec) -> bool {
-    let Some(resources) = &model.resources else {
-        return false;
-    };
-    [&resources.limits, &resources.requests]
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m.get(GPU_RESOURCE))
-        .any(|q| !matches!(q.0.trim(), "" | "0"))
-}
-
-/// Where a pool's pods go: the spec's scheduling; for a GPU pool also the
-/// `nvidia` runtime class (unless one is named, or `""` opts out) and a
-/// toleration of the `nvidia.com/gpu` taint GPU nodes usually carry.
-pub fn scheduling(owner: &Owner<'_>, model: &ModelSpec) -> SchedulingSpec {
-    let mut scheduling = owner.cis.spec.scheduling.clone().unwrap_or_default();
-    let named = scheduling.runtime_class_name.take();
-    if !wants_gpu(model) {
-        scheduling.runtime_class_name = named.filter(|c| !c.is_empty());
-        return scheduling;
-    }
-    scheduling.runtime_class_name = match named {
-        None => Some(GPU_RUNTIME_CLASS.to_string()),
-        Some(c) => (!c.is_empty()).then_some(c),
-    };
-    let tolerated = scheduling.tolerations.iter().any(|t| {
-        t.operator.as_deref() == Some("Exists") && t.key.is_none()
-            || t.key.as_deref() == Some(GPU_RESOURCE)
-    });
-    if !tolerated {
-        scheduling.tolerations.push(Toleration {
-            key: Some(GPU_RESOURCE.to_string()),
-            operator: Some("Exists".to_string()),
-            effect: Some("NoSchedule".to_string()),
-            ..Toleration::default()
-        });
-    }
-    scheduling
-}
+use crate::crd::ModelSpec;
 
 /// The name a pool's workers serve their model under: the resource's name
 /// for the model pool, `<name>-parity` for the parity pool. The frontend
@@ -202,6 +153,7 @@ mod tests {
     use super::*;
     use crate::crd::SchedulingSpec;
     use crate::fixtures::cis;
+    use crate::reconcile::children::gpu::{GPU_RESOURCE, GPU_RUNTIME_CLASS};
     use crate::reconcile::children::{Children, ROLE_LABEL, SERVICE_LABEL};
     use k8s_openapi::api::core::v1::PodSpec;
     use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
@@ -392,29 +344,6 @@ mod tests {
         assert!(!args.contains(&"--device".to_string()), "{args:?}");
         assert_eq!(parity.runtime_class_name, None);
         assert_eq!(parity.tolerations, None);
-    }
-
-    #[test]
-    fn a_gpu_request_in_requests_counts_and_zero_gpus_do_not() {
-        let mut spec = cis("demo").spec.model;
-        spec.resources = Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([(
-                GPU_RESOURCE.to_string(),
-                Quantity("2".to_string()),
-            )])),
-            ..ResourceRequirements::default()
-        });
-        assert!(wants_gpu(&spec));
-        spec.resources = Some(ResourceRequirements {
-            limits: Some(BTreeMap::from([(
-                GPU_RESOURCE.to_string(),
-                Quantity("0".to_string()),
-            )])),
-            ..ResourceRequirements::default()
-        });
-        assert!(!wants_gpu(&spec));
-        spec.resources = None;
-        assert!(!wants_gpu(&spec));
     }
 
     #[test]
