@@ -12,10 +12,15 @@
 # Env: CODED_CUDA_VENV (default ~/.cache/coded-serving/cuda-venv),
 # CUDA_COMPUTE_CAP (default 80: A100/H100/H200 class; 75 is CUDA 13's floor),
 # CODED_CUDA_VERSION (the wheels' minor series, default 13.0),
-# CODED_CUDA_TARGET_DIR (default <target>/cuda: its own cargo target dir, so
-# the CPU binaries in target/debug, which images and tests use, stay CPU).
-# Then it runs the binary against the stub driver: `--device cuda` must fail
-# at start with the sidecar's one-line message, not a panic.
+# CARGO_TARGET_DIR (default target/).
+# It builds in the workspace's own target dir with the workspace's feature
+# set plus `coded-sidecar/cuda`, so every crate that the feature does not
+# touch (tokio, hyper, kube...) is reused from the CPU build: only cudarc,
+# candle's kernels, candle and the sidecar build again. The CUDA binary is
+# copied to <target>/<profile>-cuda/coded-sidecar, and the CPU binary that
+# tests and images use stays at <target>/<profile>/coded-sidecar.
+# Then it runs the CUDA binary against the stub driver: `--device cuda` must
+# fail at start with the sidecar's one-line message, not a panic.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,23 +86,52 @@ if [ ! -f "$stub_tag" ]; then
   touch "$stub_tag"
 fi
 
-export CARGO_TARGET_DIR=${CODED_CUDA_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/cuda}
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 export CUDA_HOME=$CUDA CUDA_ROOT=$CUDA CUDA_PATH=$CUDA CUDA_TOOLKIT_ROOT_DIR=$CUDA
 export PATH="$CUDA/bin:$PATH"
 export LIBRARY_PATH="$CUDA/lib:$CUDA/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export CPATH="$CUDA/include${CPATH:+:$CPATH}"
 nvcc --version | tail -2
 
-echo "cuda-build: cargo build -p coded-sidecar --features cuda (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)"
-cargo build --locked -p coded-sidecar --features cuda "${profile[@]}"
-if [ "$clippy" = 1 ]; then
-  echo "cuda-build: cargo clippy -p coded-sidecar --features cuda"
-  cargo clippy --locked -p coded-sidecar --features cuda --all-targets "${profile[@]}" -- -D warnings
-fi
-
 dir=debug
 [ ${#profile[@]} -eq 0 ] || dir=release
-bin="$CARGO_TARGET_DIR/$dir/coded-sidecar"
+cpu_bin="$TARGET/$dir/coded-sidecar"
+bin="$TARGET/$dir-cuda/coded-sidecar"
+# cargo keeps both builds side by side (features are part of each unit's
+# hash) but copies the last one built to <profile>/coded-sidecar: the CPU
+# binary there is put back on every exit.
+saved=""
+if [ -f "$cpu_bin" ]; then
+  saved=$(mktemp "$TARGET/.cpu-coded-sidecar.XXXXXX")
+  cp -p "$cpu_bin" "$saved"
+fi
+restore() {
+  if [ -n "$saved" ]; then mv -f "$saved" "$cpu_bin"; else rm -f "$cpu_bin"; fi
+}
+trap restore EXIT
+
+echo "cuda-build: cargo build --features coded-sidecar/cuda (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)"
+cargo build --locked --features coded-sidecar/cuda --bin coded-sidecar "${profile[@]}"
+mkdir -p "${bin%/*}"
+cp -p "$cpu_bin" "$bin"
+# Beside it, what an image needs to run it (scripts/images.sh --cuda): the
+# CUDA libraries it links, from the wheels, in lib/; the driver stub in
+# stub/ (never in an image: the NVIDIA runtime mounts the node's driver).
+rm -rf "${bin%/*}/lib" "${bin%/*}/stub"
+mkdir -p "${bin%/*}/lib" "${bin%/*}/stub"
+LD_LIBRARY_PATH="$CUDA/lib:$CUDA/lib/stubs" ldd "$bin" |
+  awk -v dir="$CUDA/lib/" 'index($3, dir) == 1 && $1 != "libcuda.so.1" { print $1, $3 }' |
+  while read -r name path; do
+    # A hard link where the cache shares the file system (no 1 GB copy).
+    ln -f "$(readlink -f "$path")" "${bin%/*}/lib/$name" 2>/dev/null || cp -L "$path" "${bin%/*}/lib/$name"
+  done
+cp -L "$CUDA/lib/stubs/libcuda.so" "${bin%/*}/stub/libcuda.so.1"
+echo "cuda-build: linked from the wheels: $(cd "${bin%/*}/lib" && echo *) ($(du -sh "${bin%/*}/lib" | cut -f1))"
+if [ "$clippy" = 1 ]; then
+  echo "cuda-build: cargo clippy --all-targets --features coded-sidecar/cuda"
+  cargo clippy --locked --all-targets --features coded-sidecar/cuda "${profile[@]}" -- -D warnings
+fi
+
 echo "cuda-build: $bin --device cuda against the stub driver (no GPU here)"
 out=$(LD_LIBRARY_PATH="$CUDA/lib:$CUDA/lib/stubs" "$bin" worker --model /nonexistent --device cuda 2>&1) && {
   echo "cuda-build: --device cuda succeeded against a stub driver" >&2

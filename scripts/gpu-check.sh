@@ -36,10 +36,9 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-$cap}
 
 # The CUDA build; its libraries (not the link stub: the driver's libcuda is used).
 scripts/cuda-build.sh --no-clippy --release
-VENV=${CODED_CUDA_VENV:-$HOME/.cache/coded-serving/cuda-venv}
-CUDA=$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
-export LD_LIBRARY_PATH="$CUDA/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-BIN=${CODED_CUDA_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/cuda}/release/coded-sidecar
+CUDA_DIR=${CARGO_TARGET_DIR:-$PWD/target}/release-cuda
+export LD_LIBRARY_PATH="$CUDA_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+BIN=$CUDA_DIR/coded-sidecar
 "$BIN" worker --help >/dev/null
 
 WORK=${CODED_GPU_CHECK_DIR:-$(mktemp -d)}

@@ -2,7 +2,7 @@
 # Builds the operator and CPU sidecar images and runs them, with no Docker
 # daemon (CI runs it after the tests).
 #
-# Usage: scripts/images.sh [--profile release|debug] [--no-build] [--help]
+# Usage: scripts/images.sh [--profile release|debug] [--no-build] [--cuda] [--help]
 #
 #   --profile P  cargo profile whose binaries go into the images (default
 #                release). Also read from CODED_IMAGE_PROFILE.
@@ -10,6 +10,10 @@
 #                running cargo build (CI: `cargo test --workspace` has just
 #                built them, and a `cargo build` resolves dev-dependency
 #                features differently and would rebuild half the workspace).
+#   --cuda       also the CUDA sidecar image, localhost/coded-sidecar:dev-cuda,
+#                from deploy/Dockerfile.sidecar-cuda and what
+#                scripts/cuda-build.sh leaves in target/<profile>-cuda (built
+#                by it here unless --no-build). Also CODED_IMAGE_CUDA=1.
 #
 # What it does, as root on a Debian machine:
 #   1. installs debootstrap, podman and buildah with apt if they are missing;
@@ -28,9 +32,14 @@
 #      sidecar serves a v2 inference request on loopback for a tiny MLP
 #      trained on the host (Fashion-MNIST from Debian's dataset-fashion-mnist).
 #
+#   5. with --cuda, runs the CUDA image with no GPU: every library it links
+#      is in it but the driver (which the NVIDIA runtime mounts on a GPU
+#      node); with cuda-build.sh's stub driver mounted as the node's, it
+#      prints --help, and `worker --device cuda` fails at start with the
+#      sidecar's one-line error.
+#
 # `podman run` does not work here (no CAP_SYS_RESOURCE for its rlimits);
-# buildah's chroot isolation does. deploy/Dockerfile.sidecar-cuda is not
-# built (no GPU or CUDA toolkit). Containers and the worker it starts are
+# buildah's chroot isolation does. Containers and the worker it starts are
 # removed on exit, failure included; the images and the base stay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,9 +49,11 @@ die() { echo "images.sh: $*" >&2; exit 1; }
 
 profile=${CODED_IMAGE_PROFILE:-release}
 build=1
+cuda=${CODED_IMAGE_CUDA:-}
 while [ $# -gt 0 ]; do
   case $1 in
     --no-build) build=; shift ;;
+    --cuda) cuda=1; shift ;;
     --profile) [ $# -ge 2 ] || die "--profile needs release or debug"; profile=$2; shift 2 ;;
     --profile=*) profile=${1#*=}; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -60,10 +71,11 @@ base_tag=docker.io/library/debian:$suite-slim
 tag=${CODED_IMAGE_TAG:-dev}
 operator_image=localhost/coded-operator:$tag
 sidecar_image=localhost/coded-sidecar:$tag
+cuda_image=localhost/coded-sidecar:$tag-cuda
 cache=${CODED_IMAGES_CACHE:-$HOME/.cache/coded-serving/images}
 
 # The Dockerfiles must still name the base this script imports.
-for f in deploy/Dockerfile.operator deploy/Dockerfile.sidecar; do
+for f in deploy/Dockerfile.operator deploy/Dockerfile.sidecar deploy/Dockerfile.sidecar-cuda; do
   grep -q "^ARG BASE=$base_tag\$" "$f" || die "$f no longer names $base_tag as its base"
 done
 
@@ -186,6 +198,21 @@ mkdir -p "$context/target/$profile"
 for bin in coded-operator crdgen coded-sidecar; do
   strip --strip-debug -o "$context/target/$profile/$bin" "target/$profile/$bin"
 done
+cuda_dir=target/$profile-cuda
+if [ -n "$cuda" ]; then
+  if [ -n "$build" ]; then
+    echo "--- scripts/cuda-build.sh (${profile})"
+    flags=(--no-clippy)
+    [ "$profile" = debug ] || flags+=(--release)
+    nice -n 10 scripts/cuda-build.sh "${flags[@]}"
+  fi
+  [ -x "$cuda_dir/coded-sidecar" ] && [ -d "$cuda_dir/lib" ] && [ -f "$cuda_dir/stub/libcuda.so.1" ] ||
+    die "$cuda_dir has no CUDA build: run scripts/cuda-build.sh$([ "$profile" = debug ] || echo ' --release'), or drop --no-build"
+  mkdir -p "$context/$cuda_dir"
+  strip --strip-debug -o "$context/$cuda_dir/coded-sidecar" "$cuda_dir/coded-sidecar"
+  # The wheels' libraries (~1 GB), hard-linked where the file system allows.
+  cp -rl "$cuda_dir/lib" "$context/$cuda_dir/lib" 2>/dev/null || cp -r "$cuda_dir/lib" "$context/$cuda_dir/lib"
+fi
 lap "binaries + strip"
 
 # bud DOCKERFILE IMAGE: builds IMAGE from the staging context, then removes
@@ -204,7 +231,13 @@ bud deploy/Dockerfile.operator "$operator_image"
 lap "bud operator"
 bud deploy/Dockerfile.sidecar "$sidecar_image"
 lap "bud sidecar"
-for image in "$operator_image" "$sidecar_image"; do buildah images --noheading "$image"; done
+images=("$operator_image" "$sidecar_image")
+if [ -n "$cuda" ]; then
+  bud deploy/Dockerfile.sidecar-cuda "$cuda_image"
+  lap "bud sidecar-cuda"
+  images+=("$cuda_image")
+fi
+for image in "${images[@]}"; do buildah images --noheading "$image"; done
 
 # new_container NAME IMAGE: a working container for `buildah run`, removed on exit.
 new_container() {
@@ -282,3 +315,38 @@ wait "$worker_pid" 2>/dev/null || true
 worker_pid=
 lap "run sidecar"
 
+
+if [ -n "$cuda" ]; then
+  echo "--- run $cuda_image (no GPU here)"
+  cc=coded-images-sidecar-cuda-$$
+  new_container "$cc" "$cuda_image"
+  mapfile -t cc_entry < <(entrypoint "$cc")
+  [ ${#cc_entry[@]} -gt 0 ] || die "$cuda_image has no ENTRYPOINT"
+  # Everything the binary links is in the image but the driver.
+  missing_libs=$(buildah run --isolation chroot "$cc" -- ldd "${cc_entry[0]}" | awk '/not found/ { print $1 }' | tr '\n' ' ')
+  [ "$missing_libs" = "libcuda.so.1 " ] ||
+    die "$cuda_image should lack only the driver (libcuda.so.1), lacks: ${missing_libs:-nothing}"
+  echo "libraries: all in the image but the driver, libcuda.so.1"
+  passed=$((passed + 1))
+  # The stub driver where a device plugin would mount the node's.
+  stub=(--volume "$PWD/$cuda_dir/stub:/usr/local/nvidia/lib64:ro")
+  buildah run --isolation chroot "${stub[@]}" "$cc" -- "${cc_entry[@]}" --help > "$work/cuda-help.txt" \
+    || die "'${cc_entry[*]} --help' failed in $cuda_image"
+  grep -q '^Usage: coded-sidecar' "$work/cuda-help.txt" || die "unexpected --help in $cuda_image: $(head -3 "$work/cuda-help.txt")"
+  echo "coded-sidecar --help: ok"
+  passed=$((passed + 1))
+  # The sidecar's stderr to stdout inside the container, buildah's own
+  # messages (its exit status) aside.
+  if out=$(buildah run --isolation chroot "${stub[@]}" "$cc" -- sh -c 'exec "$@" 2>&1' sh \
+    "${cc_entry[@]}" worker --model /nonexistent --device cuda 2>/dev/null); then
+    die "--device cuda started in $cuda_image with a stub driver"
+  fi
+  case $out in
+    "error: --device cuda:0 cannot be opened (no usable NVIDIA GPU or driver?)"*) ;;
+    *) die "expected the sidecar's one-line device error in $cuda_image, got: $out" ;;
+  esac
+  [ "$(printf '%s\n' "$out" | grep -c .)" = 1 ] || die "the device error in $cuda_image is not one line: $out"
+  echo "--device cuda with no GPU: $out"
+  passed=$((passed + 1))
+  lap "run sidecar-cuda"
+fi
