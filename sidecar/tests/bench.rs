@@ -65,7 +65,7 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
     let config = dir.path().join("bench.json");
     std::fs::write(
         &config,
-        r#"{"rates": [100, 200], "k": [2, 3], "only": ["eager", "equal"], "mode": "sigstop", "quick": true, "seconds": 600}"#,
+        r#"{"rates": [100, 200], "k": [2, 3], "only": ["eager", "equal"], "mode": "sigstop", "quick": true, "seconds": 600, "seeds": [3, 4], "service_time_ms": 2, "service_time_sigma": 0.2}"#,
     )
     .unwrap();
     let out = dir.path().join("report.json");
@@ -86,9 +86,19 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
         "--plots",
         plots.to_str().unwrap(),
     ]);
-    assert!(table.contains("| configuration | p50 µs |"), "{table}");
+    // Two seeds: medians and ranges, and no verdict from so few.
     assert!(
-        table.contains("100 req/s") && table.contains("200 req/s"),
+        table.contains("| configuration | seeds | p50 ms |"),
+        "{table}"
+    );
+    assert!(table.contains("| coded k=2 eager | 2 |"), "{table}");
+    assert!(table.contains("| too few seeds |"), "{table}");
+    assert!(
+        table.contains("workers: emulated accelerators, 2 ms, lognormal σ 0.2"),
+        "{table}"
+    );
+    assert!(
+        table.contains("100 req/s, median over seeds") && table.contains("200 req/s"),
         "{table}"
     );
 
@@ -99,29 +109,34 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
     // --quick wins over the file's 600 s.
     assert_eq!(report["seconds"], 3.0);
     assert!(report["machine"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(report["workers"], "2 ms, lognormal σ 0.2");
+    assert_eq!(report["service_time"]["service_time_ms"], 2.0);
     let rows = report["rows"].as_array().unwrap();
-    let names: Vec<(&str, f64)> = rows
+    assert_eq!(report["seeds"], serde_json::json!([3, 4]));
+    let names: Vec<(&str, f64, u64)> = rows
         .iter()
         .map(|r| {
             (
                 r["config"]["name"].as_str().unwrap(),
                 r["rate"].as_f64().unwrap(),
+                r["seed"].as_u64().unwrap(),
             )
         })
         .collect();
-    assert_eq!(
-        names,
-        [
-            ("coded k=2 eager", 100.0),
-            ("equal-resources, 3 workers", 100.0),
-            ("coded k=3 eager", 100.0),
-            ("equal-resources, 4 workers", 100.0),
-            ("coded k=2 eager", 200.0),
-            ("equal-resources, 3 workers", 200.0),
-            ("coded k=3 eager", 200.0),
-            ("equal-resources, 4 workers", 200.0),
-        ]
-    );
+    let mut expected = Vec::new();
+    for seed in [3, 4] {
+        for rate in [100.0, 200.0] {
+            for name in [
+                "coded k=2 eager",
+                "equal-resources, 3 workers",
+                "coded k=3 eager",
+                "equal-resources, 4 workers",
+            ] {
+                expected.push((name, rate, seed));
+            }
+        }
+    }
+    assert_eq!(names, expected);
     for row in rows {
         // Equal resources: coded k runs k models and one parity, the
         // baselines k + 1 models.
@@ -273,6 +288,14 @@ fn bad_bench_input_gets_a_clear_error() {
         (
             vec!["bench", "stragglers", "--k", "1"],
             "--k must be group sizes from 2",
+        ),
+        (
+            vec!["bench", "stragglers", "--service-time-ms=-1"],
+            "--service-time-ms must be a finite number ≥ 0",
+        ),
+        (
+            vec!["bench", "stragglers", "--service-time-sigma", "0.3"],
+            "need --service-time-ms > 0",
         ),
         (
             vec![

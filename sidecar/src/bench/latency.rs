@@ -8,7 +8,7 @@ use serde::Serialize;
 pub struct Recorder(Histogram<u64>);
 
 /// Quantiles in microseconds.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Summary {
     pub count: u64,
     pub p50_us: u64,

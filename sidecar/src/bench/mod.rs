@@ -9,4 +9,5 @@ pub mod overhead;
 pub mod plot;
 pub mod request;
 pub mod slowdown;
+pub mod spread;
 pub mod stragglers;

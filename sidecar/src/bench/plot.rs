@@ -1,12 +1,14 @@
 //! The figures of `bench stragglers`, one of each per k: each
-//! configuration's latency tail (median to p99.99, log scale) at one load,
-//! and p99.9 against load.
+//! configuration's latency tail (median to p99.99, log scale) at one load
+//! (the first seed's run), and p99.9 against load (the median over seeds,
+//! with a bar from the lowest to the highest).
 
 use std::path::Path;
 
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
+use super::spread::Spread;
 use super::stragglers::Report;
 use crate::eval::plot::{PlotError, draw_err, register_font};
 
@@ -23,12 +25,13 @@ fn label(nines: f64) -> String {
 }
 
 /// Latency against quantile for every configuration of group size `k` at
-/// `rate`.
+/// `rate`, in the first seed's runs.
 pub fn tail(report: &Report, rate: f64, k: usize, out: &Path) -> Result<(), PlotError> {
+    let seed = report.seeds.first().copied().unwrap_or_default();
     let rows: Vec<_> = report
         .rows
         .iter()
-        .filter(|r| r.rate == rate && r.config.k == k)
+        .filter(|r| r.rate == rate && r.config.k == k && r.seed == seed)
         .collect();
     let points = |r: &super::stragglers::Row| -> Vec<(f64, f64)> {
         r.tail
@@ -122,7 +125,7 @@ fn finish(
 }
 
 /// p99.9 against offered load, one line per configuration of group size
-/// `k`.
+/// `k`: the median over seeds, a bar over their range.
 pub fn load(report: &Report, k: usize, out: &Path) -> Result<(), PlotError> {
     let rows: Vec<_> = report.rows.iter().filter(|r| r.config.k == k).collect();
     if report.rates.len() < 2 || rows.is_empty() {
@@ -168,13 +171,25 @@ pub fn load(report: &Report, k: usize, out: &Path) -> Result<(), PlotError> {
         .draw()
         .map_err(draw_err)?;
     for (i, name) in names.iter().enumerate() {
-        let mut pts: Vec<(f64, f64)> = rows
-            .iter()
-            .filter(|r| r.config.name == *name)
-            .map(|r| (r.rate, ms(r.latency.p999_us)))
-            .collect();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        line(&mut chart, i, name, pts, true)?;
+        let mut spreads: Vec<(f64, Spread)> = Vec::new();
+        for &rate in &report.rates {
+            let p999 = rows
+                .iter()
+                .filter(|r| r.config.name == *name && r.rate == rate)
+                .map(|r| ms(r.latency.p999_us));
+            if let Some(s) = Spread::of(p999) {
+                spreads.push((rate, s));
+            }
+        }
+        spreads.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(spreads.iter().filter(|(_, s)| s.max > s.min).map(|(x, s)| {
+                PathElement::new(vec![(*x, s.min), (*x, s.max)], color.stroke_width(2))
+            }))
+            .map_err(draw_err)?;
+        let medians = spreads.iter().map(|(x, s)| (*x, s.median)).collect();
+        line(&mut chart, i, name, medians, true)?;
     }
     finish(chart, &root)
 }

@@ -18,6 +18,7 @@ use super::slowdown::{self, SlowPlan};
 use crate::frontend::{DispatchMode, ReconstructPolicy};
 use crate::local::prometheus::PrometheusSpec;
 use crate::local::{Cluster, ClusterSpec, ModelDirs};
+use crate::worker::ServiceTimeArgs;
 
 /// Scrape interval of the Prometheus of the `--prometheus` configuration.
 const PROMETHEUS_SCRAPE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -110,6 +111,8 @@ pub struct Row {
     pub config: Config,
     /// Offered load, requests per second.
     pub rate: f64,
+    /// Seed of the load, the slow windows and the service times.
+    pub seed: u64,
     pub latency: Summary,
     /// `(quantile, µs)` from the median to the maximum.
     pub tail: Vec<(f64, u64)>,
@@ -156,7 +159,9 @@ pub struct Plan {
     /// Offered loads, one run of every configuration each.
     pub rates: Vec<f64>,
     pub duration: std::time::Duration,
-    pub seed: u64,
+    /// Every configuration runs at every load once per seed, which seeds
+    /// its arrivals, slow windows, background transfers and service times.
+    pub seeds: Vec<u64>,
     pub slow: SlowPlan,
     pub mode: SlowMode,
     /// Links and background transfers of `SlowMode::Network`.
@@ -167,6 +172,8 @@ pub struct Plan {
     pub prometheus: bool,
     /// Only configurations whose names contain one of these.
     pub only: Vec<String>,
+    /// The workers' emulated service time (off: the model's own compute).
+    pub service_time: ServiceTimeArgs,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -178,9 +185,13 @@ pub struct Report {
     pub slow_probability: f64,
     pub slow_delay_ms: u64,
     pub window_ms: u64,
-    pub seed: u64,
+    pub seeds: Vec<u64>,
     /// CPU model and count of the machine it ran on.
     pub machine: String,
+    /// What a worker's batch costs: the model's own compute, or an
+    /// emulated accelerator's drawn service time.
+    pub workers: String,
+    pub service_time: ServiceTimeArgs,
     pub rows: Vec<Row>,
 }
 
@@ -205,28 +216,20 @@ pub async fn run(
         anyhow::bail!("--only {:?} matches no configuration", plan.only);
     }
     let mut rows = Vec::new();
-    for &rate in &plan.rates {
-        for config in &chosen {
-            let dirs = models
-                .get(&config.k)
-                .ok_or_else(|| anyhow::anyhow!("no parity model for k = {}", config.k))?;
-            let load = LoadPlan {
-                rate,
-                duration: plan.duration,
-                seed: plan.seed,
-            };
-            rows.push(
-                run_one(
-                    dirs,
-                    (name, input, shape),
-                    images,
-                    &http,
-                    config.clone(),
-                    load,
-                    plan,
-                )
-                .await?,
-            );
+    for &seed in &plan.seeds {
+        for &rate in &plan.rates {
+            for config in &chosen {
+                let dirs = models
+                    .get(&config.k)
+                    .ok_or_else(|| anyhow::anyhow!("no parity model for k = {}", config.k))?;
+                let load = LoadPlan {
+                    rate,
+                    duration: plan.duration,
+                    seed,
+                };
+                let run = (config.clone(), load, seed);
+                rows.push(run_one(dirs, (name, input, shape), images, &http, run, plan).await?);
+            }
         }
     }
     Ok(Report {
@@ -237,8 +240,10 @@ pub async fn run(
         slow_probability: plan.slow.probability,
         slow_delay_ms: plan.slow.delay_ms,
         window_ms: plan.slow.window.as_millis() as u64,
-        seed: plan.seed,
+        seeds: plan.seeds.clone(),
         machine: machine(),
+        workers: plan.service_time.describe(),
+        service_time: plan.service_time,
         rows,
     })
 }
@@ -249,10 +254,11 @@ async fn run_one(
     (name, input, shape): (&str, &str, &[usize]),
     images: &Images,
     http: &reqwest::Client,
-    config: Config,
-    load_plan: LoadPlan,
+    (config, load_plan, seed): (Config, LoadPlan, u64),
     plan: &Plan,
 ) -> anyhow::Result<Row> {
+    let slow = SlowPlan { seed, ..plan.slow };
+    let net = NetPlan { seed, ..plan.net };
     let spec = ClusterSpec {
         k: config.k,
         encoder: crate::coding::EncoderKind::Sum,
@@ -282,6 +288,14 @@ async fn run_one(
             Vec::new()
         },
         worker_args: Vec::new(),
+        // A run's seed changes the draws too (each worker adds its index).
+        service_time: ServiceTimeArgs {
+            service_time_seed: plan
+                .service_time
+                .service_time_seed
+                .wrapping_add(seed.wrapping_mul(1_000)),
+            ..plan.service_time
+        },
     };
     let namespaces = match plan.mode {
         SlowMode::Network => Some(Namespaces::create(config.workers(), plan.net.rate_mbit)?),
@@ -308,7 +322,7 @@ async fn run_one(
         .filter(|c| c.name != "frontend")
         .map(|c| c.pid())
         .collect();
-    let schedule = slowdown::schedule(&plan.slow, workers.len(), load_plan.duration);
+    let schedule = slowdown::schedule(&slow, workers.len(), load_plan.duration);
     let url = &cluster.frontend_url;
     let requests = Arc::new(if images.rows.is_empty() {
         Requests {
@@ -331,16 +345,15 @@ async fn run_one(
     }
     let idle_before = rebuilt_while_idle(http, url).await;
     let start = Instant::now();
-    let label = format!("{} @ {} req/s", config.name, load_plan.rate);
+    let label = format!("{} @ {} req/s, seed {seed}", config.name, load_plan.rate);
     let load = load::run(http, requests, &load_plan, &label);
     let (result, background_bytes) = match (plan.mode, &namespaces) {
         (SlowMode::Network, Some(ns)) => {
-            let (result, sent) =
-                tokio::join!(load, ns.interfere(plan.net, load_plan.duration, start));
+            let (result, sent) = tokio::join!(load, ns.interfere(net, load_plan.duration, start));
             (result, sent.unwrap_or(0))
         }
         (SlowMode::Sigstop, _) => {
-            let injector = tokio::spawn(slowdown::pause(pids, schedule, plan.slow.window, start));
+            let injector = tokio::spawn(slowdown::pause(pids, schedule, slow.window, start));
             let result = load.await;
             let _ = injector.await;
             (result, 0)
@@ -350,7 +363,7 @@ async fn run_one(
                 http.clone(),
                 workers,
                 schedule,
-                plan.slow.window,
+                slow.window,
                 start,
             ));
             let result = load.await;
@@ -382,6 +395,7 @@ async fn run_one(
     Ok(Row {
         config,
         rate: load_plan.rate,
+        seed,
         tail: result.latency.tail(),
         throughput_rps: answered as f64 / result.wall.as_secs_f64(),
         sent: result.sent,
@@ -432,7 +446,22 @@ pub fn machine() -> String {
 /// The report as markdown tables, one per load, with the tail gap relative
 /// to `equal-resources` on as many workers at the same load.
 pub fn markdown(r: &Report) -> String {
-    let mut s = String::new();
+    let mut s = format!(
+        "workers: {}{}; machine: {}; seeds {:?}; {} s per configuration\n",
+        if r.service_time.service_time_ms > 0.0 {
+            "emulated accelerators, "
+        } else {
+            ""
+        },
+        r.workers,
+        r.machine,
+        r.seeds,
+        r.seconds
+    );
+    if r.seeds.len() > 1 {
+        s.push_str(&super::spread::markdown(&super::spread::summarise(r)));
+        return s;
+    }
     for &rate in &r.rates {
         let rows: Vec<&Row> = r.rows.iter().filter(|row| row.rate == rate).collect();
         let base = |k: usize| {

@@ -35,7 +35,7 @@ pub enum BenchCommand {
     /// delay, SIGSTOP pauses or network interference). Prints a table per
     /// load, writes JSON and PNG figures per k (tail per configuration;
     /// p99.9 against load with several --rates).
-    Stragglers(StragglerArgs),
+    Stragglers(Box<StragglerArgs>),
     /// The echo server `bench overhead` measures one loopback HTTP hop
     /// with: answers every POST with its body, on one thread. Prints its
     /// URL and serves until stopped.
@@ -104,9 +104,13 @@ pub struct StragglerArgs {
     /// checked against the base model's class for each.
     #[arg(long, default_value_t = 1000)]
     pub images: usize,
-    /// Seed of the arrivals and the slow windows.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seeds (comma-separated) of the arrivals, slow windows, background
+    /// transfers and service times: every configuration runs once per
+    /// seed, and with 3 or more the report gives each figure's median over
+    /// seeds with its range, and calls a configuration's tail a win or a
+    /// loss against equal-resources only where the ranges do not overlap.
+    #[arg(long, alias = "seed", value_delimiter = ',', default_value = "0")]
+    pub seeds: Vec<u64>,
     /// Add coded eager (first k) with the watcher reading worker latency
     /// from a Prometheus (scraping every 500 ms) instead of the frontend's
     /// own windows; needs the `prometheus` binary.
@@ -135,6 +139,11 @@ pub struct StragglerArgs {
     /// Trained models are kept here [default: ~/.cache/coded-serving/models].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Workers as emulated accelerators (see `worker --help`): each batch
+    /// takes a drawn service time, so that the workers, not this machine's
+    /// cores, are the resource under load. The report says which ran.
+    #[command(flatten)]
+    pub service_time: crate::worker::ServiceTimeArgs,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -171,7 +180,7 @@ pub struct OverheadArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Overhead(args) => run_overhead(args),
-        BenchCommand::Stragglers(args) => run_stragglers(args),
+        BenchCommand::Stragglers(args) => run_stragglers(*args),
         BenchCommand::Echo(args) => crate::runtime::io_runtime(1)?
             .block_on(echo::serve((args.host, args.port).into()))
             .context("echo server"),
@@ -235,6 +244,10 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
     if args.k.is_empty() || args.k.iter().any(|&k| !(2..=MAX_K).contains(&k)) {
         anyhow::bail!("--k must be group sizes from 2 to {MAX_K}, e.g. 2,3,4");
     }
+    args.service_time.model()?;
+    if args.seeds.is_empty() {
+        anyhow::bail!("--seeds needs at least one seed, e.g. 0,1,2");
+    }
     let configs = stragglers::configs(&args.k, args.prometheus);
     if !configs.iter().any(|c| c.chosen(&args.only)) {
         let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
@@ -270,12 +283,13 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
     let plan = stragglers::Plan {
         rates: args.rates.clone(),
         duration: Duration::from_secs(seconds),
-        seed: args.seed,
+        seeds: args.seeds.clone(),
         slow: SlowPlan {
             window: Duration::from_millis(args.window_ms.max(1)),
             probability: args.slow_probability,
             delay_ms: args.slow_ms,
-            seed: args.seed,
+            // Each run takes its own seed (stragglers::run).
+            seed: 0,
         },
         mode: args.mode,
         net: crate::bench::netns::NetPlan {
@@ -283,11 +297,12 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
             transfers_per_second: args.transfers_per_second,
             min_bytes: (args.transfer_min_mb * 1e6) as u64,
             max_bytes: (args.transfer_max_mb * 1e6) as u64,
-            seed: args.seed,
+            seed: 0,
         },
         ks: args.k.clone(),
         prometheus: args.prometheus,
         only: args.only.clone(),
+        service_time: args.service_time,
     };
     let images = test_images(&base_dir, &args.data, args.images)?;
     let report = runtime()?.block_on(stragglers::run(
@@ -430,6 +445,7 @@ fn run_overhead(args: OverheadArgs) -> anyhow::Result<()> {
         worker_netns: Vec::new(),
         frontend_args: Vec::new(),
         worker_args: Vec::new(),
+        service_time: Default::default(),
     };
     let forwarding = ClusterSpec {
         dispatch: crate::frontend::DispatchMode::LeastLoaded,

@@ -80,11 +80,16 @@ pub struct LocalArgs {
     /// Log level of the child processes (RUST_LOG overrides it).
     #[arg(long, default_value = "warn")]
     pub child_log: String,
+    /// Workers as emulated accelerators (see `worker --help`); worker i
+    /// draws with seed `--service-time-seed` + i.
+    #[command(flatten)]
+    pub service_time: crate::worker::ServiceTimeArgs,
     #[command(flatten)]
     pub data: DataArgs,
 }
 
 pub fn run(args: LocalArgs) -> anyhow::Result<()> {
+    args.service_time.model()?;
     if args.k < crate::coding::MIN_K {
         anyhow::bail!("--k {} is not a code: k must be at least 2", args.k);
     }
@@ -155,6 +160,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
             "--dtype".into(),
             args.dtype.to_string(),
         ],
+        service_time: args.service_time,
     };
     runtime.block_on(async {
         let mut cluster = Cluster::start(&dirs, &name, &spec).await?;

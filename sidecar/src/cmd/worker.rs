@@ -32,6 +32,13 @@ pub struct WorkerArgs {
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    // Bad flags fail before the model is fetched.
+    if args.serve.service_time.model()?.is_some() {
+        tracing::info!(
+            service_time = %args.serve.service_time.describe(),
+            "emulating an accelerator: each batch takes a drawn service time"
+        );
+    }
     let placement = Placement {
         device: args.device.open()?,
         dtype: args.dtype.dtype(),

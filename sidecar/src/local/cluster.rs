@@ -9,6 +9,7 @@ use super::process::{Child, stop_all};
 use super::prometheus::{LocalPrometheus, PrometheusSpec, ScrapeTarget};
 use crate::coding::EncoderKind;
 use crate::frontend::{DispatchMode, ReconstructPolicy};
+use crate::worker::ServiceTimeArgs;
 
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -33,6 +34,9 @@ pub struct ClusterSpec {
     /// More `worker` flags, for model and parity workers alike (e.g.
     /// `--device cuda`).
     pub worker_args: Vec<String>,
+    /// Workers as emulated accelerators (`--service-time-ms`); worker i
+    /// draws with seed `service_time_seed + i`, so no two draw alike.
+    pub service_time: ServiceTimeArgs,
     /// Network namespace and address of each worker (models, then
     /// parities), for `bench stragglers --mode network`; empty: loopback.
     pub worker_netns: Vec<(String, String)>,
@@ -82,7 +86,14 @@ impl Cluster {
         children: &mut Vec<Child>,
         prometheus: &mut Option<LocalPrometheus>,
     ) -> anyhow::Result<(String, Vec<String>, Vec<String>)> {
-        let worker = |dir: &std::path::Path, served: &str, delay_ms: u64| -> Vec<String> {
+        let worker = |dir: &std::path::Path, served: &str, delay_ms: u64, index: usize| {
+            let service_time = ServiceTimeArgs {
+                service_time_seed: spec
+                    .service_time
+                    .service_time_seed
+                    .wrapping_add(index as u64),
+                ..spec.service_time
+            };
             [
                 "worker",
                 "--model",
@@ -98,6 +109,7 @@ impl Cluster {
             .into_iter()
             .map(String::from)
             .chain(spec.worker_args.iter().cloned())
+            .chain(service_time.to_args())
             .collect::<Vec<_>>()
         };
         // Inside its network namespace when it has one.
@@ -126,7 +138,7 @@ impl Cluster {
             } else {
                 0
             };
-            let child = spawn(i, format!("model-{i}"), worker(&dirs.base, name, delay)).await?;
+            let child = spawn(i, format!("model-{i}"), worker(&dirs.base, name, delay, i)).await?;
             model_urls.push(child.url.clone());
             children.push(child);
         }
@@ -136,7 +148,7 @@ impl Cluster {
             let child = spawn(
                 spec.models + i,
                 format!("parity-{i}"),
-                worker(&dirs.parity, &parity_name, 0),
+                worker(&dirs.parity, &parity_name, 0, spec.models + i),
             )
             .await?;
             parity_urls.push(child.url.clone());

@@ -18,9 +18,10 @@ use tokio::time::{Instant, timeout_at};
 
 use super::backend::Backend;
 use super::metrics::Metrics;
+use super::service_time::ServiceTime;
 
 /// How requests are grouped into model calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct BatchConfig {
     /// Most rows per model call. A request with more rows is cut into
     /// parts of this size (`Batcher::infer`).
@@ -36,6 +37,9 @@ pub struct BatchConfig {
     /// (2 ms): longer ones (and the first, whose cost is unknown) run on a
     /// blocking thread, so that health checks are answered meanwhile.
     pub inline: bool,
+    /// An emulated accelerator: each batch holds its model slot for a drawn
+    /// service time (`--service-time-ms`), its answers given at the end.
+    pub service_time: Option<ServiceTime>,
 }
 
 impl Default for BatchConfig {
@@ -46,6 +50,7 @@ impl Default for BatchConfig {
             max_queue_delay: Duration::ZERO,
             concurrency: 1,
             inline: false,
+            service_time: None,
         }
     }
 }
@@ -163,6 +168,7 @@ async fn run(
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let mut carried: Option<Job> = None;
     let mut pace = Pace::default();
+    let mut service_time = config.service_time.clone();
     loop {
         // Wait for a free model slot first: requests keep queueing meanwhile
         // and join the next batch.
@@ -200,22 +206,18 @@ async fn run(
             rows += next.rows;
             jobs.push(next);
         }
+        let hold = service_time.as_mut().map(|s| s.sample(rows));
         if config.inline {
             // Inline only while the batch is predicted short: a long one
             // would hold health checks and `/metrics` on the one I/O
             // thread for its whole run (ResNet-18, batch 64: seconds).
             let inline = pace.predict(rows).is_some_and(|d| d <= INLINE_BUDGET);
-            let started = Instant::now();
-            run_batch(
-                backend.clone(),
-                &input_shape,
-                output_len,
-                jobs,
-                &metrics,
-                inline,
-            )
-            .await;
-            pace.record(rows, started.elapsed());
+            let batch = Batch { jobs, inline, hold };
+            if let Some(compute) =
+                run_batch(backend.clone(), &input_shape, output_len, batch, &metrics).await
+            {
+                pace.record(rows, compute);
+            }
             drop(slot);
             continue;
         }
@@ -223,7 +225,12 @@ async fn run(
         let metrics = metrics.clone();
         let input_shape = input_shape.clone();
         tokio::spawn(async move {
-            run_batch(backend, &input_shape, output_len, jobs, &metrics, false).await;
+            let batch = Batch {
+                jobs,
+                inline: false,
+                hold,
+            };
+            run_batch(backend, &input_shape, output_len, batch, &metrics).await;
             drop(slot);
         });
     }
@@ -262,19 +269,31 @@ impl Pace {
     }
 }
 
+/// One model call's worth of requests, and how to run it.
+struct Batch {
+    jobs: Vec<Job>,
+    /// On the calling thread instead of a blocking one.
+    inline: bool,
+    /// The emulated service time: answers are given this long after the
+    /// batch started, however long the model took.
+    hold: Option<Duration>,
+}
+
+/// Runs one batch and answers its requests; returns how long the model
+/// itself took (None when every caller had left and nothing ran).
 async fn run_batch(
     backend: Arc<dyn Backend>,
     input_shape: &[usize],
     output_len: usize,
-    jobs: Vec<Job>,
+    batch: Batch,
     metrics: &Metrics,
-    inline: bool,
-) {
+) -> Option<Duration> {
+    let Batch { jobs, inline, hold } = batch;
     // Callers that went away (client disconnected) need no compute.
     let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
     let rows: usize = jobs.iter().map(|j| j.rows).sum();
     if jobs.is_empty() {
-        return;
+        return None;
     }
     let started = Instant::now();
     for job in &jobs {
@@ -322,6 +341,11 @@ async fn run_batch(
         Ok(Err(e)) => Err(BatchError::Backend(e.to_string())),
         Err(()) => Err(BatchError::Panicked),
     };
+    let compute = started.elapsed();
+    if let Some(hold) = hold {
+        // The accelerator is busy until then; the slot stays taken.
+        tokio::time::sleep_until(started + hold).await;
+    }
     match output {
         Ok(mut out) => {
             // From the back, so the first caller gets the buffer itself and
@@ -343,6 +367,7 @@ async fn run_batch(
             }
         }
     }
+    Some(compute)
 }
 
 #[cfg(test)]
@@ -423,6 +448,7 @@ mod tests {
             max_queue_delay: Duration::from_millis(20),
             concurrency: 1,
             inline,
+            service_time: None,
         };
         let (backend, batcher, task) = start(false, config);
         let mut handles = Vec::new();
@@ -448,6 +474,43 @@ mod tests {
             batches.iter().sum::<usize>(),
             (0..20usize).map(|i| 1 + i % 3).sum::<usize>()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_emulated_accelerator_serves_one_batch_per_service_time() {
+        let service_time = crate::worker::service_time::ServiceTimeArgs {
+            service_time_ms: 50.0,
+            service_time_per_row_ms: 10.0,
+            ..Default::default()
+        }
+        .model()
+        .unwrap();
+        let config = BatchConfig {
+            max_batch_size: 2,
+            service_time,
+            ..Default::default()
+        };
+        let (_, batcher, _task) = start(false, config);
+        let start = Instant::now();
+        let mut calls = Vec::new();
+        for i in 0..4 {
+            let b = batcher.clone();
+            calls.push(tokio::spawn(async move {
+                let out = b.infer(1, vec![i as f32, 0.0]).await.unwrap();
+                (out, start.elapsed())
+            }));
+            tokio::task::yield_now().await;
+        }
+        let mut done = Vec::new();
+        for (i, call) in calls.into_iter().enumerate() {
+            let (out, at) = call.await.unwrap();
+            assert_eq!(out, vec![2.0 * i as f32], "real answers");
+            done.push(at.as_millis());
+        }
+        // The first request runs alone (50 + 10 ms); the three that queued
+        // meanwhile form batches of 2 and 1 (70 ms, then 60 ms), one after
+        // the other: the slot is held for each whole service time.
+        assert_eq!(done, vec![60, 130, 130, 190]);
     }
 
     /// Panics on a batch whose first value is negative.

@@ -9,6 +9,8 @@ pub mod batcher;
 pub mod candle;
 pub mod metrics;
 pub mod server;
+pub mod service_time;
 
 pub use backend::{Backend, BackendError};
 pub use server::{ServeOptions, Server, WorkerError, serve};
+pub use service_time::{ServiceTime, ServiceTimeArgs};

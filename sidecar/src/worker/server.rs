@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::backend::Backend;
 use super::batcher::{BatchConfig, BatchError, Batcher};
 use super::metrics::{Metrics, MetricsError};
+use super::service_time::{ServiceTimeArgs, ServiceTimeError};
 use crate::http::server::error_response;
 use crate::http::{Answer, Engine, EngineError, HttpError, HttpOptions, V2Server, shutdown};
 use crate::protocol::{ModelInfo, ModelInput};
@@ -54,6 +55,8 @@ pub struct ServeOptions {
     /// Serve `GET/POST /admin/delay` to read and change the injected delay.
     #[arg(long)]
     pub admin: bool,
+    #[command(flatten)]
+    pub service_time: ServiceTimeArgs,
 }
 
 impl Default for ServeOptions {
@@ -66,6 +69,7 @@ impl Default for ServeOptions {
             io_threads: 1,
             inject_delay_ms: 0,
             admin: false,
+            service_time: ServiceTimeArgs::default(),
         }
     }
 }
@@ -76,6 +80,8 @@ pub enum WorkerError {
     Http(#[from] HttpError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    ServiceTime(#[from] ServiceTimeError),
 }
 
 /// The batcher in front of one model, plus the injected delay.
@@ -138,6 +144,7 @@ impl Server {
             max_queue_delay: Duration::from_micros(options.max_queue_delay_us),
             concurrency: options.batch_concurrency,
             inline: options.io_threads == 1,
+            service_time: options.service_time.model()?,
         };
         let (batcher, batcher_task) = Batcher::spawn(
             Arc::new(backend),
