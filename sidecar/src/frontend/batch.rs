@@ -407,6 +407,68 @@ mod tests {
         url
     }
 
+    fn context(pool: Pool, timeout: Duration) -> Arc<BatchContext> {
+        Arc::new(BatchContext {
+            k: 2,
+            item_shape: vec![2],
+            in_len: 2,
+            out_len: 2,
+            encoder: encoder(EncoderKind::Sum, 2, &[2]).expect("encoder"),
+            decoder: Decoder::Subtract,
+            policy: ReconstructPolicy::Eager,
+            timeout,
+            pool: Arc::new(pool),
+            metrics: Arc::new(Metrics::new("m", 2).expect("metrics")),
+            zero: OnceLock::new(),
+        })
+    }
+
+    /// Queries for `rows`, and where their answers come.
+    type Answers = Vec<oneshot::Receiver<Result<RowAnswer, QueryError>>>;
+
+    fn queries(rows: &[Vec<f32>], timeout: Duration) -> (Vec<Query>, Answers) {
+        rows.iter()
+            .map(|row| {
+                let (reply, answer) = oneshot::channel();
+                let query = Query {
+                    row: row.clone(),
+                    deadline: Instant::now() + timeout,
+                    reply,
+                };
+                (query, answer)
+            })
+            .unzip()
+    }
+
+    async fn permit() -> OwnedSemaphorePermit {
+        Arc::new(Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .expect("permit")
+    }
+
+    /// With no model instance to send to (discovery found none), the
+    /// queries get their 504 at the deadline saying so; before, the slots'
+    /// retry time stayed in the past and the batch woke in a busy loop.
+    #[tokio::test]
+    async fn with_no_model_instance_the_deadline_error_says_so() {
+        crate::tls::init();
+        let parity = worker(Affine(2.0), 0).await;
+        let pool = Pool::new(Vec::new(), vec![test_instance_at(2, Role::Parity, parity)]);
+        let timeout = Duration::from_millis(200);
+        let ctx = context(pool, timeout);
+        let (queries, answers) = queries(&[vec![1.0, 2.0], vec![3.0, 4.0]], timeout);
+        run(ctx.clone(), queries, permit().await).await;
+        for answer in answers {
+            match answer.await.expect("answered") {
+                Err(QueryError::Deadline { detail, .. }) => assert_eq!(detail, NO_MODEL),
+                other => panic!("expected a deadline error, got {other:?}"),
+            }
+        }
+        assert_eq!(ctx.metrics.timeouts.get(), 2);
+        assert_eq!(ctx.metrics.retries.get(), 0, "nothing was sent");
+    }
+
     /// Once every query has its answer the batch is done, though the slow
     /// instance's call is still out: before, it waited for that call (up
     /// to the call timeout), so a paused instance kept every batch it had
@@ -418,43 +480,18 @@ mod tests {
         let slow = worker(Affine(1.0), 3_000).await;
         let parity = worker(Affine(2.0), 0).await;
         let slow = test_instance_at(1, Role::Model, slow);
-        let pool = Arc::new(Pool::new(
-            vec![test_instance_at(0, Role::Model, fast), slow.clone()],
-            vec![test_instance_at(2, Role::Parity, parity)],
-        ));
-        let metrics = Arc::new(Metrics::new("m", 2).expect("metrics"));
         let timeout = Duration::from_secs(30);
-        let ctx = Arc::new(BatchContext {
-            k: 2,
-            item_shape: vec![2],
-            in_len: 2,
-            out_len: 2,
-            encoder: encoder(EncoderKind::Sum, 2, &[2]).expect("encoder"),
-            decoder: Decoder::Subtract,
-            policy: ReconstructPolicy::Eager,
+        let ctx = context(
+            Pool::new(
+                vec![test_instance_at(0, Role::Model, fast), slow.clone()],
+                vec![test_instance_at(2, Role::Parity, parity)],
+            ),
             timeout,
-            pool,
-            metrics: metrics.clone(),
-            zero: OnceLock::new(),
-        });
+        );
+        let metrics = ctx.metrics.clone();
         let rows = [vec![1.0, -2.0], vec![0.5, 3.0]];
-        let mut answers = Vec::new();
-        let queries = rows
-            .iter()
-            .map(|row| {
-                let (reply, answer) = oneshot::channel();
-                answers.push(answer);
-                Query {
-                    row: row.clone(),
-                    deadline: Instant::now() + timeout,
-                    reply,
-                }
-            })
-            .collect();
-        let permit = Arc::new(Semaphore::new(1))
-            .acquire_owned()
-            .await
-            .expect("permit");
+        let (queries, answers) = queries(&rows, timeout);
+        let permit = permit().await;
         // Far less than the slow call's 3 s: the batch must not wait for it.
         tokio::time::timeout(Duration::from_secs(2), run(ctx, queries, permit))
             .await
