@@ -89,6 +89,7 @@ struct Driver {
 }
 
 pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemaphorePermit) {
+    let running = Running::enter(&ctx.metrics);
     let layout = Layout {
         k: ctx.k,
         n: queries.len(),
@@ -144,8 +145,26 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         state.poll(Instant::now().into_std(), &driver.ctx.waits());
         driver.act(&mut state);
     }
-    drop(permit);
     driver.finish(&state, inbox);
+    drop(running);
+    drop(permit);
+}
+
+/// Counts a batch in `coded_frontend_batches_running` while it runs, also
+/// when its task is dropped (the runtime shutting down).
+struct Running(prometheus::IntGauge);
+
+impl Running {
+    fn enter(metrics: &Metrics) -> Self {
+        metrics.batches_running.inc();
+        Running(metrics.batches_running.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Driver {
@@ -497,6 +516,7 @@ mod tests {
             .await
             .expect("the batch ends once its queries are answered");
         assert_eq!(slow.inflight(), 1, "the slow call is still out");
+        assert_eq!(metrics.batches_running.get(), 0);
         let mut rebuilt = 0;
         for (row, answer) in rows.iter().zip(answers) {
             let answer = answer.await.expect("answered").expect("not an error");
