@@ -372,6 +372,30 @@ async fn sigstop_of_a_model_worker_loses_no_query_and_rebuilds_at_the_eval_rate(
     c.stop().await;
 }
 
+/// A batch ends with its last answer, not its last call: with a worker
+/// paused, the calls it holds stay out until the frontend's 5 s timeout,
+/// but the batches whose queries were rebuilt meanwhile are gone (they
+/// used to wait for those calls, so batches piled up with rate × timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_do_not_wait_for_the_calls_of_a_paused_worker() {
+    let c = cluster(&[]).await;
+    let url = c.frontend.url.clone();
+    sequential(&url, 0..20).await;
+    c.models[1].signal(Signal::SIGSTOP).unwrap();
+    let answered = load(&url, 0..200, Arc::default()).await;
+    assert_eq!(answered.len(), 200, "every query answered");
+    assert!(
+        rebuilt(&answered) >= 1,
+        "queries sent to the paused worker were rebuilt"
+    );
+    // The frontend answers from one I/O thread: a batch has ended by the
+    // time its last answer is sent, so this is no race.
+    let running = metric(&url, "coded_frontend_batches_running", "").await;
+    assert_eq!(running, 0.0, "no batch waits for the paused worker's calls");
+    c.models[1].signal(Signal::SIGCONT).unwrap();
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_model_worker_loses_no_query_and_the_dead_instance_is_avoided() {
     let mut c = cluster(&[]).await;

@@ -1,7 +1,9 @@
 //! The coding frontend over real HTTP on 127.0.0.1, in front of workers
-//! serving the linear fake model. For a linear F the sum code is exact
-//! (F(X₁ + X₂) = F(X₁) + F(X₂)), so the same linear model serves as the
-//! parity model and reconstructed answers must equal the real ones.
+//! serving the linear fake model with a bias b: F(x) = Wx + b. The sum code
+//! is exact for the parity model F_P(x) = Wx + k·b (F_P(X₁ + X₂) = F(X₁) +
+//! F(X₂) for k = 2), so reconstructed answers must equal the real ones; and
+//! since F, F_P and F(0) all differ, a role mix-up or a padded group
+//! decoded with F(0) = 0 shows.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use coded_sidecar::frontend::{FrontendOptions, ReconstructPolicy};
 use coded_sidecar::protocol::client::{Client, ClientError, Encoding};
 use coded_sidecar::protocol::{InferRequest, InferResponse, NamedTensor, OutputSelection};
-use common::linear::{INPUTS, OUTPUTS, expected};
+use common::linear::{INPUTS, OUTPUTS, expected_with_bias};
 use common::{Linear, Running, options, start, start_frontend};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -22,14 +24,21 @@ struct Setup {
     _frontend: JoinHandle<()>,
 }
 
+/// The models' bias; the parity model's is k (2) times it.
+const BIAS: f32 = 0.75;
+
 async fn setup(models: usize, tweak: impl FnOnce(&mut FrontendOptions)) -> Setup {
     let mut admin = options();
     admin.admin = true;
     let mut workers = Vec::new();
+    let biased = |bias| Linear {
+        bias,
+        ..Linear::default()
+    };
     for _ in 0..models {
-        workers.push(start(admin.clone(), Linear::default()).await);
+        workers.push(start(admin.clone(), biased(BIAS)).await);
     }
-    let parity = start(admin, Linear::default()).await;
+    let parity = start(admin, biased(2.0 * BIAS)).await;
     let (url, task) = start_frontend(&workers, &parity, tweak).await;
     Setup {
         models: workers,
@@ -64,7 +73,10 @@ async fn infer(c: &Client, data: Vec<f32>) -> Result<InferResponse, ClientError>
 }
 
 fn assert_exact(data: &[f32], output: &[f32]) {
-    let want: Vec<f32> = data.chunks(INPUTS).flat_map(expected).collect();
+    let want: Vec<f32> = data
+        .chunks(INPUTS)
+        .flat_map(|row| expected_with_bias(row, BIAS))
+        .collect();
     assert_eq!(want.len(), output.len());
     for (w, g) in want.iter().zip(output) {
         assert!((w - g).abs() < 1e-3, "want {want:?}\n got {output:?}");

@@ -1,40 +1,32 @@
-//! One coding batch from start to last answer. Slot j of every group goes
-//! to one model instance in one call, the encoded groups to a parity
-//! instance in one call (k + 1 calls for the whole batch). Each query is
-//! answered by its own output if that comes first, or decoded from the
-//! parity output and the other k − 1 outputs of its group once its own call
-//! is late: out twice as long as the rest of its batch took (`eager`), or
-//! than the configured quantile of every call (`deadline`); at once if its
-//! own call failed.
-//! A query that cannot be rebuilt is sent again to another instance until
-//! its deadline, then answered with an error. Late real answers are
-//! dropped and counted; nothing is answered twice.
+//! Runs one coding batch from start to last answer: the I/O around
+//! [`BatchState`], which decides. Slot j of every group goes to one model
+//! instance in one call, the encoded groups to a parity instance in one
+//! call (k + 1 calls for the whole batch); this driver picks the
+//! instances, makes the calls in their own tasks, sleeps until the state
+//! wants to be woken, sends the answers and counts the metrics.
+//!
+//! Once every query has its answer the batch stops waiting: calls still
+//! out (a straggler's, a paused instance's) run on in their own tasks until
+//! they return or time out, so that their latency still marks a slow
+//! instance, and count their own answers as late if their queries were
+//! rebuilt. Before, the batch waited for them, so a paused instance kept
+//! every batch it had a call in alive for up to the call timeout.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use candle_core::{Device, Tensor};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::batch_state::{Action, Answer, BatchState, Call, Layout, Target, Waits};
 use super::dispatch::Pool;
 use super::group::{Query, QueryError, RowAnswer};
 use super::instance::{CallError, Instance, Role};
 use super::metrics::Metrics;
 use crate::coding::{CodingError, Decoder, Encoder};
 
-/// When a decodable query is rebuilt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum ReconstructPolicy {
-    /// As soon as the parity output and the other k − 1 outputs are in and
-    /// the query's own call has been out twice as long as the rest of the
-    /// batch took to arrive (and at least the typical instance's median).
-    #[default]
-    Eager,
-    /// Once the query's own call is later than the configured latency
-    /// quantile (`--deadline-quantile`, p99 by default).
-    Deadline,
-}
+pub use super::batch_state::ReconstructPolicy;
 
 /// What every batch shares: the code, the instances, the metrics.
 pub struct BatchContext {
@@ -62,67 +54,52 @@ impl BatchContext {
         self.encoder.encode_flat(flat, groups)
     }
 
-    /// Rebuilds one output per group from parity outputs `[n, out]` and the
-    /// k − 1 other outputs `[n, k − 1, out]`.
-    fn decode(
-        &self,
-        parity: Vec<f32>,
-        others: Vec<f32>,
-        n: usize,
-    ) -> Result<Vec<f32>, CodingError> {
-        let parity = Tensor::from_vec(parity, (n, self.out_len), &Device::Cpu)?;
-        let others = Tensor::from_vec(others, (n, self.k - 1, self.out_len), &Device::Cpu)?;
-        Ok(self
-            .decoder
-            .decode(&parity, &others)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+    /// The waits the watcher last concluded.
+    fn waits(&self) -> Waits {
+        let s = self.pool.snapshot();
+        Waits {
+            eager_after: s.eager_after,
+            reconstruct_after: s.reconstruct_after,
+            retry_after: s.retry_after,
+        }
     }
 }
 
-enum Event {
-    Slot {
-        slot: usize,
-        result: Result<Vec<f32>, CallError>,
-    },
-    Parity(Result<Vec<f32>, CallError>),
+/// A call's result, for its batch.
+struct Event {
+    target: Target,
+    result: Result<Vec<f32>, CallError>,
 }
 
-/// Slot j: query j of every group.
-struct Slot {
-    /// Query indices, one per group that has a real query in this slot.
-    members: Vec<usize>,
-    /// Its real outputs, `members.len() × out_len`, once a call answered.
-    output: Option<Vec<f32>>,
-    pending: usize,
-    tried: Vec<usize>,
-    last_sent: Instant,
-}
+type Reply = oneshot::Sender<Result<RowAnswer, QueryError>>;
 
-struct Batch {
+struct Driver {
     ctx: Arc<BatchContext>,
-    groups: usize,
-    n: usize,
+    layout: Layout,
     rows: Vec<Vec<f32>>,
-    replies: Vec<Option<tokio::sync::oneshot::Sender<Result<RowAnswer, QueryError>>>>,
-    reconstructed: Vec<bool>,
-    slots: Vec<Slot>,
-    parity: Option<Vec<f32>>,
-    parity_pending: bool,
-    /// When the parity and all but one slot were first in.
-    decodable_at: Option<Instant>,
+    replies: Vec<Option<Reply>>,
     deadline: Instant,
+    /// The instances each slot was sent to, so that a retry goes elsewhere.
+    tried: Vec<Vec<usize>>,
     events: mpsc::UnboundedSender<Event>,
-    last_error: Option<String>,
+    /// Per slot, the real answers that a call still out once the batch is
+    /// done drops (its queries were rebuilt): set when the batch is done,
+    /// taken by the first such call to answer.
+    late: Arc<[AtomicU64]>,
 }
 
 pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemaphorePermit) {
-    let k = ctx.k;
-    let n = queries.len();
-    let groups = n.div_ceil(k);
-    ctx.metrics.batch_groups.observe(groups as f64);
-    for g in 0..groups {
-        ctx.metrics.group_fill.observe((n - g * k).min(k) as f64);
+    let running = Running::enter(&ctx.metrics);
+    let layout = Layout {
+        k: ctx.k,
+        n: queries.len(),
+        out_len: ctx.out_len,
+    };
+    ctx.metrics.batch_groups.observe(layout.groups() as f64);
+    for g in 0..layout.groups() {
+        ctx.metrics
+            .group_fill
+            .observe((layout.n - g * layout.k).min(layout.k) as f64);
     }
     let started = Instant::now();
     let deadline = queries
@@ -132,99 +109,175 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         .unwrap_or(started + ctx.timeout);
     let (rows, replies): (Vec<_>, Vec<_>) =
         queries.into_iter().map(|q| (q.row, Some(q.reply))).unzip();
+    let mut state = BatchState::new(
+        layout,
+        ctx.policy,
+        ctx.decoder,
+        deadline.into_std(),
+        started.into_std(),
+    );
     let (events, mut inbox) = mpsc::unbounded_channel();
-    let slots = (0..k)
-        .map(|j| Slot {
-            members: (0..groups).map(|g| g * k + j).filter(|&q| q < n).collect(),
-            output: None,
-            pending: 0,
-            tried: Vec::new(),
-            last_sent: started,
-        })
-        .collect();
-    let mut batch = Batch {
-        ctx,
-        groups,
-        n,
+    let mut driver = Driver {
+        layout,
         rows,
         replies,
-        reconstructed: vec![false; n],
-        slots,
-        parity: None,
-        parity_pending: false,
-        decodable_at: None,
         deadline,
+        tried: vec![Vec::new(); layout.k],
         events,
-        last_error: None,
+        late: (0..layout.k).map(|_| AtomicU64::new(0)).collect(),
+        ctx,
     };
-    batch.start();
+    driver.start(&mut state);
 
-    while batch.unanswered() > 0 {
-        let wake = batch.next_wake();
+    while !state.is_done() {
+        let Some(wake) = state.next_wake(&driver.ctx.waits()) else {
+            break;
+        };
         tokio::select! {
             event = inbox.recv() => match event {
-                Some(event) => batch.handle(event),
+                Some(Event { target, result: Ok(output) }) => state.answered(target, output),
+                Some(Event { target, result: Err(e) }) => state.failed(target, e.to_string()),
                 None => break,
             },
-            () = tokio::time::sleep_until(wake) => {}
+            () = tokio::time::sleep_until(Instant::from_std(wake)) => {}
         }
-        let now = Instant::now();
-        if now >= batch.deadline {
-            batch.fail_remaining();
-            break;
-        }
-        batch.reconstruct(now);
-        batch.retry(now);
+        driver.learn_zero(&mut state);
+        state.poll(Instant::now().into_std(), &driver.ctx.waits());
+        driver.act(&mut state);
     }
+    driver.finish(&state, inbox);
+    drop(running);
     drop(permit);
-    // Calls still out (stragglers) finish by their timeout; their answers
-    // are dropped, and counted if the query had been rebuilt meanwhile.
-    let outstanding =
-        batch.slots.iter().map(|s| s.pending).sum::<usize>() + usize::from(batch.parity_pending);
-    let mut left = outstanding;
-    drop(batch.events);
-    while left > 0 {
-        match inbox.recv().await {
-            Some(Event::Slot { slot, result }) => {
-                left -= 1;
-                if result.is_ok() {
-                    let late = batch.slots[slot]
-                        .members
-                        .iter()
-                        .filter(|&&q| batch.reconstructed[q])
-                        .count();
-                    batch.ctx.metrics.late_answers.inc_by(late as u64);
-                }
-            }
-            Some(Event::Parity(_)) => left -= 1,
-            None => break,
-        }
+}
+
+/// Counts a batch in `coded_frontend_batches_running` while it runs, also
+/// when its task is dropped (the runtime shutting down).
+struct Running(prometheus::IntGauge);
+
+impl Running {
+    fn enter(metrics: &Metrics) -> Self {
+        metrics.batches_running.inc();
+        Running(metrics.batches_running.clone())
     }
 }
 
-impl Batch {
-    fn start(&mut self) {
-        let active: Vec<usize> = (0..self.ctx.k)
-            .filter(|&j| !self.slots[j].members.is_empty())
-            .collect();
-        let picked = self.ctx.pool.pick(Role::Model, active.len(), &[]);
-        if let Some(&j) = active.first() {
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Driver {
+    /// Makes the batch's first calls: k distinct model instances picked
+    /// together, and the parity.
+    fn start(&mut self, state: &mut BatchState) {
+        self.learn_zero(state);
+        let mut slots = Vec::new();
+        let mut parity = false;
+        for action in state.take_actions() {
+            match action {
+                Action::Call(Call {
+                    target: Target::Slot(j),
+                    ..
+                }) => slots.push(j),
+                Action::Call(Call {
+                    target: Target::Parity,
+                    ..
+                }) => parity = true,
+                // A new batch answers nothing before its first poll.
+                Action::Answer { .. } | Action::LateDropped(_) => {}
+            }
+        }
+        let picked = self.ctx.pool.pick(Role::Model, slots.len(), &[]);
+        if let Some(&j) = slots.first() {
             let (rows, data) = self.slot_rows(j);
             self.sample(Role::Model, &picked, rows, &data);
         }
-        for (j, instance) in active.into_iter().zip(picked) {
-            self.send_slot(j, instance);
+        let mut picked = picked.into_iter();
+        for j in slots {
+            match picked.next() {
+                Some(instance) => self.send_slot(j, instance),
+                None => state.failed(Target::Slot(j), NO_MODEL.to_owned()),
+            }
         }
-        match self.ctx.encode(&self.rows, self.groups) {
-            Ok(parity_rows) => {
-                let picked = self.ctx.pool.pick(Role::Parity, 1, &[]);
-                self.sample(Role::Parity, &picked, self.groups, &parity_rows);
-                if let Some(instance) = picked.into_iter().next() {
-                    self.send_parity(instance, parity_rows);
+        if parity {
+            self.send_parity(state);
+        }
+    }
+
+    fn learn_zero(&self, state: &mut BatchState) {
+        if !state.knows_zero()
+            && let Some(zero) = self.ctx.zero.get()
+        {
+            state.learn_zero(zero);
+        }
+    }
+
+    /// Carries out what the state decided.
+    fn act(&mut self, state: &mut BatchState) {
+        for action in state.take_actions() {
+            match action {
+                Action::Call(call) => self.retry(state, call),
+                Action::Answer { query, answer } => self.answer(query, answer),
+                Action::LateDropped(n) => self.ctx.metrics.late_answers.inc_by(n as u64),
+            }
+        }
+    }
+
+    /// A call after the first ones: a slot sent again, to an instance it
+    /// has not tried when there is one.
+    fn retry(&mut self, state: &mut BatchState, call: Call) {
+        match call.target {
+            Target::Slot(j) => {
+                let Some(tried) = self.tried.get(j) else {
+                    return;
+                };
+                match self.ctx.pool.pick(Role::Model, 1, tried).pop() {
+                    Some(instance) => {
+                        if call.attempt > 0 {
+                            self.ctx.metrics.retries.inc();
+                        }
+                        tracing::debug!(slot = j, instance = %instance.url, "retrying a slot");
+                        self.send_slot(j, instance);
+                    }
+                    // Reported as a failed call: the state backs off
+                    // before asking again.
+                    None => state.failed(call.target, NO_MODEL.to_owned()),
                 }
             }
-            Err(e) => tracing::warn!("cannot encode a coding batch, it runs unprotected: {e}"),
+            Target::Parity => self.send_parity(state),
         }
+    }
+
+    fn answer(&mut self, query: usize, answer: Answer) {
+        let Some(reply) = self.replies.get_mut(query).and_then(Option::take) else {
+            return;
+        };
+        let metrics = &self.ctx.metrics;
+        let result = match answer {
+            Answer::Real(output) => Ok(RowAnswer {
+                output,
+                reconstructed: false,
+            }),
+            Answer::Rebuilt(output) => {
+                metrics.reconstructions.inc();
+                if self.ctx.pool.idle_usable_model() {
+                    metrics.rebuilt_while_idle.inc();
+                }
+                Ok(RowAnswer {
+                    output,
+                    reconstructed: true,
+                })
+            }
+            Answer::Failed(detail) => {
+                metrics.timeouts.inc();
+                Err(QueryError::Deadline {
+                    timeout_ms: self.ctx.timeout.as_millis() as u64,
+                    detail,
+                })
+            }
+        };
+        let _ = reply.send(result);
     }
 
     fn call_timeout(&self) -> Duration {
@@ -235,7 +288,7 @@ impl Batch {
 
     /// Slot j's rows, one per group it has a query in, and their count.
     fn slot_rows(&self, j: usize) -> (usize, Vec<f32>) {
-        let members = &self.slots[j].members;
+        let members = self.layout.members(j);
         let data = members
             .iter()
             .flat_map(|&q| self.rows[q].iter().copied())
@@ -261,268 +314,229 @@ impl Batch {
 
     fn send_slot(&mut self, j: usize, instance: Arc<Instance>) {
         let (rows, data) = self.slot_rows(j);
-        let slot = &mut self.slots[j];
-        slot.pending += 1;
-        slot.tried.push(instance.id);
-        slot.last_sent = Instant::now();
-        self.call(instance, rows, data, move |result| Event::Slot {
-            slot: j,
-            result,
-        });
+        if let Some(tried) = self.tried.get_mut(j) {
+            tried.push(instance.id);
+        }
+        self.call(instance, Target::Slot(j), rows, data);
     }
 
-    fn send_parity(&mut self, instance: Arc<Instance>, data: Vec<f32>) {
-        self.parity_pending = true;
-        self.call(instance, self.groups, data, Event::Parity);
+    /// Encodes the groups and sends them to a parity instance; without
+    /// either the batch runs unprotected.
+    fn send_parity(&mut self, state: &mut BatchState) {
+        let groups = self.layout.groups();
+        match self.ctx.encode(&self.rows, groups) {
+            Ok(parity_rows) => {
+                let picked = self.ctx.pool.pick(Role::Parity, 1, &[]);
+                self.sample(Role::Parity, &picked, groups, &parity_rows);
+                match picked.into_iter().next() {
+                    Some(instance) => self.call(instance, Target::Parity, groups, parity_rows),
+                    None => state.failed(Target::Parity, NO_PARITY.to_owned()),
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot encode a coding batch, it runs unprotected: {e}");
+                state.failed(Target::Parity, format!("cannot encode the batch: {e}"));
+            }
+        }
     }
 
     /// Runs one call in its own task (it may outlive the batch) and reports
-    /// its result as `event`.
-    fn call(
-        &self,
-        instance: Arc<Instance>,
-        rows: usize,
-        data: Vec<f32>,
-        event: impl FnOnce(Result<Vec<f32>, CallError>) -> Event + Send + 'static,
-    ) {
+    /// its result to the batch, or counts it as late once the batch is done.
+    fn call(&self, instance: Arc<Instance>, target: Target, rows: usize, data: Vec<f32>) {
         let item = self.ctx.item_shape.clone();
         let out_len = self.ctx.out_len;
         let timeout = self.call_timeout();
         let events = self.events.clone();
+        let late = self.late.clone();
+        let metrics = self.ctx.metrics.clone();
         tokio::spawn(async move {
             let result = instance.infer(rows, &item, data, out_len, timeout).await;
             if let Err(e) = &result {
                 tracing::debug!(instance = %instance.url, role = instance.role.as_str(), "call failed: {e}");
             }
-            let _ = events.send(event(result));
+            if let Err(mpsc::error::SendError(event)) = events.send(Event { target, result }) {
+                count_late(&late, &metrics, &event);
+            }
         });
     }
 
-    fn unanswered(&self) -> usize {
-        self.replies.iter().filter(|r| r.is_some()).count()
-    }
-
-    fn answer(&mut self, q: usize, output: Vec<f32>, reconstructed: bool) {
-        if let Some(reply) = self.replies[q].take() {
-            self.reconstructed[q] = reconstructed;
-            if reconstructed {
-                self.ctx.metrics.reconstructions.inc();
-                if self.ctx.pool.idle_usable_model() {
-                    self.ctx.metrics.rebuilt_while_idle.inc();
-                }
-            }
-            let _ = reply.send(Ok(RowAnswer {
-                output,
-                reconstructed,
-            }));
+    /// Stops waiting: publishes what each slot's late answer would drop,
+    /// then closes the inbox, counting what had already arrived there.
+    fn finish(self, state: &BatchState, mut inbox: mpsc::UnboundedReceiver<Event>) {
+        for (j, late) in self.late.iter().enumerate() {
+            late.store(state.late_if_answered(j) as u64, Ordering::SeqCst);
         }
-    }
-
-    fn handle(&mut self, event: Event) {
-        match event {
-            Event::Slot { slot, result } => {
-                self.slots[slot].pending -= 1;
-                match result {
-                    Ok(output) => {
-                        if self.slots[slot].output.is_none() {
-                            let out_len = self.ctx.out_len;
-                            let members = self.slots[slot].members.clone();
-                            let mut late = 0;
-                            for (i, &q) in members.iter().enumerate() {
-                                if self.replies[q].is_some() {
-                                    self.answer(
-                                        q,
-                                        output[i * out_len..(i + 1) * out_len].to_vec(),
-                                        false,
-                                    );
-                                } else if self.reconstructed[q] {
-                                    late += 1;
-                                }
-                            }
-                            self.ctx.metrics.late_answers.inc_by(late);
-                            self.slots[slot].output = Some(output);
-                        }
-                    }
-                    Err(e) => self.last_error = Some(e.to_string()),
-                }
-            }
-            Event::Parity(result) => {
-                self.parity_pending = false;
-                match result {
-                    Ok(output) => self.parity = Some(output),
-                    Err(e) => self.last_error = Some(e.to_string()),
-                }
-            }
-        }
-    }
-
-    /// The one slot still missing an output, if the rest of every group is in.
-    fn decodable_slot(&self) -> Option<usize> {
-        self.parity.as_ref()?;
-        let mut missing = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.output.is_none() && !s.members.is_empty());
-        let (m, _) = missing.next()?;
-        if missing.next().is_some() {
-            return None;
-        }
-        let slot = &self.slots[m];
-        slot.members
-            .iter()
-            .any(|&q| self.replies[q].is_some())
-            .then_some(m)
-    }
-
-    /// Rebuilds the missing slot's queries when the policy allows.
-    fn reconstruct(&mut self, now: Instant) {
-        let Some(m) = self.decodable_slot() else {
-            return;
-        };
-        let decodable_at = *self.decodable_at.get_or_insert(now);
-        let slot = &self.slots[m];
-        if slot.pending > 0 && now < slot.last_sent + self.wait_before_rebuilding(m, decodable_at) {
-            return;
-        }
-        let (k, out_len) = (self.ctx.k, self.ctx.out_len);
-        let zero = self.ctx.zero.get();
-        let Some(parity) = self.parity.as_ref() else {
-            return;
-        };
-        let mut targets = Vec::new();
-        let mut parity_rows = Vec::new();
-        let mut others = Vec::new();
-        'group: for &q in &slot.members {
-            if self.replies[q].is_none() {
-                continue;
-            }
-            let g = q / k;
-            let mut row = Vec::with_capacity((k - 1) * out_len);
-            for (j, other) in self.slots.iter().enumerate() {
-                if j == m {
-                    continue;
-                }
-                let p = g * k + j;
-                if p < self.n {
-                    // Slot j has a member in every group up to its last.
-                    let i = other.members.iter().position(|&x| x == p);
-                    match (other.output.as_ref(), i) {
-                        (Some(out), Some(i)) => {
-                            row.extend_from_slice(&out[i * out_len..(i + 1) * out_len])
-                        }
-                        _ => continue 'group,
-                    }
-                } else {
-                    match zero {
-                        Some(z) => row.extend_from_slice(z),
-                        None => continue 'group,
-                    }
-                }
-            }
-            targets.push(q);
-            parity_rows.extend_from_slice(&parity[g * out_len..(g + 1) * out_len]);
-            others.extend(row);
-        }
-        if targets.is_empty() {
-            return;
-        }
-        match self.ctx.decode(parity_rows, others, targets.len()) {
-            Ok(decoded) => {
-                for (i, q) in targets.into_iter().enumerate() {
-                    self.answer(q, decoded[i * out_len..(i + 1) * out_len].to_vec(), true);
-                }
-            }
-            Err(e) => {
-                tracing::warn!("decoding failed: {e}");
-                self.last_error = Some(format!("decoding failed: {e}"));
-            }
-        }
-    }
-
-    /// How long slot `m`'s call may be out before its decodable queries are
-    /// rebuilt. Eager: twice as long as the rest of the batch took to come
-    /// in (the calls ran side by side, so a call that takes twice as long is
-    /// late), and at least the typical instance's median.
-    fn wait_before_rebuilding(&self, m: usize, decodable_at: Instant) -> Duration {
-        let snapshot = self.ctx.pool.snapshot();
-        match self.ctx.policy {
-            ReconstructPolicy::Eager => {
-                let rest = decodable_at.saturating_duration_since(self.slots[m].last_sent);
-                snapshot.eager_after.max(rest * 2)
-            }
-            ReconstructPolicy::Deadline => snapshot.reconstruct_after,
-        }
-    }
-
-    /// Whether some query in `slot` waits and only its own call can help.
-    fn stuck(&self, j: usize, decodable: Option<usize>) -> bool {
-        let slot = &self.slots[j];
-        slot.output.is_none()
-            && slot.members.iter().any(|&q| self.replies[q].is_some())
-            && (decodable != Some(j) || self.ctx.zero.get().is_none())
-    }
-
-    /// When a stuck slot is sent again: at once after its calls failed
-    /// (with a short gap, so dead instances are not hammered), or after the
-    /// retry delay while its call is outstanding.
-    fn retry_at(&self, j: usize) -> Instant {
-        let slot = &self.slots[j];
-        if slot.pending == 0 {
-            let doublings = slot.tried.len().min(6) as u32;
-            slot.last_sent + RETRY_GAP * 2u32.pow(doublings)
-        } else {
-            slot.last_sent + self.ctx.pool.snapshot().retry_after
-        }
-    }
-
-    fn retry(&mut self, now: Instant) {
-        let decodable = self.decodable_slot();
-        for j in 0..self.slots.len() {
-            if !self.stuck(j, decodable) || now < self.retry_at(j) {
-                continue;
-            }
-            let tried = self.slots[j].tried.clone();
-            if let Some(instance) = self.ctx.pool.pick(Role::Model, 1, &tried).pop() {
-                self.ctx.metrics.retries.inc();
-                tracing::debug!(slot = j, instance = %instance.url, "retrying a slot");
-                self.send_slot(j, instance);
-            }
-        }
-    }
-
-    fn next_wake(&self) -> Instant {
-        let mut wake = self.deadline;
-        let decodable = self.decodable_slot();
-        if let (Some(m), Some(at)) = (decodable, self.decodable_at)
-            && self.slots[m].pending > 0
-        {
-            wake = wake.min(self.slots[m].last_sent + self.wait_before_rebuilding(m, at));
-        }
-        for j in 0..self.slots.len() {
-            if self.stuck(j, decodable) {
-                wake = wake.min(self.retry_at(j));
-            }
-        }
-        wake
-    }
-
-    fn fail_remaining(&mut self) {
-        let detail = self
-            .last_error
-            .clone()
-            .unwrap_or_else(|| "calls still in flight".to_owned());
-        let timeout_ms = self.ctx.timeout.as_millis() as u64;
-        for reply in self.replies.iter_mut().filter_map(Option::take) {
-            self.ctx.metrics.timeouts.inc();
-            let _ = reply.send(Err(QueryError::Deadline {
-                timeout_ms,
-                detail: detail.clone(),
-            }));
+        inbox.close();
+        while let Ok(event) = inbox.try_recv() {
+            count_late(&self.late, &self.ctx.metrics, &event);
         }
     }
 }
 
-/// Least time between two sends of a slot whose calls failed; it doubles
-/// with each send (5 ms to 320 ms), so dead instances are not hammered.
-const RETRY_GAP: Duration = Duration::from_millis(5);
+/// Counts a slot's real answer that came after its batch was done, if its
+/// queries had been rebuilt (once per slot, however many calls it had).
+fn count_late(late: &[AtomicU64], metrics: &Metrics, event: &Event) {
+    if let (Target::Slot(j), Ok(_)) = (event.target, &event.result)
+        && let Some(n) = late.get(j)
+    {
+        metrics.late_answers.inc_by(n.swap(0, Ordering::SeqCst));
+    }
+}
+
+const NO_MODEL: &str = "no model instance to send the query to";
+const NO_PARITY: &str = "no parity instance to send the encoded groups to";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coding::{EncoderKind, encoder};
+    use crate::frontend::instance::test_instance_at;
+    use crate::protocol::{ModelInfo, TensorSpec};
+    use crate::worker::{Backend, BackendError, ServeOptions, Server};
+    use tokio::sync::Semaphore;
+
+    /// x ↦ 2x + bias: the model with bias 1, its parity model (k = 2) with
+    /// bias 2, so that F_P(x₁ + x₂) = F(x₁) + F(x₂) and F(0) ≠ 0.
+    struct Affine(f32);
+
+    impl Backend for Affine {
+        fn metadata(&self) -> ModelInfo {
+            ModelInfo {
+                name: "m".into(),
+                versions: vec!["1".into()],
+                platform: "test-affine".into(),
+                input: TensorSpec::fp32("input", vec![2]),
+                output: TensorSpec::fp32("logits", vec![2]),
+            }
+        }
+
+        fn infer_batch(&self, _shape: &[usize], data: &[f32]) -> Result<Vec<f32>, BackendError> {
+            Ok(data.iter().map(|x| 2.0 * x + self.0).collect())
+        }
+    }
+
+    /// A worker serving `model` on loopback, answering after `delay_ms`.
+    async fn worker(model: Affine, delay_ms: u64) -> String {
+        let mut options = ServeOptions::default();
+        options.http.port = 0;
+        options.inject_delay_ms = delay_ms;
+        let server = Server::bind(model, &options).await.expect("worker binds");
+        let url = format!("http://{}", server.local_addr().expect("local addr"));
+        tokio::spawn(server.run(std::future::pending()));
+        url
+    }
+
+    fn context(pool: Pool, timeout: Duration) -> Arc<BatchContext> {
+        Arc::new(BatchContext {
+            k: 2,
+            item_shape: vec![2],
+            in_len: 2,
+            out_len: 2,
+            encoder: encoder(EncoderKind::Sum, 2, &[2]).expect("encoder"),
+            decoder: Decoder::Subtract,
+            policy: ReconstructPolicy::Eager,
+            timeout,
+            pool: Arc::new(pool),
+            metrics: Arc::new(Metrics::new("m", 2).expect("metrics")),
+            zero: OnceLock::new(),
+        })
+    }
+
+    /// Queries for `rows`, and where their answers come.
+    type Answers = Vec<oneshot::Receiver<Result<RowAnswer, QueryError>>>;
+
+    fn queries(rows: &[Vec<f32>], timeout: Duration) -> (Vec<Query>, Answers) {
+        rows.iter()
+            .map(|row| {
+                let (reply, answer) = oneshot::channel();
+                let query = Query {
+                    row: row.clone(),
+                    deadline: Instant::now() + timeout,
+                    reply,
+                };
+                (query, answer)
+            })
+            .unzip()
+    }
+
+    async fn permit() -> OwnedSemaphorePermit {
+        Arc::new(Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .expect("permit")
+    }
+
+    /// With no model instance to send to (discovery found none), the
+    /// queries get their 504 at the deadline saying so; before, the slots'
+    /// retry time stayed in the past and the batch woke in a busy loop.
+    #[tokio::test]
+    async fn with_no_model_instance_the_deadline_error_says_so() {
+        crate::tls::init();
+        let parity = worker(Affine(2.0), 0).await;
+        let pool = Pool::new(Vec::new(), vec![test_instance_at(2, Role::Parity, parity)]);
+        let timeout = Duration::from_millis(200);
+        let ctx = context(pool, timeout);
+        let (queries, answers) = queries(&[vec![1.0, 2.0], vec![3.0, 4.0]], timeout);
+        run(ctx.clone(), queries, permit().await).await;
+        for answer in answers {
+            match answer.await.expect("answered") {
+                Err(QueryError::Deadline { detail, .. }) => assert_eq!(detail, NO_MODEL),
+                other => panic!("expected a deadline error, got {other:?}"),
+            }
+        }
+        assert_eq!(ctx.metrics.timeouts.get(), 2);
+        assert_eq!(ctx.metrics.retries.get(), 0, "nothing was sent");
+    }
+
+    /// Once every query has its answer the batch is done, though the slow
+    /// instance's call is still out: before, it waited for that call (up
+    /// to the call timeout), so a paused instance kept every batch it had
+    /// a call in alive. The late answer is still counted when it comes.
+    #[tokio::test]
+    async fn a_batch_ends_with_its_last_answer_not_its_last_call() {
+        crate::tls::init();
+        let fast = worker(Affine(1.0), 0).await;
+        let slow = worker(Affine(1.0), 3_000).await;
+        let parity = worker(Affine(2.0), 0).await;
+        let slow = test_instance_at(1, Role::Model, slow);
+        let timeout = Duration::from_secs(30);
+        let ctx = context(
+            Pool::new(
+                vec![test_instance_at(0, Role::Model, fast), slow.clone()],
+                vec![test_instance_at(2, Role::Parity, parity)],
+            ),
+            timeout,
+        );
+        let metrics = ctx.metrics.clone();
+        let rows = [vec![1.0, -2.0], vec![0.5, 3.0]];
+        let (queries, answers) = queries(&rows, timeout);
+        let permit = permit().await;
+        // Far less than the slow call's 3 s: the batch must not wait for it.
+        tokio::time::timeout(Duration::from_secs(2), run(ctx, queries, permit))
+            .await
+            .expect("the batch ends once its queries are answered");
+        assert_eq!(slow.inflight(), 1, "the slow call is still out");
+        assert_eq!(metrics.batches_running.get(), 0);
+        let mut rebuilt = 0;
+        for (row, answer) in rows.iter().zip(answers) {
+            let answer = answer.await.expect("answered").expect("not an error");
+            let want: Vec<f32> = row.iter().map(|x| 2.0 * x + 1.0).collect();
+            assert_eq!(answer.output, want);
+            rebuilt += usize::from(answer.reconstructed);
+        }
+        assert_eq!(rebuilt, 1, "the slow instance's query was rebuilt");
+        assert_eq!(metrics.late_answers.get(), 0);
+        // The slow call returns in its own task and counts its late answer.
+        while slow.inflight() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..100 {
+            if metrics.late_answers.get() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(metrics.late_answers.get(), 1);
+        assert_eq!(metrics.reconstructions.get(), 1);
+    }
+}

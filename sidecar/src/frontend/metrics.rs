@@ -29,6 +29,9 @@ pub struct Metrics {
     pub rebuilt_while_idle: IntCounter,
     /// Copies of calls sent to instances marked slow, to see them recover.
     pub sampled_calls: IntCounter,
+    /// Coding batches with queries still waiting for their answers (at
+    /// most `--max-inflight-batches`: a batch ends with its last answer).
+    pub batches_running: IntGauge,
     /// Real queries per coding group (the rest is zero padding).
     pub group_fill: Histogram,
     /// Coding groups per coding batch.
@@ -90,6 +93,10 @@ impl Metrics {
                 "sampled_calls_total",
                 "Copies of calls sent to instances marked slow, to see whether they recovered (answers only timed)",
             )?,
+            batches_running: IntGauge::with_opts(opts(
+                "batches_running",
+                "Coding batches with queries still waiting for their answers",
+            ))?,
             group_fill: Histogram::with_opts(hist(
                 "group_fill",
                 "Real queries per coding group (the rest is zero padding)",
@@ -166,6 +173,7 @@ impl Metrics {
         ] {
             m.registry.register(Box::new(c.clone()))?;
         }
+        m.registry.register(Box::new(m.batches_running.clone()))?;
         m.registry.register(Box::new(m.group_fill.clone()))?;
         m.registry.register(Box::new(m.batch_groups.clone()))?;
         m.registry.register(Box::new(m.instance_duration.clone()))?;

@@ -4,7 +4,8 @@
 //! A request's rows become queries ([`engine`]); queries form coding groups
 //! of k ([`group`]); each coding batch sends slot j of every group to one
 //! model instance and the encoded groups to a parity instance, and answers
-//! every query with its real output or a decoded one ([`batch`]). Which
+//! every query with its real output or a decoded one ([`batch`], around
+//! [`batch_state`], which decides without I/O). Which
 //! instances get calls is [`dispatch`]'s choice, informed by what each
 //! [`instance`]'s calls showed and by the [`watcher`]'s conclusions, which
 //! [`prometheus`] informs with the workers' latency across every frontend.
@@ -13,6 +14,7 @@
 
 pub mod baseline;
 pub mod batch;
+pub mod batch_state;
 pub mod discovery;
 pub mod dispatch;
 pub mod engine;
@@ -24,7 +26,7 @@ pub mod prometheus;
 pub mod watcher;
 
 pub use baseline::DispatchMode;
-pub use batch::ReconstructPolicy;
+pub use batch_state::ReconstructPolicy;
 pub use engine::{Frontend, Started};
 pub use options::FrontendOptions;
 

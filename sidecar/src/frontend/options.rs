@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use super::baseline::DispatchMode;
-use super::batch::ReconstructPolicy;
+use super::batch_state::ReconstructPolicy;
 use super::discovery::Source;
 use crate::coding::{Decoder, EncoderKind};
 use crate::http::HttpOptions;

@@ -1,5 +1,5 @@
-//! A linear fake model, y = W x with a fixed W, for testing the server
-//! without candle. Shared by the integration tests and the
+//! A linear fake model, y = W x (+ a bias, 0 by default) with a fixed W,
+//! for testing the server without candle. Shared by the integration tests and the
 //! `linear_worker` example (which the Python client tests run against).
 
 use std::sync::Mutex;
@@ -17,8 +17,19 @@ pub fn weight(o: usize, i: usize) -> f32 {
 
 /// The expected output for one input row.
 pub fn expected(row: &[f32]) -> Vec<f32> {
+    expected_with_bias(row, 0.0)
+}
+
+/// The expected output of a model with `bias` added to every output.
+pub fn expected_with_bias(row: &[f32], bias: f32) -> Vec<f32> {
     (0..OUTPUTS)
-        .map(|o| row.iter().enumerate().map(|(i, x)| weight(o, i) * x).sum())
+        .map(|o| {
+            row.iter()
+                .enumerate()
+                .map(|(i, x)| weight(o, i) * x)
+                .sum::<f32>()
+                + bias
+        })
         .collect()
 }
 
@@ -28,6 +39,10 @@ pub struct Linear {
     pub batches: Mutex<Vec<usize>>,
     /// Time each call takes, to let concurrent requests pile up.
     pub call_time: std::time::Duration,
+    /// Added to every output: F(0) = bias, so that a frontend that took
+    /// F(0) for 0 in a padded group, or mixed up a model and its parity
+    /// model (given k times the bias), gives wrong answers.
+    pub bias: f32,
 }
 
 impl Backend for Linear {
@@ -51,6 +66,9 @@ impl Backend for Linear {
         if !self.call_time.is_zero() {
             std::thread::sleep(self.call_time);
         }
-        Ok(data.chunks(INPUTS).flat_map(expected).collect())
+        Ok(data
+            .chunks(INPUTS)
+            .flat_map(|row| expected_with_bias(row, self.bias))
+            .collect())
     }
 }

@@ -1,0 +1,553 @@
+//! One coding batch's decisions, with no I/O inside: which calls are out,
+//! what has arrived, when a query is rebuilt, when a slot is sent again,
+//! what every query is answered. The driver (`batch.rs`) makes the calls,
+//! keeps the timers and counts the metrics; this state machine is fed
+//! events (a call answered or failed, the clock) and hands back actions
+//! (make a call, answer a query, count dropped late answers), in the way
+//! quinn-proto keeps QUIC's logic apart from sockets. Time comes in as
+//! `Instant` values, so tests drive it with a made-up clock.
+//!
+//! The rules: slot j of every group goes out in one call, the encoded
+//! groups in one parity call. A query is answered by its own output if that
+//! comes first, or rebuilt from the parity output and the other k − 1 of
+//! its group once its own call is late (`eager`: out twice as long as the
+//! rest of the batch took, and at least the typical median; `deadline`:
+//! the configured quantile), at once if its call failed. Padded group
+//! members count as F(0). A query that cannot be rebuilt is sent again to
+//! another instance until the deadline, then answered with an error. A real
+//! answer that comes after its query was rebuilt is dropped and counted;
+//! nothing is answered twice.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+
+use crate::coding::{CodingError, Decoder};
+
+/// When a decodable query is rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReconstructPolicy {
+    /// As soon as the parity output and the other k − 1 outputs are in and
+    /// the query's own call has been out twice as long as the rest of the
+    /// batch took to arrive (and at least the typical instance's median).
+    #[default]
+    Eager,
+    /// Once the query's own call is later than the configured latency
+    /// quantile (`--deadline-quantile`, p99 by default).
+    Deadline,
+}
+
+/// Least time between two sends of a slot whose calls failed; it doubles
+/// with each send (5 ms to 320 ms), so dead instances are not hammered.
+pub const RETRY_GAP: Duration = Duration::from_millis(5);
+
+/// What a call carries: slot j of every group, or the encoded groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    Slot(usize),
+    Parity,
+}
+
+/// A call to make now. `attempt` counts the earlier sends of the same
+/// target: 0 for the first, more for a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub target: Target,
+    pub attempt: usize,
+}
+
+/// How a query is answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Its own output.
+    Real(Vec<f32>),
+    /// Decoded from the parity output and the rest of its group.
+    Rebuilt(Vec<f32>),
+    /// Its deadline passed; why, in words.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Call(Call),
+    Answer {
+        query: usize,
+        answer: Answer,
+    },
+    /// Real answers dropped because their queries had been rebuilt.
+    LateDropped(usize),
+}
+
+/// How long the batch waits before rebuilding or retrying; the driver reads
+/// them from what the watcher last concluded, and they may change between
+/// polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waits {
+    /// `eager`'s floor: the typical instance's median.
+    pub eager_after: Duration,
+    /// `deadline`'s wait for a real answer.
+    pub reconstruct_after: Duration,
+    /// How long an undecodable slot's call may be out before it is sent
+    /// again elsewhere.
+    pub retry_after: Duration,
+}
+
+/// The batch's shape: k queries a group, n queries, `out_len` values an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub k: usize,
+    pub n: usize,
+    pub out_len: usize,
+}
+
+impl Layout {
+    pub fn groups(&self) -> usize {
+        self.n.div_ceil(self.k)
+    }
+
+    /// The queries of slot j: query j of every group that has one.
+    pub fn members(&self, j: usize) -> Vec<usize> {
+        (0..self.groups())
+            .map(|g| g * self.k + j)
+            .filter(|&q| q < self.n)
+            .collect()
+    }
+}
+
+/// Where a query stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Waiting,
+    Real,
+    Rebuilt,
+    Failed,
+}
+
+/// Slot j: query j of every group.
+#[derive(Debug)]
+struct Slot {
+    members: Vec<usize>,
+    /// Its real outputs, `members.len() × out_len`, once a call answered.
+    output: Option<Vec<f32>>,
+    /// Calls out now.
+    pending: usize,
+    /// Calls made so far.
+    sends: usize,
+    last_sent: Instant,
+}
+
+#[derive(Debug)]
+pub struct BatchState {
+    layout: Layout,
+    policy: ReconstructPolicy,
+    decoder: Decoder,
+    /// F(0), the output of a zero query, for padded groups; learned once.
+    zero: Option<Vec<f32>>,
+    status: Vec<Status>,
+    slots: Vec<Slot>,
+    parity: Option<Vec<f32>>,
+    parity_pending: bool,
+    /// When the parity and all but one slot were first in.
+    decodable_at: Option<Instant>,
+    deadline: Instant,
+    last_error: Option<String>,
+    actions: Vec<Action>,
+}
+
+impl BatchState {
+    /// A batch started at `now`: its first calls (every slot with a query,
+    /// and the parity) are the first actions.
+    pub fn new(
+        layout: Layout,
+        policy: ReconstructPolicy,
+        decoder: Decoder,
+        deadline: Instant,
+        now: Instant,
+    ) -> Self {
+        let slots: Vec<Slot> = (0..layout.k)
+            .map(|j| Slot {
+                members: layout.members(j),
+                output: None,
+                pending: 0,
+                sends: 0,
+                last_sent: now,
+            })
+            .collect();
+        let mut state = BatchState {
+            layout,
+            policy,
+            decoder,
+            zero: None,
+            status: vec![Status::Waiting; layout.n],
+            slots,
+            parity: None,
+            parity_pending: false,
+            decodable_at: None,
+            deadline,
+            last_error: None,
+            actions: Vec::new(),
+        };
+        if layout.n > 0 {
+            for j in 0..layout.k {
+                if !state.slots[j].members.is_empty() {
+                    state.send(Target::Slot(j), now);
+                }
+            }
+            state.send(Target::Parity, now);
+        }
+        state
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The actions decided since the last call, in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Every query has its answer: no call still out can change anything.
+    pub fn is_done(&self) -> bool {
+        self.status.iter().all(|s| *s != Status::Waiting)
+    }
+
+    /// F(0) became known (the frontend learns it from an instance at start).
+    pub fn learn_zero(&mut self, zero: &[f32]) {
+        if self.zero.is_none() && zero.len() == self.layout.out_len {
+            self.zero = Some(zero.to_vec());
+        }
+    }
+
+    pub fn knows_zero(&self) -> bool {
+        self.zero.is_some()
+    }
+
+    /// A call of `target` answered with `output`. Slot outputs answer
+    /// their queries still waiting at once; an output of the wrong length
+    /// counts as a failed call.
+    pub fn answered(&mut self, target: Target, output: Vec<f32>) {
+        let out_len = self.layout.out_len;
+        match target {
+            Target::Parity => {
+                self.parity_pending = false;
+                if output.len() != self.layout.groups() * out_len {
+                    self.last_error = Some(wrong_length("the parity", output.len()));
+                } else if self.parity.is_none() {
+                    self.parity = Some(output);
+                }
+            }
+            Target::Slot(j) => {
+                let Some(slot) = self.slots.get_mut(j) else {
+                    return;
+                };
+                slot.pending = slot.pending.saturating_sub(1);
+                if output.len() != slot.members.len() * out_len {
+                    self.last_error = Some(wrong_length(&format!("slot {j}"), output.len()));
+                    return;
+                }
+                if slot.output.is_some() {
+                    return;
+                }
+                let mut late = 0;
+                for (i, &q) in slot.members.iter().enumerate() {
+                    match self.status[q] {
+                        Status::Waiting => {
+                            self.status[q] = Status::Real;
+                            self.actions.push(Action::Answer {
+                                query: q,
+                                answer: Answer::Real(
+                                    output[i * out_len..(i + 1) * out_len].to_vec(),
+                                ),
+                            });
+                        }
+                        Status::Rebuilt => late += 1,
+                        Status::Real | Status::Failed => {}
+                    }
+                }
+                if late > 0 {
+                    self.actions.push(Action::LateDropped(late));
+                }
+                slot.output = Some(output);
+            }
+        }
+    }
+
+    /// A call of `target` failed (or could not be made).
+    pub fn failed(&mut self, target: Target, error: String) {
+        match target {
+            Target::Parity => self.parity_pending = false,
+            Target::Slot(j) => {
+                if let Some(slot) = self.slots.get_mut(j) {
+                    slot.pending = slot.pending.saturating_sub(1);
+                }
+            }
+        }
+        self.last_error = Some(error);
+    }
+
+    /// How many of slot j's queries a real answer arriving now would find
+    /// rebuilt: what a call still out when the batch is done will drop.
+    pub fn late_if_answered(&self, j: usize) -> usize {
+        match self.slots.get(j) {
+            Some(slot) if slot.output.is_none() => slot
+                .members
+                .iter()
+                .filter(|&&q| self.status[q] == Status::Rebuilt)
+                .count(),
+            _ => 0,
+        }
+    }
+
+    /// Acts on the clock: at the deadline every query still waiting gets an
+    /// error; before it, decodable queries whose call is late are rebuilt
+    /// and undecodable slots are sent again when due.
+    pub fn poll(&mut self, now: Instant, waits: &Waits) {
+        if self.is_done() {
+            return;
+        }
+        if now >= self.deadline {
+            self.fail_remaining();
+            return;
+        }
+        self.rebuild(now, waits);
+        self.retry(now, waits);
+    }
+
+    /// When the next poll has something to do, if the batch is not done:
+    /// the deadline at the latest.
+    pub fn next_wake(&self, waits: &Waits) -> Option<Instant> {
+        if self.is_done() {
+            return None;
+        }
+        let decodable = self.decodable_slot();
+        // A rebuild held up by an unknown F(0) is no reason to wake: once
+        // due, it would wake the batch again and again until the call came
+        // back (the slot's retries wake it meanwhile).
+        let rebuild = match (decodable, self.decodable_at) {
+            (Some(m), Some(at)) if self.slots[m].pending > 0 && self.can_rebuild(m) => {
+                Some(self.slots[m].last_sent + self.wait_before_rebuilding(m, at, waits))
+            }
+            _ => None,
+        };
+        let retries = (0..self.slots.len())
+            .filter(|&j| self.stuck(j, decodable))
+            .map(|j| self.retry_at(j, waits));
+        let soonest = rebuild.into_iter().chain(retries).min();
+        Some(soonest.map_or(self.deadline, |t| t.min(self.deadline)))
+    }
+
+    fn send(&mut self, target: Target, now: Instant) {
+        let attempt = match target {
+            Target::Parity => {
+                self.parity_pending = true;
+                0
+            }
+            Target::Slot(j) => {
+                let slot = &mut self.slots[j];
+                slot.pending += 1;
+                slot.sends += 1;
+                slot.last_sent = now;
+                slot.sends - 1
+            }
+        };
+        self.actions.push(Action::Call(Call { target, attempt }));
+    }
+
+    /// The one slot still missing an output, if the rest of every group is
+    /// in and some query of it still waits.
+    fn decodable_slot(&self) -> Option<usize> {
+        self.parity.as_ref()?;
+        let mut missing = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.output.is_none() && !s.members.is_empty());
+        let (m, _) = missing.next()?;
+        if missing.next().is_some() {
+            return None;
+        }
+        self.slots[m]
+            .members
+            .iter()
+            .any(|&q| self.status[q] == Status::Waiting)
+            .then_some(m)
+    }
+
+    /// Whether a padded group needs F(0) to rebuild query q, and it is unknown.
+    fn needs_unknown_zero(&self, q: usize) -> bool {
+        let Layout { k, n, .. } = self.layout;
+        self.zero.is_none() && (q / k + 1) * k > n
+    }
+
+    /// Whether some waiting query of the decodable slot m can be rebuilt.
+    fn can_rebuild(&self, m: usize) -> bool {
+        self.slots[m]
+            .members
+            .iter()
+            .any(|&q| self.status[q] == Status::Waiting && !self.needs_unknown_zero(q))
+    }
+
+    /// Rebuilds the missing slot's waiting queries when the policy allows.
+    fn rebuild(&mut self, now: Instant, waits: &Waits) {
+        let Some(m) = self.decodable_slot() else {
+            return;
+        };
+        let decodable_at = *self.decodable_at.get_or_insert(now);
+        let slot = &self.slots[m];
+        if slot.pending > 0
+            && now < slot.last_sent + self.wait_before_rebuilding(m, decodable_at, waits)
+        {
+            return;
+        }
+        let Layout { k, n, out_len } = self.layout;
+        let Some(parity) = self.parity.as_ref() else {
+            return;
+        };
+        let mut targets = Vec::new();
+        let mut parity_rows = Vec::new();
+        let mut others = Vec::new();
+        'group: for &q in &slot.members {
+            if self.status[q] != Status::Waiting {
+                continue;
+            }
+            let g = q / k;
+            let mut row = Vec::with_capacity((k - 1) * out_len);
+            for (j, other) in self.slots.iter().enumerate() {
+                if j == m {
+                    continue;
+                }
+                let p = g * k + j;
+                if p < n {
+                    // Slot j has a member in every group up to its last, so
+                    // the member of group g is its g-th.
+                    match &other.output {
+                        Some(out) => row.extend_from_slice(&out[g * out_len..(g + 1) * out_len]),
+                        None => continue 'group,
+                    }
+                } else {
+                    match &self.zero {
+                        Some(z) => row.extend_from_slice(z),
+                        None => continue 'group,
+                    }
+                }
+            }
+            targets.push(q);
+            parity_rows.extend_from_slice(&parity[g * out_len..(g + 1) * out_len]);
+            others.extend(row);
+        }
+        if targets.is_empty() {
+            return;
+        }
+        match decode(
+            self.decoder,
+            self.layout,
+            parity_rows,
+            others,
+            targets.len(),
+        ) {
+            Ok(decoded) => {
+                for (i, q) in targets.into_iter().enumerate() {
+                    self.status[q] = Status::Rebuilt;
+                    self.actions.push(Action::Answer {
+                        query: q,
+                        answer: Answer::Rebuilt(decoded[i * out_len..(i + 1) * out_len].to_vec()),
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!("decoding failed: {e}");
+                self.last_error = Some(format!("decoding failed: {e}"));
+            }
+        }
+    }
+
+    /// How long slot `m`'s call may be out before its decodable queries are
+    /// rebuilt. Eager: twice as long as the rest of the batch took to come
+    /// in (the calls ran side by side, so a call that takes twice as long is
+    /// late), and at least the typical instance's median.
+    fn wait_before_rebuilding(&self, m: usize, decodable_at: Instant, waits: &Waits) -> Duration {
+        match self.policy {
+            ReconstructPolicy::Eager => {
+                let rest = decodable_at.saturating_duration_since(self.slots[m].last_sent);
+                waits.eager_after.max(rest * 2)
+            }
+            ReconstructPolicy::Deadline => waits.reconstruct_after,
+        }
+    }
+
+    /// Whether some query of slot j waits and only its own call can help:
+    /// the slot is not decodable, or the query's group is padded and F(0)
+    /// is not known yet.
+    fn stuck(&self, j: usize, decodable: Option<usize>) -> bool {
+        let slot = &self.slots[j];
+        slot.output.is_none()
+            && slot.members.iter().any(|&q| {
+                self.status[q] == Status::Waiting
+                    && (decodable != Some(j) || self.needs_unknown_zero(q))
+            })
+    }
+
+    /// When a stuck slot is sent again: at once after its calls failed
+    /// (with a short gap, so dead instances are not hammered), or after the
+    /// retry wait while its call is out.
+    fn retry_at(&self, j: usize, waits: &Waits) -> Instant {
+        let slot = &self.slots[j];
+        if slot.pending == 0 {
+            let doublings = slot.sends.min(6) as u32;
+            slot.last_sent + RETRY_GAP * 2u32.pow(doublings)
+        } else {
+            slot.last_sent + waits.retry_after
+        }
+    }
+
+    fn retry(&mut self, now: Instant, waits: &Waits) {
+        let decodable = self.decodable_slot();
+        for j in 0..self.slots.len() {
+            if self.stuck(j, decodable) && now >= self.retry_at(j, waits) {
+                self.send(Target::Slot(j), now);
+            }
+        }
+    }
+
+    fn fail_remaining(&mut self) {
+        let detail = self
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "calls still in flight".to_owned());
+        for (q, status) in self.status.iter_mut().enumerate() {
+            if *status == Status::Waiting {
+                *status = Status::Failed;
+                self.actions.push(Action::Answer {
+                    query: q,
+                    answer: Answer::Failed(detail.clone()),
+                });
+            }
+        }
+    }
+}
+
+fn wrong_length(what: &str, got: usize) -> String {
+    format!("{what} answered {got} values, not one output per query")
+}
+
+/// Rebuilds one output per group from parity outputs `[n, out]` and the
+/// k − 1 other outputs `[n, k − 1, out]`.
+fn decode(
+    decoder: Decoder,
+    layout: Layout,
+    parity: Vec<f32>,
+    others: Vec<f32>,
+    n: usize,
+) -> Result<Vec<f32>, CodingError> {
+    let out_len = layout.out_len;
+    let parity = Tensor::from_vec(parity, (n, out_len), &Device::Cpu)?;
+    let others = Tensor::from_vec(others, (n, layout.k - 1, out_len), &Device::Cpu)?;
+    Ok(decoder
+        .decode(&parity, &others)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
+#[cfg(test)]
+mod tests;
