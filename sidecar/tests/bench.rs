@@ -88,13 +88,14 @@ fn quick_stragglers_writes_a_complete_report_and_figures() {
     ]);
     // Two seeds: medians and ranges, and no verdict from so few.
     assert!(
-        table.contains("| configuration | seeds | p50 ms |"),
+        table.contains("| configuration | seeds | offered req/s | p50 ms |"),
         "{table}"
     );
     assert!(table.contains("| coded k=2 eager | 2 |"), "{table}");
     assert!(table.contains("| too few seeds |"), "{table}");
     assert!(
-        table.contains("workers: emulated accelerators, 2 ms, lognormal σ 0.2"),
+        table
+            .contains("workers: emulated accelerators, 2 ms, lognormal σ 0.2, batches of up to 64"),
         "{table}"
     );
     assert!(
@@ -268,6 +269,51 @@ fn overhead_reports_every_target_and_the_ratios() {
 }
 
 #[test]
+fn loads_are_shares_of_the_measured_capacity_of_emulated_accelerators() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path(), &[2]);
+    let out = dir.path().join("report.json");
+    // 3 workers, one query per 5 ms each: at most 600 req/s, whatever the
+    // machine.
+    run(&[
+        "bench",
+        "stragglers",
+        "--quick",
+        "--k",
+        "2",
+        "--only",
+        "equal",
+        "--loads",
+        "0.3",
+        "--service-time-ms",
+        "5",
+        "--worker-max-batch-size",
+        "1",
+        "--base-epochs",
+        "1",
+        "--parity-epochs",
+        "1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--plots",
+        dir.path().join("plots").to_str().unwrap(),
+    ]);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let capacity = report["capacity_rps"]["2"].as_f64().unwrap();
+    assert!(
+        capacity > 0.0 && capacity <= 600.0 * 1.02,
+        "capacity {capacity} req/s"
+    );
+    assert_eq!(report["loads"], serde_json::json!([0.3]));
+    assert_eq!(report["worker_max_batch_size"], 1);
+    let row = &report["rows"][0];
+    assert_eq!(row["load"], 0.3);
+    assert!((row["rate"].as_f64().unwrap() - 0.3 * capacity).abs() < 1e-6);
+}
+
+#[test]
 fn bad_bench_input_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.json");
@@ -288,6 +334,10 @@ fn bad_bench_input_gets_a_clear_error() {
         (
             vec!["bench", "stragglers", "--k", "1"],
             "--k must be group sizes from 2",
+        ),
+        (
+            vec!["bench", "stragglers", "--loads", "0.5,3"],
+            "--loads must be shares of capacity in (0, 2]",
         ),
         (
             vec!["bench", "stragglers", "--service-time-ms=-1"],

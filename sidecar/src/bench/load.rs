@@ -4,6 +4,7 @@
 //! server cannot hide its queue (no coordinated omission).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -12,7 +13,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::latency::Recorder;
-use super::request::{Call, send_infer};
+use super::request::{Call, send, send_infer};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LoadPlan {
@@ -107,6 +108,41 @@ pub async fn run(
     let mut r = std::mem::take(&mut *result.lock().await);
     r.wall = start.elapsed();
     r
+}
+
+/// Requests per second that `concurrency` closed-loop clients get, and how
+/// many they sent.
+pub async fn closed_loop(
+    http: &reqwest::Client,
+    c: &Call,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, u64)> {
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let end = started + duration;
+    let call = Arc::new(Call {
+        url: c.url.clone(),
+        body: c.body.clone(),
+        header_length: c.header_length,
+    });
+    let tasks: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (http, call, done) = (http.clone(), call.clone(), done.clone());
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    send(&http, &call).await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let done = done.load(Ordering::Relaxed);
+    Ok((done as f64 / started.elapsed().as_secs_f64(), done))
 }
 
 #[cfg(test)]

@@ -10,15 +10,14 @@
 //! per request is what tells a server's own cost apart from its
 //! neighbours').
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::latency::{Recorder, Summary};
-use super::request::{Call, call, send};
+use super::load::closed_loop;
+use super::request::{call, send};
 
 #[derive(Debug, Clone)]
 pub struct OverheadPlan {
@@ -110,7 +109,7 @@ pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<Overhe
             plan.concurrency, plan.throughput_for
         );
         let cpu_before = pid.and_then(cpu_time);
-        let (rps, requests) = throughput(&http, c, plan.concurrency, plan.throughput_for).await?;
+        let (rps, requests) = closed_loop(&http, c, plan.concurrency, plan.throughput_for).await?;
         let cpu = cpu_before
             .zip(pid.and_then(cpu_time))
             .map(|(a, b)| b.saturating_sub(a));
@@ -148,41 +147,6 @@ fn cpu_time(pid: Pid) -> Option<Duration> {
         .flatten()
         .filter(|&hz| hz > 0)? as u64;
     Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
-}
-
-/// Requests per second that `concurrency` closed-loop clients get, and how
-/// many they sent.
-async fn throughput(
-    http: &reqwest::Client,
-    c: &Call,
-    concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<(f64, u64)> {
-    let done = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let end = started + duration;
-    let call = Arc::new(Call {
-        url: c.url.clone(),
-        body: c.body.clone(),
-        header_length: c.header_length,
-    });
-    let tasks: Vec<_> = (0..concurrency.max(1))
-        .map(|_| {
-            let (http, call, done) = (http.clone(), call.clone(), done.clone());
-            tokio::spawn(async move {
-                while Instant::now() < end {
-                    send(&http, &call).await?;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await??;
-    }
-    let done = done.load(Ordering::Relaxed);
-    Ok((done as f64 / started.elapsed().as_secs_f64(), done))
 }
 
 /// The report as a markdown table.

@@ -25,13 +25,13 @@ fn label(nines: f64) -> String {
 }
 
 /// Latency against quantile for every configuration of group size `k` at
-/// `rate`, in the first seed's runs.
-pub fn tail(report: &Report, rate: f64, k: usize, out: &Path) -> Result<(), PlotError> {
+/// one load (`Report::levels`), in the first seed's runs.
+pub fn tail(report: &Report, level: f64, k: usize, out: &Path) -> Result<(), PlotError> {
     let seed = report.seeds.first().copied().unwrap_or_default();
     let rows: Vec<_> = report
         .rows
         .iter()
-        .filter(|r| r.rate == rate && r.config.k == k && r.seed == seed)
+        .filter(|r| r.level() == level && r.config.k == k && r.seed == seed)
         .collect();
     let points = |r: &super::stragglers::Row| -> Vec<(f64, f64)> {
         r.tail
@@ -53,7 +53,8 @@ pub fn tail(report: &Report, rate: f64, k: usize, out: &Path) -> Result<(), Plot
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "k = {k}: latency tail at {rate} req/s, {}% of {} ms windows slow ({:?})",
+                "k = {k}: latency tail at {}, {}% of {} ms windows slow ({:?})",
+                report.level_label(level),
                 report.slow_probability * 100.0,
                 report.window_ms,
                 report.mode
@@ -128,7 +129,8 @@ fn finish(
 /// `k`: the median over seeds, a bar over their range.
 pub fn load(report: &Report, k: usize, out: &Path) -> Result<(), PlotError> {
     let rows: Vec<_> = report.rows.iter().filter(|r| r.config.k == k).collect();
-    if report.rates.len() < 2 || rows.is_empty() {
+    let levels = report.levels();
+    if levels.len() < 2 || rows.is_empty() {
         return Err(PlotError::Empty);
     }
     register_font()?;
@@ -149,8 +151,8 @@ pub fn load(report: &Report, k: usize, out: &Path) -> Result<(), PlotError> {
         .map(|r| ms(r.latency.p999_us))
         .fold(f64::MAX, f64::min)
         / 1.5;
-    let x_min = report.rates.iter().copied().fold(f64::MAX, f64::min);
-    let x_max = report.rates.iter().copied().fold(0.0, f64::max);
+    let x_min = levels.iter().copied().fold(f64::MAX, f64::min);
+    let x_max = levels.iter().copied().fold(0.0, f64::max);
     let root = BitMapBackend::new(out, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -165,20 +167,24 @@ pub fn load(report: &Report, k: usize, out: &Path) -> Result<(), PlotError> {
         .map_err(draw_err)?;
     chart
         .configure_mesh()
-        .x_desc("offered load (requests/s, Poisson)")
+        .x_desc(if report.loads.is_empty() {
+            "offered load (requests/s, Poisson)"
+        } else {
+            "offered load (share of equal-resources capacity, Poisson)"
+        })
         .y_desc("p99.9 (ms, log scale)")
         .y_label_formatter(&|y| format!("{y:.1}"))
         .draw()
         .map_err(draw_err)?;
     for (i, name) in names.iter().enumerate() {
         let mut spreads: Vec<(f64, Spread)> = Vec::new();
-        for &rate in &report.rates {
+        for &level in levels {
             let p999 = rows
                 .iter()
-                .filter(|r| r.config.name == *name && r.rate == rate)
+                .filter(|r| r.config.name == *name && r.level() == level)
                 .map(|r| ms(r.latency.p999_us));
             if let Some(s) = Spread::of(p999) {
-                spreads.push((rate, s));
+                spreads.push((level, s));
             }
         }
         spreads.sort_by(|a, b| a.0.total_cmp(&b.0));

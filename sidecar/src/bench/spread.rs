@@ -82,6 +82,9 @@ impl Verdict {
 pub struct Summary {
     pub name: String,
     pub k: usize,
+    /// Its share of capacity (`--loads`) or its rate: [`Row::level`].
+    pub level: f64,
+    /// Offered requests per second (the median over seeds).
     pub rate: f64,
     pub seeds: usize,
     pub p50_us: Spread,
@@ -100,29 +103,28 @@ pub struct Summary {
 pub fn summarise(report: &Report) -> Vec<Summary> {
     let mut keys: Vec<(&str, f64)> = Vec::new();
     for row in &report.rows {
-        let key = (row.config.name.as_str(), row.rate);
+        let key = (row.config.name.as_str(), row.level());
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
     keys.into_iter()
-        .filter_map(|(name, rate)| summary(report, name, rate))
+        .filter_map(|(name, level)| summary(report, name, level))
         .collect()
 }
 
-fn summary(report: &Report, name: &str, rate: f64) -> Option<Summary> {
+fn summary(report: &Report, name: &str, level: f64) -> Option<Summary> {
     let rows: Vec<&Row> = report
         .rows
         .iter()
-        .filter(|r| r.config.name == name && r.rate == rate)
+        .filter(|r| r.config.name == name && r.level() == level)
         .collect();
     let first = rows.first()?;
     let k = first.config.k;
     let baseline = |seed: u64| {
-        report
-            .rows
-            .iter()
-            .find(|b| b.config.is_baseline() && b.config.k == k && b.rate == rate && b.seed == seed)
+        report.rows.iter().find(|b| {
+            b.config.is_baseline() && b.config.k == k && b.level() == level && b.seed == seed
+        })
     };
     let ratios = |f: fn(&Row) -> f64| {
         Spread::of(
@@ -145,7 +147,8 @@ fn summary(report: &Report, name: &str, rate: f64) -> Option<Summary> {
     Some(Summary {
         name: name.to_owned(),
         k,
-        rate,
+        level,
+        rate: Spread::of(rows.iter().map(|r| r.rate))?.median,
         seeds: rows.len(),
         p50_us: Spread::of(rows.iter().map(|r| p50(r)))?,
         p999_us: Spread::of(rows.iter().map(|r| r.latency.p999_us as f64))?,
@@ -163,7 +166,7 @@ fn summary(report: &Report, name: &str, rate: f64) -> Option<Summary> {
 
 /// The summaries as markdown tables, one per load: medians over seeds
 /// with their ranges.
-pub fn markdown(summaries: &[Summary]) -> String {
+pub fn markdown(report: &Report, summaries: &[Summary]) -> String {
     let ms = |s: &Spread| {
         format!(
             "{:.1} ({:.1}–{:.1})",
@@ -177,28 +180,24 @@ pub fn markdown(summaries: &[Summary]) -> String {
             .unwrap_or_default()
     };
     let mut out = String::new();
-    let mut rates: Vec<f64> = Vec::new();
-    for s in summaries {
-        if !rates.contains(&s.rate) {
-            rates.push(s.rate);
-        }
-    }
-    for rate in rates {
+    for &level in report.levels() {
         out.push_str(&format!(
-            "\n{rate} req/s, median over seeds (min–max):\n\n\
-             | configuration | seeds | p50 ms | p99.9 ms | p99.9 − p50 ms | gap vs equal-resources | p50 vs equal-resources | verdict | answers beyond p99.9 |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n"
+            "\n{}, median over seeds (min–max):\n\n\
+             | configuration | seeds | offered req/s | p50 ms | p99.9 ms | p99.9 − p50 ms | gap vs equal-resources | p50 vs equal-resources | verdict | answers beyond p99.9 |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
+            report.level_label(level)
         ));
-        for s in summaries.iter().filter(|s| s.rate == rate) {
+        for s in summaries.iter().filter(|s| s.level == level) {
             let beyond = if s.beyond_p999 < MIN_BEYOND_P999 {
                 format!("{} (too few)", s.beyond_p999)
             } else {
                 s.beyond_p999.to_string()
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {beyond} |\n",
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {beyond} |\n",
                 s.name,
                 s.seeds,
+                s.rate,
                 ms(&s.p50_us),
                 ms(&s.p999_us),
                 ms(&s.tail_gap_us),
@@ -226,6 +225,7 @@ mod tests {
         Row {
             config,
             rate: 100.0,
+            load: None,
             seed,
             latency: Latency {
                 count,
@@ -247,6 +247,8 @@ mod tests {
     fn report(rows: Vec<Row>) -> Report {
         Report {
             rates: vec![100.0],
+            loads: Vec::new(),
+            capacity_rps: Default::default(),
             ks: vec![2],
             seconds: 10.0,
             mode: SlowMode::Delay,
@@ -257,6 +259,7 @@ mod tests {
             machine: "test".into(),
             workers: "the model's own compute".into(),
             service_time: ServiceTimeArgs::default(),
+            worker_max_batch_size: 64,
             rows,
         }
     }
@@ -326,11 +329,12 @@ mod tests {
                 ]
             })
             .collect();
-        let table = markdown(&summarise(&report(rows)));
+        let report = report(rows);
+        let table = markdown(&report, &summarise(&report));
         assert!(table.contains("100 req/s, median over seeds"), "{table}");
         assert!(
             table.contains(
-                "| coded k=2 eager | 3 | 2.0 (2.0–2.0) | 5.0 (4.0–6.0) | 3.0 (2.0–4.0) | 0.06× (0.04–0.08) | 1.00× (1.00–1.00) | win | 5 (too few) |"
+                "| coded k=2 eager | 3 | 100 | 2.0 (2.0–2.0) | 5.0 (4.0–6.0) | 3.0 (2.0–4.0) | 0.06× (0.04–0.08) | 1.00× (1.00–1.00) | win | 5 (too few) |"
             ),
             "{table}"
         );

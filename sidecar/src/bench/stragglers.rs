@@ -111,6 +111,9 @@ pub struct Row {
     pub config: Config,
     /// Offered load, requests per second.
     pub rate: f64,
+    /// The same as a share of the equal-resources cluster's measured
+    /// capacity, when the run was given `--loads`.
+    pub load: Option<f64>,
     /// Seed of the load, the slow windows and the service times.
     pub seed: u64,
     pub latency: Summary,
@@ -129,6 +132,13 @@ pub struct Row {
     pub agreement: Option<f64>,
     /// p99.9 minus p50, the tail gap ParM reports.
     pub tail_gap_us: u64,
+}
+
+impl Row {
+    /// Where it sits on the load axis: its share of capacity, or its rate.
+    pub fn level(&self) -> f64 {
+        self.load.unwrap_or(self.rate)
+    }
 }
 
 /// Test images sent in turn, and the base model's class for each; empty:
@@ -156,8 +166,12 @@ pub enum SlowMode {
 
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Offered loads, one run of every configuration each.
+    /// Offered loads in requests per second, one run of every
+    /// configuration each (unless `loads` is given).
     pub rates: Vec<f64>,
+    /// Offered loads as shares of each k's equal-resources capacity,
+    /// measured first (`capacity::measure`); empty: `rates`.
+    pub loads: Vec<f64>,
     pub duration: std::time::Duration,
     /// Every configuration runs at every load once per seed, which seeds
     /// its arrivals, slow windows, background transfers and service times.
@@ -174,11 +188,18 @@ pub struct Plan {
     pub only: Vec<String>,
     /// The workers' emulated service time (off: the model's own compute).
     pub service_time: ServiceTimeArgs,
+    /// The workers' `--max-batch-size`.
+    pub worker_max_batch_size: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Requests per second, when the run was given rates.
     pub rates: Vec<f64>,
+    /// Shares of capacity, when the run was given `--loads`.
+    pub loads: Vec<f64>,
+    /// Each k's equal-resources capacity, requests per second (`--loads`).
+    pub capacity_rps: std::collections::BTreeMap<usize, f64>,
     pub ks: Vec<usize>,
     pub seconds: f64,
     pub mode: SlowMode,
@@ -192,7 +213,28 @@ pub struct Report {
     /// emulated accelerator's drawn service time.
     pub workers: String,
     pub service_time: ServiceTimeArgs,
+    pub worker_max_batch_size: usize,
     pub rows: Vec<Row>,
+}
+
+impl Report {
+    /// The load axis: shares of capacity, or rates.
+    pub fn levels(&self) -> &[f64] {
+        if self.loads.is_empty() {
+            &self.rates
+        } else {
+            &self.loads
+        }
+    }
+
+    /// How a level reads in a table's heading.
+    pub fn level_label(&self, level: f64) -> String {
+        if self.loads.is_empty() {
+            format!("{level} req/s")
+        } else {
+            format!("{:.0}% of each k's equal-resources capacity", level * 100.0)
+        }
+    }
 }
 
 /// The models of each k: one base model, a parity model per k.
@@ -215,25 +257,57 @@ pub async fn run(
     if chosen.is_empty() {
         anyhow::bail!("--only {:?} matches no configuration", plan.only);
     }
+    let dirs_of = |k: usize| {
+        models
+            .get(&k)
+            .ok_or_else(|| anyhow::anyhow!("no parity model for k = {k}"))
+    };
+    // Each k's loads as (share of capacity, requests per second).
+    let mut capacity_rps = std::collections::BTreeMap::new();
+    let mut levels = std::collections::BTreeMap::new();
+    for config in &chosen {
+        if levels.contains_key(&config.k) {
+            continue;
+        }
+        let k_levels: Vec<(Option<f64>, f64)> = if plan.loads.is_empty() {
+            plan.rates.iter().map(|&r| (None, r)).collect()
+        } else {
+            let model = (name, input, shape);
+            let cap =
+                super::capacity::measure(dirs_of(config.k)?, model, &http, config.k, plan).await?;
+            capacity_rps.insert(config.k, cap);
+            plan.loads.iter().map(|&l| (Some(l), l * cap)).collect()
+        };
+        levels.insert(config.k, k_levels);
+    }
     let mut rows = Vec::new();
     for &seed in &plan.seeds {
-        for &rate in &plan.rates {
+        for level in 0..plan.loads.len().max(plan.rates.len()) {
             for config in &chosen {
-                let dirs = models
-                    .get(&config.k)
-                    .ok_or_else(|| anyhow::anyhow!("no parity model for k = {}", config.k))?;
-                let load = LoadPlan {
+                let Some(&(load, rate)) = levels.get(&config.k).and_then(|l| l.get(level)) else {
+                    continue;
+                };
+                let load_plan = LoadPlan {
                     rate,
                     duration: plan.duration,
                     seed,
                 };
-                let run = (config.clone(), load, seed);
-                rows.push(run_one(dirs, (name, input, shape), images, &http, run, plan).await?);
+                let run = (config.clone(), load_plan, seed);
+                let dirs = dirs_of(config.k)?;
+                let mut row = run_one(dirs, (name, input, shape), images, &http, run, plan).await?;
+                row.load = load;
+                rows.push(row);
             }
         }
     }
     Ok(Report {
-        rates: plan.rates.clone(),
+        rates: if plan.loads.is_empty() {
+            plan.rates.clone()
+        } else {
+            Vec::new()
+        },
+        loads: plan.loads.clone(),
+        capacity_rps,
         ks: plan.ks.clone(),
         seconds: plan.duration.as_secs_f64(),
         mode: plan.mode,
@@ -244,22 +318,15 @@ pub async fn run(
         machine: machine(),
         workers: plan.service_time.describe(),
         service_time: plan.service_time,
+        worker_max_batch_size: plan.worker_max_batch_size,
         rows,
     })
 }
 
-/// One configuration at one load, on fresh processes.
-async fn run_one(
-    dirs: &ModelDirs,
-    (name, input, shape): (&str, &str, &[usize]),
-    images: &Images,
-    http: &reqwest::Client,
-    (config, load_plan, seed): (Config, LoadPlan, u64),
-    plan: &Plan,
-) -> anyhow::Result<Row> {
-    let slow = SlowPlan { seed, ..plan.slow };
-    let net = NetPlan { seed, ..plan.net };
-    let spec = ClusterSpec {
+/// The processes of one configuration, on loopback (network mode adds
+/// each worker's namespace).
+pub(super) fn cluster_spec(config: &Config, plan: &Plan, seed: u64) -> ClusterSpec {
+    ClusterSpec {
         k: config.k,
         encoder: crate::coding::EncoderKind::Sum,
         policy: config.policy,
@@ -287,7 +354,10 @@ async fn run_one(
         } else {
             Vec::new()
         },
-        worker_args: Vec::new(),
+        worker_args: vec![
+            "--max-batch-size".into(),
+            plan.worker_max_batch_size.to_string(),
+        ],
         // A run's seed changes the draws too (each worker adds its index).
         service_time: ServiceTimeArgs {
             service_time_seed: plan
@@ -296,7 +366,21 @@ async fn run_one(
                 .wrapping_add(seed.wrapping_mul(1_000)),
             ..plan.service_time
         },
-    };
+    }
+}
+
+/// One configuration at one load, on fresh processes.
+async fn run_one(
+    dirs: &ModelDirs,
+    (name, input, shape): (&str, &str, &[usize]),
+    images: &Images,
+    http: &reqwest::Client,
+    (config, load_plan, seed): (Config, LoadPlan, u64),
+    plan: &Plan,
+) -> anyhow::Result<Row> {
+    let slow = SlowPlan { seed, ..plan.slow };
+    let net = NetPlan { seed, ..plan.net };
+    let spec = cluster_spec(&config, plan, seed);
     let namespaces = match plan.mode {
         SlowMode::Network => Some(Namespaces::create(config.workers(), plan.net.rate_mbit)?),
         _ => None,
@@ -345,7 +429,7 @@ async fn run_one(
     }
     let idle_before = rebuilt_while_idle(http, url).await;
     let start = Instant::now();
-    let label = format!("{} @ {} req/s, seed {seed}", config.name, load_plan.rate);
+    let label = format!("{} @ {:.0} req/s, seed {seed}", config.name, load_plan.rate);
     let load = load::run(http, requests, &load_plan, &label);
     let (result, background_bytes) = match (plan.mode, &namespaces) {
         (SlowMode::Network, Some(ns)) => {
@@ -395,6 +479,7 @@ async fn run_one(
     Ok(Row {
         config,
         rate: load_plan.rate,
+        load: None,
         seed,
         tail: result.latency.tail(),
         throughput_rps: answered as f64 / result.wall.as_secs_f64(),
@@ -447,33 +532,45 @@ pub fn machine() -> String {
 /// to `equal-resources` on as many workers at the same load.
 pub fn markdown(r: &Report) -> String {
     let mut s = format!(
-        "workers: {}{}; machine: {}; seeds {:?}; {} s per configuration\n",
+        "workers: {}{}, batches of up to {}; machine: {}; seeds {:?}; {} s per configuration\n",
         if r.service_time.service_time_ms > 0.0 {
             "emulated accelerators, "
         } else {
             ""
         },
         r.workers,
+        r.worker_max_batch_size,
         r.machine,
         r.seeds,
         r.seconds
     );
+    if !r.capacity_rps.is_empty() {
+        let caps: Vec<String> = r
+            .capacity_rps
+            .iter()
+            .map(|(k, c)| format!("k={k} {c:.0} req/s"))
+            .collect();
+        s.push_str(&format!(
+            "equal-resources capacity (measured): {}\n",
+            caps.join(", ")
+        ));
+    }
     if r.seeds.len() > 1 {
-        s.push_str(&super::spread::markdown(&super::spread::summarise(r)));
+        s.push_str(&super::spread::markdown(r, &super::spread::summarise(r)));
         return s;
     }
-    for &rate in &r.rates {
-        let rows: Vec<&Row> = r.rows.iter().filter(|row| row.rate == rate).collect();
+    for &level in r.levels() {
+        let rows: Vec<&Row> = r.rows.iter().filter(|row| row.level() == level).collect();
         let base = |k: usize| {
             rows.iter()
                 .find(|row| row.config.k == k && row.config.is_baseline())
                 .map(|row| row.tail_gap_us.max(1) as f64)
         };
-        if r.rates.len() > 1 {
-            s.push_str(&format!("\n{rate} req/s:\n\n"));
+        if r.levels().len() > 1 {
+            s.push_str(&format!("\n{}:\n\n", r.level_label(level)));
         }
         s.push_str(
-            "| configuration | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | req/s | errors | rebuilt | rebuilt, an instance idle | rebuilt = base model | p99.9 − p50 vs equal-resources |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "| configuration | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | offered req/s | req/s | errors | rebuilt | rebuilt, an instance idle | rebuilt = base model | p99.9 − p50 vs equal-resources |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for row in &rows {
             let l = &row.latency;
@@ -481,13 +578,14 @@ pub fn markdown(r: &Report) -> String {
                 .map(|b| format!("{:.2}×", row.tail_gap_us as f64 / b))
                 .unwrap_or_default();
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1}% | {} | {} | {ratio} |\n",
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.1}% | {} | {} | {ratio} |\n",
                 row.config.name,
                 l.p50_us,
                 l.p90_us,
                 l.p99_us,
                 l.p999_us,
                 l.max_us,
+                row.rate,
                 row.throughput_rps,
                 row.errors,
                 row.reconstructed_share * 100.0,

@@ -64,6 +64,15 @@ pub struct StragglerArgs {
     /// p99.9 against load.
     #[arg(long, alias = "rate", value_delimiter = ',', default_value = "300")]
     pub rates: Vec<f64>,
+    /// Offered loads as shares of each k's equal-resources capacity
+    /// (comma-separated, e.g. 0.2,0.4,0.6,0.8), instead of --rates: the
+    /// capacity is measured first (k + 1 workers, least-loaded, nothing
+    /// straggling, closed-loop clients for 3 s), so that every k and every
+    /// machine runs at the same utilisation. Pair it with
+    /// --service-time-ms, or the machine's cores, not the workers, are
+    /// what saturates.
+    #[arg(long, value_delimiter = ',', conflicts_with = "rates")]
+    pub loads: Vec<f64>,
     /// Queries per coding group (comma-separated): each k runs coded k and
     /// its baselines on k + 1 workers; a parity model per k is trained
     /// once (about 30 s each) and cached.
@@ -144,6 +153,11 @@ pub struct StragglerArgs {
     /// cores, are the resource under load. The report says which ran.
     #[command(flatten)]
     pub service_time: crate::worker::ServiceTimeArgs,
+    /// The workers' `--max-batch-size`: 1 serves one query per model call,
+    /// as ParM's instances do, so that an emulated accelerator's capacity
+    /// is one query per service time.
+    #[arg(long, default_value_t = 64)]
+    pub worker_max_batch_size: usize,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -241,6 +255,13 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
     if args.rates.is_empty() || args.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
         anyhow::bail!("--rates must be positive numbers, e.g. 100,300");
     }
+    if args
+        .loads
+        .iter()
+        .any(|l| !(l.is_finite() && *l > 0.0 && *l <= 2.0))
+    {
+        anyhow::bail!("--loads must be shares of capacity in (0, 2], e.g. 0.2,0.4,0.6,0.8");
+    }
     if args.k.is_empty() || args.k.iter().any(|&k| !(2..=MAX_K).contains(&k)) {
         anyhow::bail!("--k must be group sizes from 2 to {MAX_K}, e.g. 2,3,4");
     }
@@ -282,6 +303,7 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
     let seconds = if args.quick { 3 } else { args.seconds };
     let plan = stragglers::Plan {
         rates: args.rates.clone(),
+        loads: args.loads.clone(),
         duration: Duration::from_secs(seconds),
         seeds: args.seeds.clone(),
         slow: SlowPlan {
@@ -303,6 +325,7 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
         prometheus: args.prometheus,
         only: args.only.clone(),
         service_time: args.service_time,
+        worker_max_batch_size: args.worker_max_batch_size.max(1),
     };
     let images = test_images(&base_dir, &args.data, args.images)?;
     let report = runtime()?.block_on(stragglers::run(
@@ -318,9 +341,9 @@ fn run_stragglers(args: StragglerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.plots.display()))?;
     for &k in dirs.keys() {
         let tail = args.plots.join(format!("stragglers-tail-k{k}.png"));
-        plot::tail(&report, report.rates[0], k, &tail).context("plotting the tail")?;
+        plot::tail(&report, report.levels()[0], k, &tail).context("plotting the tail")?;
         eprintln!("figure: {}", tail.display());
-        if report.rates.len() > 1 {
+        if report.levels().len() > 1 {
             let load = args.plots.join(format!("stragglers-load-k{k}.png"));
             plot::load(&report, k, &load).context("plotting p99.9 against load")?;
             eprintln!("figure: {}", load.display());
