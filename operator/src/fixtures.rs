@@ -84,6 +84,10 @@ pub fn apply_children(observed: Observed, service_monitor: bool) -> Vec<Call> {
             "policy/v1/namespaces/ns1/poddisruptionbudgets/demo-frontend",
             None,
         ),
+        apply(
+            "networking.k8s.io/v1/namespaces/ns1/networkpolicies/demo-workers",
+            None,
+        ),
         Call::Discovery {
             served: service_monitor,
         },

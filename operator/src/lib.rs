@@ -29,6 +29,10 @@ pub const FIELD_MANAGER: &str = "coded-operator";
 /// Port every `coded-sidecar` process serves v2, health and metrics on.
 pub const SIDECAR_PORT: i32 = 8080;
 
+/// Namespace whose pods may scrape workers through their NetworkPolicy
+/// unless the operator's flags say otherwise (kube-prometheus' default).
+pub const DEFAULT_MONITORING_NAMESPACE: &str = "monitoring";
+
 /// Image the pods run unless the resource or the operator's flags say otherwise.
 pub const DEFAULT_SIDECAR_IMAGE: &str = concat!(
     "ghcr.io/coded-serving/coded-sidecar:",

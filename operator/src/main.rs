@@ -15,7 +15,7 @@ use coded_operator::reconcile::children::Settings;
 use coded_operator::reconcile::{self, Context};
 use coded_operator::server::{self, State};
 use coded_operator::telemetry::{self, LogFormat};
-use coded_operator::{DEFAULT_SIDECAR_IMAGE, FIELD_MANAGER};
+use coded_operator::{DEFAULT_MONITORING_NAMESPACE, DEFAULT_SIDECAR_IMAGE, FIELD_MANAGER};
 use futures::FutureExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::Reporter;
@@ -39,6 +39,11 @@ struct Args {
     /// read worker latency from it too.
     #[arg(long, env = "CODED_PROMETHEUS_URL")]
     prometheus_url: Option<String>,
+    /// Namespace whose pods (Prometheus) may reach the workers' port for
+    /// `/metrics`, beside the resource's own frontend: the workers'
+    /// NetworkPolicy admits nothing else. Empty: only the frontend.
+    #[arg(long, env = "CODED_MONITORING_NAMESPACE", default_value = DEFAULT_MONITORING_NAMESPACE)]
+    monitoring_namespace: String,
     /// The window of those latency readings (a Prometheus duration).
     #[arg(long, env = "CODED_SLO_WINDOW", default_value = "5m")]
     slo_window: String,
@@ -102,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         sidecar_image: args.sidecar_image.clone(),
         prometheus_url: args.prometheus_url.clone().filter(|u| !u.is_empty()),
+        monitoring_namespace: Some(args.monitoring_namespace.clone()).filter(|n| !n.is_empty()),
     };
     let latency = LatencyReader::new(&args.slo_window, LATENCY_QUERY_TIMEOUT)
         .context("building the Prometheus client")?;

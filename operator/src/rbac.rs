@@ -12,22 +12,17 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// Cluster-wide rules: read the resources, apply their children, write
-/// status and Events. No delete: children go with their owner through
+/// Cluster-wide rules, each verb one the code uses (a test checks both
+/// ways): list and watch the resources and their children (the
+/// controller's watches), create and patch the children (server-side
+/// apply creates what is missing), patch the status, create and patch
+/// Events. No get, update or delete: children go with their owner through
 /// garbage collection.
 pub fn cluster_rules() -> Vec<PolicyRule> {
-    let children = ["get", "list", "watch", "create", "patch"];
+    let children = ["list", "watch", "create", "patch"];
     vec![
-        rule(
-            "coded.dev",
-            &["codedinferenceservices"],
-            &["get", "list", "watch"],
-        ),
-        rule(
-            "coded.dev",
-            &["codedinferenceservices/status"],
-            &["get", "patch", "update"],
-        ),
+        rule("coded.dev", &["codedinferenceservices"], &["list", "watch"]),
+        rule("coded.dev", &["codedinferenceservices/status"], &["patch"]),
         // Owner references with blockOwnerDeletion need this where the
         // OwnerReferencesPermissionEnforcement admission plugin is on.
         rule(
@@ -38,7 +33,13 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         rule("apps", &["statefulsets", "deployments"], &children),
         rule("", &["services"], &children),
         rule("policy", &["poddisruptionbudgets"], &children),
-        rule("monitoring.coreos.com", &["servicemonitors"], &children),
+        rule("networking.k8s.io", &["networkpolicies"], &children),
+        // Applied where the Prometheus operator's CRD is served; not watched.
+        rule(
+            "monitoring.coreos.com",
+            &["servicemonitors"],
+            &["create", "patch"],
+        ),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]
 }
@@ -58,58 +59,71 @@ mod tests {
     use crate::fixtures::cis;
     use crate::reconcile::children::{Children, Owner, Settings, service_monitor};
     use kube::Resource;
-
-    fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
-        rules.iter().any(|r| {
-            r.api_groups
-                .as_ref()
-                .is_some_and(|g| g.iter().any(|g| g == group))
-                && r.resources
-                    .as_ref()
-                    .is_some_and(|rs| rs.iter().any(|x| x == resource))
-                && r.verbs.iter().any(|v| v == verb)
-        })
-    }
+    use std::collections::BTreeSet;
 
     fn group_plural<K: Resource<DynamicType = ()>>(_: &K) -> (String, String) {
         (K::group(&()).to_string(), K::plural(&()).to_string())
     }
 
+    /// Every (group, resource, verb) the rules grant.
+    fn granted(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
+        let mut out = BTreeSet::new();
+        for r in rules {
+            for g in r.api_groups.iter().flatten() {
+                for res in r.resources.iter().flatten() {
+                    for v in &r.verbs {
+                        out.insert((g.clone(), res.clone(), v.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     #[test]
-    fn every_child_kind_can_be_applied_and_watched() {
+    fn the_cluster_role_grants_what_the_code_uses_and_nothing_else() {
         let cis = cis("demo");
         let owner = Owner::new(&cis).expect("owner");
         let c = Children::build(&owner, &Settings::default());
-        let rules = cluster_rules();
-        let sm = service_monitor::api_resource();
-        let kinds = [
+        // The children the reconciler applies and the controller watches
+        // (`reconcile::run` owns each kind), as Children::build makes them.
+        let watched_children = [
             group_plural(&c.model),
-            group_plural(&c.model_service),
             group_plural(&c.frontend),
+            group_plural(&c.model_service),
             group_plural(&c.pdbs[0]),
-            (sm.group.clone(), sm.plural.clone()),
+            group_plural(&c.network_policy),
         ];
-        for (group, plural) in kinds {
-            for verb in ["patch", "create", "watch", "list"] {
-                assert!(
-                    allows(&rules, &group, &plural, verb),
-                    "{verb} {group}/{plural}"
-                );
+        let mut used = BTreeSet::new();
+        let mut add = |group: &str, resource: &str, verbs: &[&str]| {
+            for v in verbs {
+                used.insert((group.to_string(), resource.to_string(), v.to_string()));
             }
+        };
+        for (group, plural) in &watched_children {
+            add(group, plural, &["list", "watch", "create", "patch"]);
         }
-        assert!(allows(
-            &rules,
-            "coded.dev",
-            "codedinferenceservices/status",
-            "patch"
-        ));
-        assert!(allows(&rules, "events.k8s.io", "events", "create"));
-        assert!(allows(
-            &leader_election_rules(),
-            "coordination.k8s.io",
-            "leases",
-            "update"
-        ));
+        // Applied only: the ServiceMonitor.
+        let sm = service_monitor::api_resource();
+        add(&sm.group, &sm.plural, &["create", "patch"]);
+        // The resources are watched, their status patched (write_status).
+        let (group, plural) = group_plural(&cis);
+        add(&group, &plural, &["list", "watch"]);
+        add(&group, &format!("{plural}/status"), &["patch"]);
+        add(&group, &format!("{plural}/finalizers"), &["update"]);
+        // kube's Recorder creates Events and patches their series.
+        add("events.k8s.io", "events", &["create", "patch"]);
+
+        let cluster = granted(&cluster_rules());
+        let extra: Vec<_> = cluster.difference(&used).collect();
+        let missing: Vec<_> = used.difference(&cluster).collect();
+        assert!(extra.is_empty(), "granted but unused: {extra:?}");
+        assert!(missing.is_empty(), "used but not granted: {missing:?}");
+        assert!(granted(&leader_election_rules()).contains(&(
+            "coordination.k8s.io".into(),
+            "leases".into(),
+            "update".into()
+        )));
     }
 
     #[test]

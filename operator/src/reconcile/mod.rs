@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch};
@@ -134,6 +135,7 @@ async fn reconcile_inner(cis: &CodedInferenceService, ctx: &Context) -> Result<A
     for pdb in &c.pdbs {
         apply::apply(client, ns, pdb).await?;
     }
+    apply::apply(client, ns, &c.network_policy).await?;
     if ctx.service_monitor_served().await? {
         apply::apply_dynamic(
             client,
@@ -252,7 +254,11 @@ where
         .owns(api::<StatefulSet>(&client, namespace), owned.clone())
         .owns(api::<Deployment>(&client, namespace), owned.clone())
         .owns(api::<Service>(&client, namespace), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, namespace), owned)
+        .owns(
+            api::<PodDisruptionBudget>(&client, namespace),
+            owned.clone(),
+        )
+        .owns(api::<NetworkPolicy>(&client, namespace), owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use coded_operator::crd::CodedInferenceService;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -348,6 +349,33 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
         );
     }
 
+    // The workers' fence, as the API server stored it: their pods, reached
+    // by the frontend's only (and the monitoring namespace's).
+    let name = format!("{}-workers", want.name);
+    let np = get::<NetworkPolicy>(cluster, ns)
+        .get(&name)
+        .await
+        .unwrap_or_else(|e| panic!("NetworkPolicy {name}: {e}"));
+    owned_by(&np.metadata, want.cis);
+    let np = np.spec.expect("spec");
+    let fenced = np.pod_selector.expect("pod selector");
+    let roles = fenced.match_expressions.expect("role expression");
+    assert_eq!(
+        roles[0].values.as_deref(),
+        Some(&["model".to_string(), "parity".to_string()][..]),
+        "{name}"
+    );
+    let from = np.ingress.expect("ingress")[0].from.clone().expect("from");
+    let frontend = from[0].pod_selector.clone().expect("frontend pods");
+    assert_eq!(
+        frontend
+            .match_labels
+            .expect("labels")
+            .get("coded.dev/role")
+            .map(String::as_str),
+        Some("frontend")
+    );
+
     // The pods themselves, made by the StatefulSet and ReplicaSet controllers.
     let pods: Api<Pod> = get(cluster, ns);
     let list = pods
@@ -392,6 +420,7 @@ pub struct Inventory {
     pub services: usize,
     pub deployments: usize,
     pub pdbs: usize,
+    pub network_policies: usize,
     pub replica_sets: usize,
     pub pods: usize,
 }
@@ -402,6 +431,7 @@ impl Inventory {
             + self.services
             + self.deployments
             + self.pdbs
+            + self.network_policies
             + self.replica_sets
             + self.pods
     }
@@ -430,6 +460,7 @@ async fn inventory_of(cluster: &Cluster, ns: &str, selector: &str) -> Inventory 
         services: count::<Service>(cluster, ns, selector).await,
         deployments: count::<Deployment>(cluster, ns, selector).await,
         pdbs: count::<PodDisruptionBudget>(cluster, ns, selector).await,
+        network_policies: count::<NetworkPolicy>(cluster, ns, selector).await,
         replica_sets: count::<ReplicaSet>(cluster, ns, selector).await,
         pods: count::<Pod>(cluster, ns, selector).await,
     }
@@ -459,6 +490,7 @@ pub async fn check_single_owner(cluster: &Cluster, ns: &str) {
         metas::<Service>(cluster, ns, "Service").await,
         metas::<Deployment>(cluster, ns, "Deployment").await,
         metas::<PodDisruptionBudget>(cluster, ns, "PodDisruptionBudget").await,
+        metas::<NetworkPolicy>(cluster, ns, "NetworkPolicy").await,
     ]
     .concat();
     for (kind, meta) in metas {
@@ -478,6 +510,8 @@ pub async fn check_single_owner(cluster: &Cluster, ns: &str) {
             .as_ref()
             .and_then(|l| l.get("coded.dev/role"))
             .cloned()
+            // The NetworkPolicy covers two roles and names none.
+            .or_else(|| (kind == "NetworkPolicy").then(String::new))
             .expect("role label");
         assert!(
             seen.insert((kind.clone(), service.clone(), role.clone())),

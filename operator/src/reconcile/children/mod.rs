@@ -4,6 +4,7 @@
 
 pub mod frontend;
 pub mod gpu;
+pub mod network_policy;
 pub mod pdb;
 pub mod service_monitor;
 pub mod storage;
@@ -17,6 +18,7 @@ use k8s_openapi::api::core::v1::{
     PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
     Service, SleepAction, Volume,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -60,6 +62,9 @@ pub struct Settings {
     pub sidecar_image: String,
     /// Prometheus for resources whose spec names none.
     pub prometheus_url: Option<String>,
+    /// The namespace whose pods may scrape workers' `/metrics` through
+    /// their NetworkPolicy; None: only the frontend reaches them.
+    pub monitoring_namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -67,6 +72,7 @@ impl Default for Settings {
         Self {
             sidecar_image: crate::DEFAULT_SIDECAR_IMAGE.to_string(),
             prometheus_url: None,
+            monitoring_namespace: Some(crate::DEFAULT_MONITORING_NAMESPACE.to_string()),
         }
     }
 }
@@ -343,6 +349,7 @@ pub struct Children {
     pub frontend: Deployment,
     pub frontend_service: Service,
     pub pdbs: Vec<PodDisruptionBudget>,
+    pub network_policy: NetworkPolicy,
     /// Applied only where the Prometheus operator's CRD exists.
     pub service_monitor: DynamicObject,
 }
@@ -373,6 +380,7 @@ impl Children {
                 .into_iter()
                 .map(|role| pdb::pod_disruption_budget(owner, role))
                 .collect(),
+            network_policy: network_policy::network_policy(owner, settings),
             service_monitor: service_monitor::service_monitor(owner),
         }
     }
@@ -398,6 +406,7 @@ mod tests {
             &c.pdbs[0].metadata,
             &c.pdbs[1].metadata,
             &c.pdbs[2].metadata,
+            &c.network_policy.metadata,
             &c.service_monitor.metadata,
         ];
         for meta in metas {
