@@ -32,7 +32,7 @@ enum Command {
     Fetch(cmd::fetch::FetchArgs),
     /// Serve a model with coded resilience: groups queries, sends them to
     /// model and parity instances, rebuilds answers of slow or failed ones.
-    Frontend(coded_sidecar::frontend::FrontendOptions),
+    Frontend(Box<coded_sidecar::frontend::FrontendOptions>),
     /// Coded serving on this machine: trains or loads the models, starts
     /// workers, parity workers and a frontend on loopback (the default way
     /// to try it).
@@ -61,7 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Plot(c) => cmd::plot::run(c),
         Command::Worker(a) => cmd::worker::run(a),
         Command::Fetch(a) => cmd::fetch::run(a),
-        Command::Frontend(o) => cmd::frontend::run(o),
+        Command::Frontend(o) => cmd::frontend::run(*o),
         Command::Local(a) => cmd::local::run(a),
         Command::Bench(c) => cmd::bench::run(c),
     };

@@ -24,6 +24,7 @@ use super::dispatch::Pool;
 use super::group::{Query, QueryError, RowAnswer};
 use super::instance::{CallError, Instance, Role};
 use super::metrics::Metrics;
+use super::trace::{BatchTrace, Tracer};
 use crate::coding::{CodingError, Decoder, Encoder};
 
 pub use super::batch_state::ReconstructPolicy;
@@ -42,6 +43,8 @@ pub struct BatchContext {
     pub metrics: Arc<Metrics>,
     /// F(0), the output of a zero query, for padded groups.
     pub zero: OnceLock<Vec<f32>>,
+    /// Sampled batches' traces (`--trace-file`).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl BatchContext {
@@ -86,6 +89,8 @@ struct Driver {
     /// done drops (its queries were rebuilt): set when the batch is done,
     /// taken by the first such call to answer.
     late: Arc<[AtomicU64]>,
+    /// This batch's trace, when it is sampled.
+    trace: Option<BatchTrace>,
 }
 
 pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemaphorePermit) {
@@ -117,6 +122,10 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         started.into_std(),
     );
     let (events, mut inbox) = mpsc::unbounded_channel();
+    let trace = ctx.tracer.as_ref().and_then(|t| {
+        let deadline_us = deadline.saturating_duration_since(started).as_micros() as u64;
+        t.begin(layout.k, layout.n, deadline_us)
+    });
     let mut driver = Driver {
         layout,
         rows,
@@ -125,6 +134,7 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         tried: vec![Vec::new(); layout.k],
         events,
         late: (0..layout.k).map(|_| AtomicU64::new(0)).collect(),
+        trace,
         ctx,
     };
     driver.start(&mut state);
@@ -135,8 +145,15 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         };
         tokio::select! {
             event = inbox.recv() => match event {
-                Some(Event { target, result: Ok(output) }) => state.answered(target, output),
-                Some(Event { target, result: Err(e) }) => state.failed(target, e.to_string()),
+                Some(Event { target, result }) => {
+                    if let Some(t) = &mut driver.trace {
+                        t.result(target, result.as_ref().err().map(ToString::to_string));
+                    }
+                    match result {
+                        Ok(output) => state.answered(target, output),
+                        Err(e) => state.failed(target, e.to_string()),
+                    }
+                }
                 None => break,
             },
             () = tokio::time::sleep_until(Instant::from_std(wake)) => {}
@@ -196,12 +213,12 @@ impl Driver {
         let mut picked = picked.into_iter();
         for j in slots {
             match picked.next() {
-                Some(instance) => self.send_slot(j, instance),
+                Some(instance) => self.send_slot(j, instance, 0),
                 None => state.failed(Target::Slot(j), NO_MODEL.to_owned()),
             }
         }
         if parity {
-            self.send_parity(state);
+            self.send_parity(state, 0);
         }
     }
 
@@ -238,14 +255,14 @@ impl Driver {
                             self.ctx.metrics.retries.inc();
                         }
                         tracing::debug!(slot = j, instance = %instance.url, "retrying a slot");
-                        self.send_slot(j, instance);
+                        self.send_slot(j, instance, call.attempt);
                     }
                     // Reported as a failed call: the state backs off
                     // before asking again.
                     None => state.failed(call.target, NO_MODEL.to_owned()),
                 }
             }
-            Target::Parity => self.send_parity(state),
+            Target::Parity => self.send_parity(state, call.attempt),
         }
     }
 
@@ -253,6 +270,13 @@ impl Driver {
         let Some(reply) = self.replies.get_mut(query).and_then(Option::take) else {
             return;
         };
+        if let Some(t) = &mut self.trace {
+            match &answer {
+                Answer::Real(_) => t.answer(query, "real", None),
+                Answer::Rebuilt(_) => t.answer(query, "rebuilt", None),
+                Answer::Failed(detail) => t.answer(query, "failed", Some(detail.clone())),
+            }
+        }
         let metrics = &self.ctx.metrics;
         let result = match answer {
             Answer::Real(output) => Ok(RowAnswer {
@@ -312,24 +336,26 @@ impl Driver {
         ctx.metrics.sampled_calls.inc_by(sent as u64);
     }
 
-    fn send_slot(&mut self, j: usize, instance: Arc<Instance>) {
+    fn send_slot(&mut self, j: usize, instance: Arc<Instance>, attempt: usize) {
         let (rows, data) = self.slot_rows(j);
         if let Some(tried) = self.tried.get_mut(j) {
             tried.push(instance.id);
         }
-        self.call(instance, Target::Slot(j), rows, data);
+        self.call(instance, Target::Slot(j), attempt, rows, data);
     }
 
     /// Encodes the groups and sends them to a parity instance; without
     /// either the batch runs unprotected.
-    fn send_parity(&mut self, state: &mut BatchState) {
+    fn send_parity(&mut self, state: &mut BatchState, attempt: usize) {
         let groups = self.layout.groups();
         match self.ctx.encode(&self.rows, groups) {
             Ok(parity_rows) => {
                 let picked = self.ctx.pool.pick(Role::Parity, 1, &[]);
                 self.sample(Role::Parity, &picked, groups, &parity_rows);
                 match picked.into_iter().next() {
-                    Some(instance) => self.call(instance, Target::Parity, groups, parity_rows),
+                    Some(instance) => {
+                        self.call(instance, Target::Parity, attempt, groups, parity_rows)
+                    }
                     None => state.failed(Target::Parity, NO_PARITY.to_owned()),
                 }
             }
@@ -342,7 +368,17 @@ impl Driver {
 
     /// Runs one call in its own task (it may outlive the batch) and reports
     /// its result to the batch, or counts it as late once the batch is done.
-    fn call(&self, instance: Arc<Instance>, target: Target, rows: usize, data: Vec<f32>) {
+    fn call(
+        &mut self,
+        instance: Arc<Instance>,
+        target: Target,
+        attempt: usize,
+        rows: usize,
+        data: Vec<f32>,
+    ) {
+        if let Some(t) = &mut self.trace {
+            t.call(target, &instance.url, attempt);
+        }
         let item = self.ctx.item_shape.clone();
         let out_len = self.ctx.out_len;
         let timeout = self.call_timeout();
@@ -362,7 +398,10 @@ impl Driver {
 
     /// Stops waiting: publishes what each slot's late answer would drop,
     /// then closes the inbox, counting what had already arrived there.
-    fn finish(self, state: &BatchState, mut inbox: mpsc::UnboundedReceiver<Event>) {
+    fn finish(mut self, state: &BatchState, mut inbox: mpsc::UnboundedReceiver<Event>) {
+        if let (Some(tracer), Some(trace)) = (&self.ctx.tracer, self.trace.take()) {
+            tracer.finish(trace);
+        }
         for (j, late) in self.late.iter().enumerate() {
             late.store(state.late_if_answered(j) as u64, Ordering::SeqCst);
         }
@@ -439,6 +478,7 @@ mod tests {
             pool: Arc::new(pool),
             metrics: Arc::new(Metrics::new("m", 2).expect("metrics")),
             zero: OnceLock::new(),
+            tracer: None,
         })
     }
 
@@ -464,6 +504,98 @@ mod tests {
             .acquire_owned()
             .await
             .expect("permit")
+    }
+
+    /// A traced batch's line tells its story: every call with its
+    /// instance, what came back, and how each query was answered.
+    #[tokio::test]
+    async fn a_traced_batch_writes_its_calls_results_and_answers() {
+        crate::tls::init();
+        let fast = worker(Affine(1.0), 0).await;
+        let slow = worker(Affine(1.0), 1_000).await;
+        let parity = worker(Affine(2.0), 0).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("trace.jsonl");
+        let timeout = Duration::from_secs(30);
+        let pool = Pool::new(
+            vec![
+                test_instance_at(0, Role::Model, fast.clone()),
+                test_instance_at(1, Role::Model, slow.clone()),
+            ],
+            vec![test_instance_at(2, Role::Parity, parity.clone())],
+        );
+        let mut ctx = Arc::into_inner(context(pool, timeout)).expect("one owner");
+        ctx.tracer = Some(Arc::new(Tracer::create(&path, 1.0).expect("tracer")));
+        let (queries, answers) = queries(&[vec![1.0, -2.0], vec![0.5, 3.0]], timeout);
+        run(Arc::new(ctx), queries, permit().await).await;
+        let mut kinds = Vec::new();
+        for answer in answers {
+            let a = answer.await.expect("answered").expect("not an error");
+            kinds.push(if a.reconstructed { "rebuilt" } else { "real" });
+        }
+
+        let text = std::fs::read_to_string(&path).expect("trace written");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let line = &lines[0];
+        assert_eq!(
+            (line["k"].as_u64(), line["queries"].as_u64()),
+            (Some(2), Some(2))
+        );
+        let events = line["events"].as_array().expect("events");
+        let str_of = |e: &serde_json::Value, key: &str| e[key].as_str().map(String::from);
+        // Three calls: each slot to its own model instance, the parity to
+        // the parity instance.
+        let calls: Vec<(String, String)> = events
+            .iter()
+            .filter_map(|e| Some((str_of(e, "call")?, str_of(e, "instance")?)))
+            .collect();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert!(
+            calls.contains(&("parity".into(), parity.clone())),
+            "{calls:?}"
+        );
+        let slow_slot = calls
+            .iter()
+            .find(|(_, i)| *i == slow)
+            .map(|(c, _)| c.clone())
+            .expect("a call to the slow instance");
+        assert!(
+            calls
+                .iter()
+                .any(|(c, i)| *i == fast && *c != slow_slot && c.starts_with("slot"))
+        );
+        // What came back before the batch ended: all but the slow slot.
+        let results: Vec<String> = events
+            .iter()
+            .filter(|e| e["ok"].as_bool() == Some(true))
+            .filter_map(|e| str_of(e, "result"))
+            .collect();
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert!(results.contains(&"parity".into()) && !results.contains(&slow_slot));
+        // One answer per query, the slow slot's query rebuilt.
+        let mut answered: Vec<(u64, String)> = events
+            .iter()
+            .filter_map(|e| Some((e["answer"].as_u64()?, str_of(e, "kind")?)))
+            .collect();
+        answered.sort();
+        let slow_query: u64 = slow_slot
+            .trim_start_matches("slot ")
+            .parse()
+            .expect("slot j");
+        let want: Vec<(u64, String)> = (0..2)
+            .map(|q| {
+                (
+                    q,
+                    if q == slow_query { "rebuilt" } else { "real" }.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(answered, want);
+        assert_eq!(kinds[slow_query as usize], "rebuilt");
     }
 
     /// With no model instance to send to (discovery found none), the

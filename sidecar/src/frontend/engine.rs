@@ -21,6 +21,7 @@ use super::instance::Role;
 use super::metrics::Metrics;
 use super::options::FrontendOptions;
 use super::prometheus::{PromConfig, PromSource};
+use super::trace::Tracer;
 use super::watcher::{self, WatchConfig};
 use crate::coding::encoder;
 use crate::http::{Answer, Engine, EngineError};
@@ -145,6 +146,10 @@ impl Frontend {
                 ));
             }
         }
+        let tracer = match &options.trace_file {
+            Some(path) => Some(Arc::new(Tracer::create(path, options.trace_sample)?)),
+            None => None,
+        };
         let ctx = Arc::new(BatchContext {
             k: options.k,
             item_shape: info.input.shape.clone(),
@@ -157,6 +162,7 @@ impl Frontend {
             pool: pool.clone(),
             metrics: metrics.clone(),
             zero: OnceLock::new(),
+            tracer,
         });
 
         let watch = WatchConfig {

@@ -23,6 +23,7 @@ pub mod instance;
 pub mod metrics;
 pub mod options;
 pub mod prometheus;
+pub mod trace;
 pub mod watcher;
 
 pub use baseline::DispatchMode;

@@ -131,6 +131,15 @@ pub struct FrontendOptions {
     /// known as one.
     #[arg(long, default_value = "30s")]
     pub prometheus_window: String,
+    /// Append a trace of sampled coding batches to this file, one JSON line
+    /// per batch: every call (slot or parity, instance, attempt), every
+    /// result and every answer (real, rebuilt, failed), timed from the
+    /// batch's start (see docs/operations.md, "Why a query was slow").
+    #[arg(long, env = "CODED_TRACE_FILE")]
+    pub trace_file: Option<std::path::PathBuf>,
+    /// Share of coding batches traced (one in round(1/share)).
+    #[arg(long, default_value_t = 0.01)]
+    pub trace_sample: f64,
 }
 
 impl FrontendOptions {
