@@ -237,7 +237,7 @@ fn banner(
     );
     println!();
     if let Some(grpc) = grpc {
-        println!("  gRPC (KServe v2 / Triton GRPCInferenceService) on {grpc}:");
+        println!("  gRPC: {grpc} (KServe v2 / Triton GRPCInferenceService), e.g.");
         println!("  python3 -c '");
         println!("import numpy as np, tritonclient.grpc as grpc");
         println!("c = grpc.InferenceServerClient(\"{grpc}\")");
