@@ -29,6 +29,9 @@ pub const FIELD_MANAGER: &str = "coded-operator";
 /// Port every `coded-sidecar` process serves v2, health and metrics on.
 pub const SIDECAR_PORT: i32 = 8080;
 
+/// Port every `coded-sidecar` process serves v2 over gRPC on (Triton's).
+pub const SIDECAR_GRPC_PORT: i32 = 8001;
+
 /// Image the pods run unless the resource or the operator's flags say otherwise.
 pub const DEFAULT_SIDECAR_IMAGE: &str = concat!(
     "ghcr.io/coded-serving/coded-sidecar:",
