@@ -216,6 +216,35 @@ pub fn encode_response(
     }
 }
 
+/// A `ModelInferRequest` for `model` with `request`'s inputs as raw
+/// contents (what tritonclient sends): the client side, for benchmarks.
+pub fn raw_request(model: &str, request: &InferRequest) -> ModelInferRequest {
+    let (inputs, raw_input_contents) = request
+        .inputs
+        .iter()
+        .map(|t| {
+            let tensor = InferInputTensor {
+                name: t.name.clone(),
+                datatype: Datatype::Fp32.as_str().to_owned(),
+                // Shapes of tensors we built, far below i64::MAX.
+                shape: t.shape.iter().map(|&d| d as i64).collect(),
+                parameters: HashMap::new(),
+                contents: None,
+            };
+            let bytes: Vec<u8> = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (tensor, Bytes::from(bytes))
+        })
+        .unzip();
+    ModelInferRequest {
+        model_name: model.to_owned(),
+        id: request.id.clone().unwrap_or_default(),
+        parameters: parameters_from_json(request.parameters.clone()),
+        inputs,
+        raw_input_contents,
+        ..Default::default()
+    }
+}
+
 /// gRPC parameters as the JSON map the rest of the server reads.
 pub fn parameters_to_json(parameters: HashMap<String, InferParameter>) -> Parameters {
     parameters
@@ -489,6 +518,25 @@ mod tests {
         };
         let empty = encode_response(response(), &none, true);
         assert!(empty.outputs.is_empty() && empty.raw_output_contents.is_empty());
+    }
+
+    #[test]
+    fn a_raw_request_decodes_to_what_it_was_built_from() {
+        let request = InferRequest {
+            id: Some("5".into()),
+            inputs: vec![NamedTensor {
+                name: "x".into(),
+                shape: vec![2, 2],
+                data: vec![1.0, 2.0, 3.0, -4.0],
+            }],
+            outputs: OutputSelection::all(true),
+            ..Default::default()
+        };
+        let message = super::raw_request("m", &request);
+        assert_eq!(message.model_name, "m");
+        let decoded = decode_request(message).unwrap();
+        assert!(decoded.raw);
+        assert_eq!(decoded.request, request);
     }
 
     #[test]
