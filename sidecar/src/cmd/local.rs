@@ -169,16 +169,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     };
     runtime.block_on(async {
         let mut cluster = Cluster::start(&dirs, &name, &spec).await?;
-        banner(
-            &cluster.frontend_url,
-            cluster.frontend_grpc.as_deref(),
-            cluster.prometheus.as_ref().map(|p| p.url.as_str()),
-            &name,
-            &card.input.name,
-            &card.input.shape,
-            &cluster.model_urls,
-            &args,
-        );
+        banner(&cluster, &name, &card.input.name, &card.input.shape, &args);
         let result = supervise(&mut cluster.children).await;
         eprintln!("stopping {} processes", cluster.children.len());
         cluster.stop().await;
@@ -186,17 +177,11 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn banner(
-    url: &str,
-    grpc: Option<&str>,
-    prometheus: Option<&str>,
-    name: &str,
-    input: &str,
-    shape: &[usize],
-    model_urls: &[String],
-    args: &LocalArgs,
-) {
+fn banner(cluster: &Cluster, name: &str, input: &str, shape: &[usize], args: &LocalArgs) {
+    let url = cluster.frontend_url.as_str();
+    let grpc = cluster.frontend_grpc.as_deref();
+    let prometheus = cluster.prometheus.as_ref().map(|p| p.url.as_str());
+    let model_urls = &cluster.model_urls;
     let models = model_urls.len();
     let row_len: usize = shape.iter().product();
     let dims = shape
