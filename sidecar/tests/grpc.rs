@@ -668,3 +668,62 @@ async fn the_frontend_of_local_serves_grpc_like_http() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Below the service: frames that are not a protobuf message and methods
+/// not served, as any HTTP/2 client can send them, get the codes of gRPC's
+/// status table (INTERNAL for an unparsable request, UNIMPLEMENTED for an
+/// unknown method), and the server serves on.
+#[tokio::test]
+async fn undecodable_messages_and_unserved_methods_get_grpc_codes() {
+    coded_sidecar::tls::init();
+    let worker = start(options(), Linear::default()).await;
+    let base = format!(
+        "http://{}/inference.GRPCInferenceService",
+        worker.grpc.unwrap()
+    );
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // One length-prefixed gRPC frame around `payload`.
+    let frame = |payload: &[u8]| {
+        let mut f = vec![0u8];
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let status = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(Code::from)
+    };
+    let call = |method: &str, body: Vec<u8>| {
+        h2.post(format!("{base}/{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .send()
+    };
+    // A field 1 (model_name) that claims 100 bytes but has 2.
+    let garbage = call("ModelInfer", frame(&[0x0a, 100, b'h', b'i']))
+        .await
+        .unwrap();
+    assert_eq!(status(&garbage), Some(Code::Internal), "{garbage:?}");
+    let config = call("ModelConfig", frame(&[])).await.unwrap();
+    assert_eq!(status(&config), Some(Code::Unimplemented), "{config:?}");
+    assert!(
+        worker.model.batches.lock().unwrap().is_empty(),
+        "nothing computed"
+    );
+    let mut c = connect(worker.grpc.unwrap()).await;
+    assert!(
+        c.server_live(ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+}
