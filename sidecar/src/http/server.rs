@@ -111,9 +111,9 @@ pub struct V2Server {
 
 impl V2Server {
     /// Binds the HTTP listener and, unless `--grpc-port off`, the gRPC one
-    /// (same engine, metrics, limits and drain). `extra` routes (e.g. the worker's admin API) are
-    /// merged in; `registry` is what `GET /metrics` shows and must hold
-    /// `metrics`.
+    /// (same engine, metrics, limits and drain). `extra` routes (e.g. the
+    /// worker's admin API) are merged in; `registry` is what `GET /metrics`
+    /// shows and must hold `metrics`.
     pub async fn bind<E: Engine>(
         engine: Arc<E>,
         metrics: RequestMetrics,
