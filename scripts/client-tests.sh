@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Stock clients (tritonclient[http] from PyPI, and curl) against a real
+# Stock clients (tritonclient[http] and tritonclient[grpc] from PyPI, and curl) against a real
 # worker serving a freshly trained candle model, then against the coding
 # frontend that `coded-sidecar local` starts, all on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=${CODED_VENV:-$HOME/.cache/coded-serving/venv}
-if ! "$venv/bin/python" -c 'import tritonclient.http, pytest, numpy' 2>/dev/null; then
-  echo "--- installing tritonclient[http], pytest, numpy into $venv"
+if ! "$venv/bin/python" -c 'import tritonclient.http, tritonclient.grpc, pytest, numpy' 2>/dev/null; then
+  echo "--- installing tritonclient[http,grpc], pytest, numpy into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet 'tritonclient[http]' pytest numpy
+  "$venv/bin/pip" install --quiet 'tritonclient[http,grpc]' pytest numpy
 fi
 
 cargo build --quiet -p coded-sidecar
@@ -42,21 +42,24 @@ curl_infer() {
 echo "--- a worker"
 CODED_THREADS=1 $bin train base --arch mlp --epochs 1 --limit 2000 --quiet --out "$work/model"
 port=$(free_port)
-$bin worker --model "$work/model" --model-name fashion-mlp --port "$port" > "$work/worker.log" 2>&1 &
+grpc_port=$(free_port)
+$bin worker --model "$work/model" --model-name fashion-mlp --port "$port" --grpc-port "$grpc_port" > "$work/worker.log" 2>&1 &
 pids+=($!)
 wait_ready "$port"
 curl_infer "$port"
-CODED_TEST_URL="127.0.0.1:$port" CODED_TEST_MODEL=fashion-mlp "$venv/bin/python" -m pytest -q sidecar/tests/python
+CODED_TEST_URL="127.0.0.1:$port" CODED_TEST_GRPC_URL="127.0.0.1:$grpc_port" CODED_TEST_MODEL=fashion-mlp \
+  "$venv/bin/python" -m pytest -q sidecar/tests/python
 
 echo "--- the coding frontend of coded-sidecar local"
 port=$(free_port)
-$bin local --base-epochs 1 --parity-epochs 1 --cache-dir "$work/cache" --port "$port" > "$work/local.log" 2>&1 &
+grpc_port=$(free_port)
+$bin local --base-epochs 1 --parity-epochs 1 --cache-dir "$work/cache" --port "$port" --grpc-port "$grpc_port" > "$work/local.log" 2>&1 &
 local_pid=$!
 pids+=("$local_pid")
 wait_ready "$port" || { cat "$work/local.log"; exit 1; }
 curl_infer "$port"
-CODED_TEST_URL="127.0.0.1:$port" CODED_TEST_MODEL=fashion-mlp CODED_TEST_FRONTEND=1 \
-  "$venv/bin/python" -m pytest -q sidecar/tests/python
+CODED_TEST_URL="127.0.0.1:$port" CODED_TEST_GRPC_URL="127.0.0.1:$grpc_port" CODED_TEST_MODEL=fashion-mlp \
+  CODED_TEST_FRONTEND=1 "$venv/bin/python" -m pytest -q sidecar/tests/python
 # SIGTERM stops local and every child it started.
 children=$(pgrep -P "$local_pid" | tr '\n' ' ')
 kill -TERM "$local_pid"

@@ -287,7 +287,7 @@ chmod 755 "$work" "$work/model" && chmod 644 "$work/model"/*
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # Own process group, so that cleanup ends buildah and the worker inside together.
 setsid buildah run --isolation chroot --volume "$work/model:/models/fashion-mlp:ro" "$sc" -- \
-  "${sc_entry[@]}" worker --model /models/fashion-mlp --host 127.0.0.1 --port "$port" \
+  "${sc_entry[@]}" worker --model /models/fashion-mlp --host 127.0.0.1 --port "$port" --grpc-port 0 \
   > "$work/worker.log" 2>&1 &
 worker_pid=$!
 ready=

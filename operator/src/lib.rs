@@ -29,6 +29,9 @@ pub const FIELD_MANAGER: &str = "coded-operator";
 /// Port every `coded-sidecar` process serves v2, health and metrics on.
 pub const SIDECAR_PORT: i32 = 8080;
 
+/// Port every `coded-sidecar` process serves v2 over gRPC on (Triton's).
+pub const SIDECAR_GRPC_PORT: i32 = 8001;
+
 /// Namespace whose pods may scrape workers through their NetworkPolicy
 /// unless the operator's flags say otherwise (kube-prometheus' default).
 pub const DEFAULT_MONITORING_NAMESPACE: &str = "monitoring";

@@ -1,8 +1,8 @@
 //! A worker serving the linear fake model (`tests/common/linear.rs`): a
 //! v2 server to point stock clients at without a trained model.
 //!
-//!     cargo run -p coded-sidecar --example linear_worker -- --port 8123
-//!     CODED_TEST_URL=127.0.0.1:8123 pytest sidecar/tests/python
+//!     cargo run -p coded-sidecar --example linear_worker -- --port 8123 --grpc-port 8124
+//!     CODED_TEST_URL=127.0.0.1:8123 CODED_TEST_GRPC_URL=127.0.0.1:8124 pytest sidecar/tests/python
 
 #[path = "../tests/common/linear.rs"]
 #[allow(dead_code)]
@@ -27,6 +27,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let server = Server::bind(linear::Linear::default(), &cli.serve).await?;
+    if let Some(addr) = server.grpc_addr() {
+        println!("linear worker serving gRPC on {addr}");
+    }
     println!("linear worker listening on http://{}", server.local_addr()?);
     server.run(shutdown::signal()).await?;
     Ok(())

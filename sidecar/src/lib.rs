@@ -12,6 +12,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod frontend;
+pub mod grpc;
 pub mod http;
 pub mod local;
 pub mod model;

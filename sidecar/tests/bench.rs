@@ -246,7 +246,9 @@ fn overhead_reports_every_target_and_the_ratios() {
             "frontend (k = 2)",
             "echo (one hop)",
             "frontend, forwarding only",
-            "frontend (k = 2), 2 I/O threads"
+            "frontend (k = 2), 2 I/O threads",
+            "worker (direct), gRPC",
+            "frontend (k = 2), gRPC"
         ]
     );
     for t in report["targets"].as_array().unwrap() {
@@ -256,6 +258,7 @@ fn overhead_reports_every_target_and_the_ratios() {
         assert!(t["cpu_us_per_request"].as_f64().unwrap() >= 0.0, "{t}");
     }
     assert!(table.contains("server CPU µs/req"), "{table}");
+    assert!(table.contains("Over gRPC"), "{table}");
     for ratio in [
         "added_p50_in_hops",
         "forwarding_added_p50_in_hops",
@@ -263,6 +266,9 @@ fn overhead_reports_every_target_and_the_ratios() {
         "throughput_vs_echo",
         "throughput_vs_worker",
         "cpu_throughput_vs_echo",
+        "grpc_vs_http_p50_worker",
+        "grpc_vs_http_p50_frontend",
+        "grpc_vs_http_throughput_frontend",
     ] {
         assert!(report[ratio].as_f64().unwrap().is_finite(), "{ratio}");
     }

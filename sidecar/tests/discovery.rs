@@ -60,6 +60,9 @@ async fn worker(name: &str, parity: bool, port: u16) -> Child {
         &served,
         "--port",
         &port.to_string(),
+        // Several workers on fixed HTTP ports: gRPC on free ones, not 8001.
+        "--grpc-port",
+        "0",
         "--drain-delay-ms",
         "300",
     ]

@@ -109,6 +109,8 @@ fn s3_models_load_through_object_store_in_a_worker() {
             "s3://models/fashion-mlp",
             "--port",
             &port.to_string(),
+            "--grpc-port",
+            "0",
         ])
         .env("AWS_ENDPOINT", &endpoint)
         .env("AWS_ALLOW_HTTP", "true")

@@ -227,6 +227,9 @@ impl ReconstructPolicy {
 
 /// The frontend pool and the Service clients call.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.port != self.grpcPort").message(PORTS_DIFFER),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct FrontendSpec {
     /// Frontend instances behind the Service.
@@ -244,6 +247,11 @@ pub struct FrontendSpec {
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// gRPC port of the frontend Service (KServe v2 / Triton
+    /// `GRPCInferenceService`; the pods always listen on 8001).
+    #[serde(default = "default_grpc_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub grpc_port: i32,
     /// Placement of frontend pods. When unset they take only the
     /// tolerations of `spec.scheduling`: they may share tainted nodes with
     /// the workers without being tied to them.
@@ -261,6 +269,10 @@ fn default_port() -> i32 {
     crate::SIDECAR_PORT
 }
 
+fn default_grpc_port() -> i32 {
+    crate::SIDECAR_GRPC_PORT
+}
+
 impl Default for FrontendSpec {
     fn default() -> Self {
         Self {
@@ -268,6 +280,7 @@ impl Default for FrontendSpec {
             resources: None,
             image: None,
             port: default_port(),
+            grpc_port: default_grpc_port(),
             scheduling: None,
             pod: PodOverrides::default(),
         }
@@ -385,6 +398,7 @@ impl CodedInferenceServiceSpec {
                 "slo.quantile must be strictly between 0 and 1, for example 0.99",
             ),
             (c.r <= 1, R_NOT_SERVED),
+            (self.frontend.port != self.frontend.grpc_port, PORTS_DIFFER),
             (
                 [&self.model.pod, &self.parity_model.pod, &self.frontend.pod]
                     .iter()
@@ -404,6 +418,9 @@ impl CodedInferenceServiceSpec {
         Ok(())
     }
 }
+
+/// The frontend Service has one port per protocol.
+const PORTS_DIFFER: &str = "frontend.port and frontend.grpcPort must differ: the frontend Service has one port for HTTP and one for gRPC";
 
 const R_NOT_SERVED: &str = "coding.r > 1 is not served yet: the frontend rebuilds one lost prediction per coding group; set coding.r to 1";
 

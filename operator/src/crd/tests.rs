@@ -95,13 +95,15 @@ fn cel_rules_are_in_the_generated_schema() {
             .any(|r| r.contains("self.parityModel.replicas >= self.coding.r"))
     );
     assert!(rules_at(slo).iter().any(|r| r.contains("self.quantile")));
+    let frontend = &spec["properties"]["frontend"];
+    assert!(rules_at(frontend).contains(&"self.port != self.grpcPort".to_string()));
     assert!(
         rules_at(&s)
             .iter()
             .any(|r| r.contains("self.metadata.name"))
     );
     // Every rule carries a message a user can act on.
-    for at in [coding, spec, slo, &s] {
+    for at in [coding, spec, slo, frontend, &s] {
         for rule in at["x-kubernetes-validations"].as_array().expect("rules") {
             let message = rule["message"].as_str().unwrap_or_default();
             assert!(message.len() > 20, "rule {rule} needs a message");
@@ -162,6 +164,7 @@ fn omitted_fields_take_their_defaults() {
     assert_eq!(spec.model_replicas(), 2, "model replicas default to k");
     assert_eq!(spec.parity_replicas(), 1, "parity replicas default to r");
     assert_eq!(spec.frontend.port, 8080);
+    assert_eq!(spec.frontend.grpc_port, 8001);
     assert!(spec.check().is_ok());
 }
 
@@ -192,6 +195,14 @@ fn check_repeats_the_cel_rules() {
         quantile: 1.0,
     });
     assert!(spec.check().unwrap_err().0.starts_with("slo.quantile"));
+    let mut spec = minimal();
+    spec.frontend.port = 8001;
+    assert!(
+        spec.check()
+            .unwrap_err()
+            .0
+            .starts_with("frontend.port and frontend.grpcPort")
+    );
 }
 
 /// The API server's structural-schema rules that a Kubernetes type

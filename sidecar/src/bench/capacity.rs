@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::load::closed_loop;
-use super::request::{call, send};
+use super::request::{Caller, call, send};
 use super::stragglers::{Plan, cluster_spec, configs};
 use crate::local::{Cluster, ModelDirs};
 
@@ -37,7 +37,8 @@ pub async fn measure(
             send(http, &request).await?;
         }
         let clients = CLIENTS_PER_WORKER * config.workers();
-        closed_loop(http, &request, clients, MEASURE_FOR).await
+        let caller = Caller::Http(std::sync::Arc::new(request));
+        closed_loop(http, &caller, clients, MEASURE_FOR).await
     }
     .await;
     cluster.stop().await;

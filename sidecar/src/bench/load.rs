@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::latency::Recorder;
-use super::request::{Call, send, send_infer};
+use super::request::{Call, Caller, send_infer};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LoadPlan {
@@ -114,24 +114,19 @@ pub async fn run(
 /// many they sent.
 pub async fn closed_loop(
     http: &reqwest::Client,
-    c: &Call,
+    call: &Caller,
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<(f64, u64)> {
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let end = started + duration;
-    let call = Arc::new(Call {
-        url: c.url.clone(),
-        body: c.body.clone(),
-        header_length: c.header_length,
-    });
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
             let (http, call, done) = (http.clone(), call.clone(), done.clone());
             tokio::spawn(async move {
                 while Instant::now() < end {
-                    send(&http, &call).await?;
+                    call.send(&http).await?;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
                 anyhow::Ok(())

@@ -3,8 +3,9 @@
 //! parity call behind it), through a frontend that only forwards
 //! (`--dispatch least-loaded`: the cost of the extra hop alone), and to an
 //! echo server in a process of its own (the cost of one loopback HTTP
-//! hop), and through the coding frontend on two I/O threads instead of one,
-//! interleaved so all see the same machine; then the most each sustains
+//! hop), through the coding frontend on two I/O threads instead of one,
+//! and to the worker and the coding frontend over gRPC (the same servers'
+//! other front door), interleaved so all see the same machine; then the most each sustains
 //! with concurrent clients, and the CPU time each server process spent per
 //! request meanwhile (all share two cores with the load generator, so CPU
 //! per request is what tells a server's own cost apart from its
@@ -16,8 +17,10 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::latency::{Recorder, Summary};
+use std::sync::Arc;
+
 use super::load::closed_loop;
-use super::request::{call, send};
+use super::request::{Caller, GrpcCall, call};
 
 #[derive(Debug, Clone)]
 pub struct OverheadPlan {
@@ -50,6 +53,12 @@ pub struct OverheadReport {
     pub two_threads_added_p50_in_hops: f64,
     /// Frontend throughput over the echo server's.
     pub throughput_vs_echo: f64,
+    /// p50 over gRPC over p50 over HTTP, called directly on the worker.
+    pub grpc_vs_http_p50_worker: f64,
+    /// The same through the coding frontend.
+    pub grpc_vs_http_p50_frontend: f64,
+    /// Coding frontend throughput over gRPC over its throughput over HTTP.
+    pub grpc_vs_http_throughput_frontend: f64,
     /// Frontend throughput over the worker's, called directly.
     pub throughput_vs_worker: f64,
     /// The echo server's CPU per request over the frontend's: the
@@ -60,6 +69,9 @@ pub struct OverheadReport {
 /// Where one target listens, and its process (for its CPU time).
 pub struct Endpoint<'a> {
     pub url: &'a str,
+    /// `host:port` of its gRPC service (the worker and the coding
+    /// frontend are also measured over it).
+    pub grpc: Option<&'a str>,
     pub pid: Option<Pid>,
 }
 
@@ -79,21 +91,36 @@ pub struct Endpoints<'a> {
 pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<OverheadReport> {
     crate::tls::init();
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let calls = [
+    let mut calls: Vec<(&str, Caller, Option<Pid>)> = [
         ("worker (direct)", &e.worker),
         ("frontend (k = 2)", &e.frontend),
         ("echo (one hop)", &e.echo),
         ("frontend, forwarding only", &e.forwarding),
         ("frontend (k = 2), 2 I/O threads", &e.two_threads),
     ]
-    .map(|(name, at)| (name, call(at.url, e.model, e.input, e.shape), at.pid));
+    .map(|(name, at)| {
+        let c = call(at.url, e.model, e.input, e.shape);
+        (name, Caller::Http(Arc::new(c)), at.pid)
+    })
+    .into_iter()
+    .collect();
+    for (name, at) in [
+        ("worker (direct), gRPC", &e.worker),
+        ("frontend (k = 2), gRPC", &e.frontend),
+    ] {
+        let addr = at
+            .grpc
+            .ok_or_else(|| anyhow::anyhow!("{name}: the server reported no gRPC address"))?;
+        let c = GrpcCall::connect(addr, e.model, e.input, e.shape).await?;
+        calls.push((name, Caller::Grpc(Arc::new(c)), at.pid));
+    }
     let mut recorders: Vec<Recorder> = calls.iter().map(|_| Recorder::default()).collect();
     let bar = indicatif::ProgressBar::new((plan.warmup + plan.requests) as u64)
         .with_message("latency, one request at a time");
     for i in 0..plan.warmup + plan.requests {
         for (j, (_, c, _)) in calls.iter().enumerate() {
             let started = Instant::now();
-            send(&http, c).await?;
+            c.send(&http).await?;
             if i >= plan.warmup {
                 recorders[j].record(started.elapsed());
             }
@@ -122,6 +149,10 @@ pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<Overhe
     }
     let p50 = |i: usize| targets[i].latency.p50_us as f64;
     Ok(OverheadReport {
+        grpc_vs_http_p50_worker: p50(5) / p50(0).max(1.0),
+        grpc_vs_http_p50_frontend: p50(6) / p50(1).max(1.0),
+        grpc_vs_http_throughput_frontend: targets[6].throughput_rps
+            / targets[1].throughput_rps.max(1e-9),
         added_p50_in_hops: (p50(1) - p50(0)) / p50(2).max(1.0),
         forwarding_added_p50_in_hops: (p50(3) - p50(0)) / p50(2).max(1.0),
         two_threads_added_p50_in_hops: (p50(4) - p50(0)) / p50(2).max(1.0),
@@ -171,6 +202,12 @@ pub fn markdown(r: &OverheadReport) -> String {
         r.two_threads_added_p50_in_hops,
         r.throughput_vs_echo * 100.0,
         r.throughput_vs_worker * 100.0
+    ));
+    s.push_str(&format!(
+        "Over gRPC (one HTTP/2 connection per client process, shared by its concurrent calls) the p50 is {:.2}× HTTP's on the worker and {:.2}× through the frontend, whose throughput is {:.0}% of its HTTP throughput.\n",
+        r.grpc_vs_http_p50_worker,
+        r.grpc_vs_http_p50_frontend,
+        r.grpc_vs_http_throughput_frontend * 100.0
     ));
     if let Some(ratio) = r.cpu_throughput_vs_echo {
         s.push_str(&format!(

@@ -1,5 +1,12 @@
-//! One infer call, encoded once and sent many times.
+//! One infer call, encoded once and sent many times, over HTTP or gRPC.
 
+use std::sync::Arc;
+
+use tonic::transport::Channel;
+
+use crate::grpc::convert;
+use crate::grpc::proto::ModelInferRequest;
+use crate::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::protocol::binary;
 use crate::protocol::{InferRequest, NamedTensor, OutputSelection};
 
@@ -16,9 +23,9 @@ pub fn call(base: &str, model: &str, input: &str, shape: &[usize]) -> Call {
     call_with(base, model, input, shape, vec![0.5; row])
 }
 
-/// A one-row request of `shape` with these values (an image).
-pub fn call_with(base: &str, model: &str, input: &str, shape: &[usize], data: Vec<f32>) -> Call {
-    let request = InferRequest {
+/// One row of `shape` with these values, batched (`[1, ...shape]`).
+fn one_row(input: &str, shape: &[usize], data: Vec<f32>) -> InferRequest {
+    InferRequest {
         id: None,
         parameters: Default::default(),
         inputs: vec![NamedTensor {
@@ -27,12 +34,51 @@ pub fn call_with(base: &str, model: &str, input: &str, shape: &[usize], data: Ve
             data,
         }],
         outputs: OutputSelection::all(true),
-    };
+    }
+}
+
+/// A one-row request of `shape` with these values (an image).
+pub fn call_with(base: &str, model: &str, input: &str, shape: &[usize], data: Vec<f32>) -> Call {
+    let request = one_row(input, shape, data);
     let encoded = binary::encode_request(&request, true);
     Call {
         url: format!("{base}/v2/models/{model}/infer"),
         body: encoded.body.into(),
         header_length: encoded.header_length,
+    }
+}
+
+/// An infer call over gRPC: a client on one HTTP/2 connection, which
+/// concurrent calls share (as gRPC clients do), and the message.
+#[derive(Clone)]
+pub struct GrpcCall {
+    client: GrpcInferenceServiceClient<Channel>,
+    request: ModelInferRequest,
+}
+
+impl GrpcCall {
+    /// A one-row request of `shape` (all values 0.5, raw contents) for
+    /// `model` at `addr` (`host:port`); connects at once.
+    pub async fn connect(
+        addr: &str,
+        model: &str,
+        input: &str,
+        shape: &[usize],
+    ) -> anyhow::Result<GrpcCall> {
+        let row: usize = shape.iter().product();
+        let client = GrpcInferenceServiceClient::connect(format!("http://{addr}")).await?;
+        Ok(GrpcCall {
+            client,
+            request: convert::raw_request(model, &one_row(input, shape, vec![0.5; row])),
+        })
+    }
+
+    /// Sends the call; any answer but an error status will do.
+    pub async fn send(&self) -> anyhow::Result<()> {
+        // Cloning shares the connection; the tensor bytes are shared too.
+        let mut client = self.client.clone();
+        client.model_infer(self.request.clone()).await?;
+        Ok(())
     }
 }
 
@@ -83,4 +129,20 @@ pub async fn send_infer(http: &reqwest::Client, c: &Call) -> anyhow::Result<Answ
         rebuilt: decoded.parameters.get("reconstructed") == Some(&serde_json::Value::Bool(true)),
         class,
     })
+}
+
+/// One target's call, over either front door.
+#[derive(Clone)]
+pub enum Caller {
+    Http(Arc<Call>),
+    Grpc(Arc<GrpcCall>),
+}
+
+impl Caller {
+    pub async fn send(&self, http: &reqwest::Client) -> anyhow::Result<()> {
+        match self {
+            Caller::Http(c) => send(http, c).await,
+            Caller::Grpc(c) => c.send().await,
+        }
+    }
 }

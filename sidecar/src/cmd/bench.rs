@@ -442,6 +442,7 @@ fn scalar(v: &serde_json::Value) -> String {
 fn endpoint(c: Option<&Child>) -> overhead::Endpoint<'_> {
     overhead::Endpoint {
         url: c.map_or("", |c| c.url.as_str()),
+        grpc: c.and_then(|c| c.grpc.as_deref()),
         pid: c.and_then(Child::pid),
     }
 }

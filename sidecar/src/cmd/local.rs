@@ -10,6 +10,7 @@ use super::DataArgs;
 use crate::coding::EncoderKind;
 use crate::device::{DeviceArgs, Precision};
 use crate::frontend::ReconstructPolicy;
+use crate::grpc::GrpcPort;
 use crate::http::shutdown;
 use crate::local::prometheus::PrometheusSpec;
 use crate::local::{Child, Cluster, ClusterSpec, ModelPlan, default_cache_dir};
@@ -39,6 +40,11 @@ pub struct LocalArgs {
     /// Port the frontend listens on (workers take free ports).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
+    /// Port of the frontend's gRPC service (`tritonclient.grpc`): a port,
+    /// 0 for a free one, or `off` [default: 8001; a free port when --port
+    /// is 0]. Workers take free ports.
+    #[arg(long, value_name = "PORT|off")]
+    pub grpc_port: Option<GrpcPort>,
     /// Make model worker 1 a straggler (every answer delayed by
     /// --straggle-ms): its first queries are rebuilt from the parity
     /// (`parameters.reconstructed`), then the frontend marks it slow
@@ -153,6 +159,11 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter(|_| args.prometheus)
         .map(String::from)
+        .chain(
+            args.grpc_port
+                .into_iter()
+                .flat_map(|p| ["--grpc-port".to_owned(), p.to_string()]),
+        )
         .collect(),
         worker_args: vec![
             "--device".into(),
@@ -164,15 +175,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     };
     runtime.block_on(async {
         let mut cluster = Cluster::start(&dirs, &name, &spec).await?;
-        banner(
-            &cluster.frontend_url,
-            cluster.prometheus.as_ref().map(|p| p.url.as_str()),
-            &name,
-            &card.input.name,
-            &card.input.shape,
-            &cluster.model_urls,
-            &args,
-        );
+        banner(&cluster, &name, &card.input.name, &card.input.shape, &args);
         let result = supervise(&mut cluster.children).await;
         eprintln!("stopping {} processes", cluster.children.len());
         cluster.stop().await;
@@ -180,15 +183,11 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     })
 }
 
-fn banner(
-    url: &str,
-    prometheus: Option<&str>,
-    name: &str,
-    input: &str,
-    shape: &[usize],
-    model_urls: &[String],
-    args: &LocalArgs,
-) {
+fn banner(cluster: &Cluster, name: &str, input: &str, shape: &[usize], args: &LocalArgs) {
+    let url = cluster.frontend_url.as_str();
+    let grpc = cluster.frontend_grpc.as_deref();
+    let prometheus = cluster.prometheus.as_ref().map(|p| p.url.as_str());
+    let model_urls = &cluster.model_urls;
     let models = model_urls.len();
     let row_len: usize = shape.iter().product();
     let dims = shape
@@ -228,6 +227,19 @@ fn banner(
         "r = c.infer(\"{name}\", [x]); print(r.as_numpy(r.get_response()[\"outputs\"][0][\"name\"]), r.get_response().get(\"parameters\"))'"
     );
     println!();
+    if let Some(grpc) = grpc {
+        println!("  gRPC: {grpc} (KServe v2 / Triton GRPCInferenceService), e.g.");
+        println!("  python3 -c '");
+        println!("import numpy as np, tritonclient.grpc as grpc");
+        println!("c = grpc.InferenceServerClient(\"{grpc}\")");
+        println!(
+            "x = grpc.InferInput(\"{input}\", [1, {dims}], \"FP32\"); x.set_data_from_numpy(np.full((1, {dims}), 0.5, np.float32))"
+        );
+        println!(
+            "r = c.infer(\"{name}\", [x]); print(r.as_numpy(r.get_response().outputs[0].name), r.get_response().parameters)'"
+        );
+        println!();
+    }
     println!("  metrics: {url}/metrics (coded_frontend_reconstructions_total, ...)");
     if let (true, Some(slow)) = (args.straggle, model_urls.get(1)) {
         println!(

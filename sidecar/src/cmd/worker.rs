@@ -60,6 +60,10 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let backend = CandleBackend::new(name.clone(), model);
     runtime.block_on(async {
         let server = Server::bind(backend, &args.serve).await?;
+        // gRPC first: `local` reads lines up to the http:// one.
+        if let Some(addr) = server.grpc_addr() {
+            println!("serving {name} over gRPC on {addr}");
+        }
         println!("serving {name} on http://{}", server.local_addr()?);
         server.run(shutdown::signal()).await?;
         anyhow::Ok(())

@@ -1,11 +1,14 @@
-//! What answers infer requests behind the v2 routes.
+//! What answers infer requests behind the v2 front doors (HTTP routes and
+//! the gRPC service), and the one path a decoded request takes to it.
 
 use std::future::Future;
 
 use axum::http::StatusCode;
 
 use crate::protocol::v2::Parameters;
-use crate::protocol::{ModelInfo, ModelInput};
+use crate::protocol::{
+    InferRequest, InferResponse, ModelInfo, ModelInput, NamedTensor, ProtocolError,
+};
 
 /// The outputs for every row of one request, row-major, and response
 /// parameters (the frontend marks reconstructed answers there).
@@ -56,4 +59,76 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Outputs for `input.rows` rows; `input.rows` is at least 1.
     fn infer(&self, input: ModelInput) -> impl Future<Output = Result<Answer, EngineError>> + Send;
+}
+
+/// Why an infer request got no answer: the caller's mistake in the
+/// request, or the engine's refusal or failure.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl InferError {
+    /// The HTTP status; the gRPC service maps it to a code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InferError::Protocol(e) => e.status(),
+            InferError::Engine(e) => e.status,
+        }
+    }
+
+    /// The `reason` label of the error counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InferError::Protocol(e) => e.reason(),
+            InferError::Engine(e) => e.reason,
+        }
+    }
+}
+
+/// `reason` of a request refused for carrying more than
+/// `--max-rows-per-request` rows.
+pub const TOO_MANY_ROWS: &str = "too_many_rows";
+
+/// Answers a decoded request for `version` of the engine's model (already
+/// resolved): takes the model's input out of it, refuses more than
+/// `max_rows` rows before any work starts, and asks the engine. Both front
+/// doors go through here, so they answer alike.
+pub async fn answer<E: Engine>(
+    engine: &E,
+    version: String,
+    request: &mut InferRequest,
+    max_rows: usize,
+) -> Result<InferResponse, InferError> {
+    let info = engine.info();
+    let input = info.take_input(request)?;
+    let (rows, batched) = (input.rows, input.batched);
+    if rows > max_rows {
+        return Err(InferError::Engine(EngineError::new(
+            StatusCode::BAD_REQUEST,
+            TOO_MANY_ROWS,
+            format!(
+                "the request has {rows} rows; this server takes at most {max_rows} per request (--max-rows-per-request): split it"
+            ),
+        )));
+    }
+    let answer = if rows == 0 {
+        Answer::default()
+    } else {
+        engine.infer(input).await?
+    };
+    Ok(InferResponse {
+        model_name: info.name.clone(),
+        model_version: Some(version),
+        id: request.id.take(),
+        parameters: answer.parameters,
+        outputs: vec![NamedTensor {
+            name: info.output.name.clone(),
+            shape: info.output_shape(rows, batched),
+            data: answer.data,
+        }],
+    })
 }

@@ -2,10 +2,15 @@
 //! reason, latency histogram, in-flight gauge), registered on the server's
 //! own registry so that tests can run many servers in one process.
 
+use std::future::Future;
+use std::time::Instant;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+
+use super::engine::InferError;
 
 /// Latency buckets from 50 µs (an MLP forward pass is ~30 µs) to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -64,6 +69,44 @@ impl RequestMetrics {
             errors,
             inflight,
         })
+    }
+
+    /// Counts one infer request, over HTTP or gRPC alike, around `work`: in
+    /// flight while it runs, its latency if answered, its reason if not
+    /// (logged as a warning when the fault is ours).
+    pub async fn observe<T>(
+        &self,
+        work: impl Future<Output = Result<T, InferError>>,
+    ) -> Result<T, InferError> {
+        let started = Instant::now();
+        self.requests.inc();
+        self.inflight.inc();
+        let _inflight = InFlight(&self.inflight);
+        let result = work.await;
+        match &result {
+            Ok(_) => self
+                .request_duration
+                .observe(started.elapsed().as_secs_f64()),
+            Err(e) => {
+                self.errors.with_label_values(&[e.reason()]).inc();
+                if e.status().is_server_error() {
+                    tracing::warn!("infer failed: {e}");
+                } else {
+                    tracing::debug!("bad infer request: {e}");
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Leaves the in-flight gauge when dropped, also when the caller went
+/// away and the request's future was dropped mid-way.
+struct InFlight<'a>(&'a IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -1,10 +1,12 @@
-//! The v2 routes over axum, generic over the [`Engine`] that answers.
+//! The v2 routes over axum, generic over the [`Engine`] that answers, and
+//! beside them the gRPC service ([`crate::grpc`]) onto the same engine:
+//! one server, two front doors, one drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -17,25 +19,33 @@ use axum::{Json, Router};
 use prometheus::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::engine::{Engine, EngineError};
+use super::engine::{self, Engine, InferError};
 use super::metrics::{RequestMetrics, render};
+use crate::grpc::{GrpcError, GrpcPort, GrpcServer, InferenceService};
 use crate::protocol::binary::{self, EncodedBody, HEADER_LENGTH};
 use crate::protocol::body::read_body;
 use crate::protocol::v2::{ErrorBody, ServerMetadata};
-use crate::protocol::{InferResponse, NamedTensor, ProtocolError};
 
 /// Where and how a v2 server listens.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HttpOptions {
-    /// Address to listen on (0.0.0.0 in a pod).
+    /// Address to listen on (0.0.0.0 in a pod), for HTTP and gRPC.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Port to listen on (0 picks a free one).
+    /// Port to listen on for HTTP (0 picks a free one).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Largest request body accepted, in bytes; bigger ones get a 413.
+    /// Port of the gRPC front door (KServe v2 / Triton
+    /// `inference.GRPCInferenceService`, what `tritonclient.grpc` speaks):
+    /// a port, 0 for a free one, or `off` [default: 8001, Triton's; a free
+    /// port when --port is 0]
+    #[arg(long, env = "CODED_GRPC_PORT", value_name = "PORT|off")]
+    pub grpc_port: Option<GrpcPort>,
+    /// Largest request body (HTTP) or message (gRPC) accepted, in bytes;
+    /// bigger ones get a 413 or RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// After SIGTERM, report not ready but keep serving for this long
@@ -45,7 +55,8 @@ pub struct HttpOptions {
     #[arg(long, env = "CODED_DRAIN_DELAY_MS", default_value_t = 0)]
     pub drain_delay_ms: u64,
     /// Most rows (queries) one infer request may carry; a request with
-    /// more gets a 400 naming the limit, before any of it is computed.
+    /// more gets a 400 (gRPC: RESOURCE_EXHAUSTED) naming the limit, before
+    /// any of it is computed.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_rows_per_request: u64,
 }
@@ -55,6 +66,7 @@ impl Default for HttpOptions {
         HttpOptions {
             host: "127.0.0.1".to_owned(),
             port: 8000,
+            grpc_port: None,
             max_body_bytes: 64 * 1024 * 1024,
             drain_delay_ms: 0,
             max_rows_per_request: 4096,
@@ -72,6 +84,8 @@ pub enum HttpError {
     },
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
 }
 
 struct AppState<E> {
@@ -88,6 +102,7 @@ struct AppState<E> {
 pub struct V2Server {
     listener: TcpListener,
     app: Router,
+    grpc: Option<GrpcServer>,
     draining: Arc<AtomicBool>,
     background: Vec<JoinHandle<()>>,
     drain_delay: Duration,
@@ -95,9 +110,10 @@ pub struct V2Server {
 }
 
 impl V2Server {
-    /// Binds the listener. `extra` routes (e.g. the worker's admin API) are
-    /// merged in; `registry` is what `GET /metrics` shows and must hold
-    /// `metrics`.
+    /// Binds the HTTP listener and, unless `--grpc-port off`, the gRPC one
+    /// (same engine, metrics, limits and drain). `extra` routes (e.g. the
+    /// worker's admin API) are merged in; `registry` is what `GET /metrics`
+    /// shows and must hold `metrics`.
     pub async fn bind<E: Engine>(
         engine: Arc<E>,
         metrics: RequestMetrics,
@@ -107,13 +123,26 @@ impl V2Server {
     ) -> Result<V2Server, HttpError> {
         let name = engine.info().name.clone();
         let draining = Arc::new(AtomicBool::new(false));
+        let max_rows = usize::try_from(options.max_rows_per_request).unwrap_or(usize::MAX);
+        let grpc = match GrpcPort::resolve(options.grpc_port, options.port) {
+            Some(port) => {
+                let service = InferenceService::new(
+                    engine.clone(),
+                    metrics.clone(),
+                    draining.clone(),
+                    max_rows,
+                );
+                Some(GrpcServer::bind(service, &options.host, port, options.max_body_bytes).await?)
+            }
+            None => None,
+        };
         let state = Arc::new(AppState {
             engine,
             metrics,
             registry,
             draining: draining.clone(),
             max_body_bytes: options.max_body_bytes,
-            max_rows: usize::try_from(options.max_rows_per_request).unwrap_or(usize::MAX),
+            max_rows,
         });
         let app = router(state)
             .merge(extra)
@@ -128,6 +157,7 @@ impl V2Server {
         Ok(V2Server {
             listener,
             app,
+            grpc,
             draining,
             background: Vec::new(),
             drain_delay: Duration::from_millis(options.drain_delay_ms),
@@ -146,6 +176,11 @@ impl V2Server {
         self.listener.local_addr()
     }
 
+    /// Where gRPC is served; `None` with `--grpc-port off`.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|g| g.local_addr().ok())
+    }
+
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -153,6 +188,7 @@ impl V2Server {
         let V2Server {
             listener,
             app,
+            grpc,
             draining,
             background,
             drain_delay,
@@ -161,21 +197,40 @@ impl V2Server {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(model = %name, %addr, "serving v2");
         }
+        // HTTP's graceful shutdown drives the signal; gRPC stops with it.
+        let (stop, stopped) = watch::channel(false);
         let signal = async move {
             shutdown.await;
             draining.store(true, Ordering::SeqCst);
             tokio::time::sleep(drain_delay).await;
             tracing::info!("stops accepting connections");
+            stop.send_replace(true);
         };
         let listener = listener.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!("cannot set TCP_NODELAY: {e}");
             }
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await
-            .map_err(HttpError::Serve)?;
+        let http = async {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+                .map_err(HttpError::Serve)
+        };
+        let grpc = async {
+            match grpc {
+                Some(server) => {
+                    let mut stopped = stopped;
+                    let signal = async move {
+                        // An error means the sender is gone: stop as well.
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    };
+                    server.run(signal).await.map_err(HttpError::Grpc)
+                }
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(http, grpc)?;
         for task in background {
             let _ = task.await;
         }
@@ -202,7 +257,7 @@ async fn close_when_draining(
 
 fn router<E: Engine>(state: Arc<AppState<E>>) -> Router {
     Router::new()
-        .route("/v2", get(server_metadata))
+        .route("/v2", get(get_server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready::<E>))
         .route("/v2/models/{name}", get(model_metadata::<E>))
@@ -226,31 +281,7 @@ fn router<E: Engine>(state: Arc<AppState<E>>) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ApiError {
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
-
-impl ApiError {
-    fn status(&self) -> StatusCode {
-        match self {
-            ApiError::Protocol(e) => e.status(),
-            ApiError::Engine(e) => e.status,
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            ApiError::Protocol(e) => e.reason(),
-            ApiError::Engine(e) => e.reason,
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
+impl IntoResponse for InferError {
     fn into_response(self) -> Response {
         error_response(self.status(), self.to_string())
     }
@@ -267,12 +298,18 @@ struct ModelPath {
     version: Option<String>,
 }
 
-async fn server_metadata() -> Json<ServerMetadata> {
-    Json(ServerMetadata {
+/// This server's name, version and protocol extensions (`GET /v2`, and
+/// gRPC's `ServerMetadata`).
+pub fn server_metadata() -> ServerMetadata {
+    ServerMetadata {
         name: "coded-sidecar".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         extensions: vec!["binary_tensor_data".to_owned()],
-    })
+    }
+}
+
+async fn get_server_metadata() -> Json<ServerMetadata> {
+    Json(server_metadata())
 }
 
 async fn live() -> Response {
@@ -299,7 +336,7 @@ async fn model_ready<E: Engine>(
 ) -> Response {
     match s.engine.info().resolve(&p.name, p.version.as_deref()) {
         Ok(_) => readiness(&s),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => InferError::from(e).into_response(),
     }
 }
 
@@ -310,7 +347,7 @@ async fn model_metadata<E: Engine>(
     let info = s.engine.info();
     match info.resolve(&p.name, p.version.as_deref()) {
         Ok(_) => Json(info.metadata()).into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => InferError::from(e).into_response(),
     }
 }
 
@@ -322,46 +359,15 @@ async fn metrics<E: Engine>(State(s): State<Arc<AppState<E>>>) -> Response {
         .into_response()
 }
 
-struct InFlight<'a>(&'a RequestMetrics);
-
-impl<'a> InFlight<'a> {
-    fn enter(metrics: &'a RequestMetrics) -> Self {
-        metrics.inflight.inc();
-        InFlight(metrics)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.inflight.dec();
-    }
-}
-
 async fn infer<E: Engine>(
     State(s): State<Arc<AppState<E>>>,
     Path(p): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    s.metrics.requests.inc();
-    let _inflight = InFlight::enter(&s.metrics);
-    match answer(&s, p, &headers, body).await {
-        Ok(response) => {
-            s.metrics
-                .request_duration
-                .observe(started.elapsed().as_secs_f64());
-            response
-        }
-        Err(e) => {
-            s.metrics.errors.with_label_values(&[e.reason()]).inc();
-            if e.status().is_server_error() {
-                tracing::warn!("infer failed: {e}");
-            } else {
-                tracing::debug!("bad infer request: {e}");
-            }
-            e.into_response()
-        }
+    match s.metrics.observe(answer(&s, p, &headers, body)).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -370,43 +376,14 @@ async fn answer<E: Engine>(
     p: ModelPath,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    let info = s.engine.info();
-    let version = info.resolve(&p.name, p.version.as_deref())?;
+) -> Result<Response, InferError> {
+    let version = s.engine.info().resolve(&p.name, p.version.as_deref())?;
     let raw = read_body(body, headers, s.max_body_bytes).await?;
     let header_length =
         binary::parse_header_length(headers.get(HEADER_LENGTH).map(|v| v.as_bytes()))?;
     let mut request = binary::decode_request(&raw, header_length)?;
     drop(raw);
-    let input = info.take_input(&mut request)?;
-    let (rows, batched) = (input.rows, input.batched);
-    if rows > s.max_rows {
-        return Err(ApiError::Engine(EngineError::new(
-            StatusCode::BAD_REQUEST,
-            "too_many_rows",
-            format!(
-                "the request has {rows} rows; this server takes at most {} per request (--max-rows-per-request): split it",
-                s.max_rows
-            ),
-        )));
-    }
-
-    let answer = if rows == 0 {
-        super::Answer::default()
-    } else {
-        s.engine.infer(input).await?
-    };
-    let response = InferResponse {
-        model_name: info.name.clone(),
-        model_version: Some(version),
-        id: request.id,
-        parameters: answer.parameters,
-        outputs: vec![NamedTensor {
-            name: info.output.name.clone(),
-            shape: info.output_shape(rows, batched),
-            data: answer.data,
-        }],
-    };
+    let response = engine::answer(s.engine.as_ref(), version, &mut request, s.max_rows).await?;
     Ok(body_response(binary::encode_response(
         &response,
         &request.outputs,

@@ -20,7 +20,10 @@ pub struct ClusterSpec {
     pub dispatch: DispatchMode,
     pub models: usize,
     pub parities: usize,
-    /// Address the frontend listens on; workers take free loopback ports.
+    /// Address the frontend listens on; workers take free loopback ports
+    /// (for gRPC too). The frontend's gRPC port follows its `--grpc-port`
+    /// rule (8001, or a free port when `port` is 0) unless
+    /// `frontend_args` gives one.
     pub host: String,
     pub port: u16,
     /// Injected delay of model worker 1, in ms (0: none).
@@ -44,6 +47,8 @@ pub struct ClusterSpec {
 
 pub struct Cluster {
     pub frontend_url: String,
+    /// `host:port` of the frontend's gRPC service, unless turned off.
+    pub frontend_grpc: Option<String>,
     pub model_urls: Vec<String>,
     pub parity_urls: Vec<String>,
     /// Every child, frontend last.
@@ -63,6 +68,7 @@ impl Cluster {
         let mut prometheus = None;
         match Self::start_into(dirs, name, spec, &mut children, &mut prometheus).await {
             Ok((frontend_url, model_urls, parity_urls)) => Ok(Cluster {
+                frontend_grpc: children.last().and_then(|c| c.grpc.clone()),
                 frontend_url,
                 model_urls,
                 parity_urls,
@@ -101,6 +107,10 @@ impl Cluster {
                 "--model-name",
                 served,
                 "--port",
+                "0",
+                // Explicit, so that a CODED_GRPC_PORT in our environment
+                // does not send every worker to one port.
+                "--grpc-port",
                 "0",
                 "--admin",
                 "--inject-delay-ms",

@@ -27,9 +27,13 @@ pub fn die_with_parent(command: &mut Command) {
 pub struct Child {
     pub name: String,
     pub url: String,
+    /// `host:port` of its gRPC service, when it printed one.
+    pub grpc: Option<String>,
     child: tokio::process::Child,
 }
 
+/// What precedes the gRPC address in a worker's or frontend's output.
+const GRPC_MARK: &str = "over gRPC on ";
 /// How long a child may take to print its URL.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a child may take to drain after SIGTERM before it is killed.
@@ -37,7 +41,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Child {
     /// Starts `coded-sidecar <args>` and waits for the `http://` line it
-    /// prints once it listens. Its logs go to our stderr; `log_level` sets
+    /// prints once it listens (and notes the `over gRPC on` line before it). Its logs go to our stderr; `log_level` sets
     /// its `RUST_LOG` unless the caller's environment has one.
     pub async fn spawn(name: &str, args: &[String], log_level: &str) -> anyhow::Result<Child> {
         let exe = std::env::current_exe().context("finding the coded-sidecar binary")?;
@@ -66,8 +70,12 @@ impl Child {
             .with_context(|| format!("starting {name}: {} {}", exe.display(), args.join(" ")))?;
         let stdout = child.stdout.take().context("child stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut grpc = None;
         let url = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.next_line().await? {
+                if let Some(at) = line.find(GRPC_MARK) {
+                    grpc = Some(line[at + GRPC_MARK.len()..].trim().to_owned());
+                }
                 if let Some(at) = line.find("http://") {
                     return Ok(Some(line[at..].trim().to_owned()));
                 }
@@ -85,6 +93,7 @@ impl Child {
         Ok(Child {
             name: name.to_owned(),
             url,
+            grpc,
             child,
         })
     }
@@ -94,6 +103,7 @@ impl Child {
         Child {
             name: name.to_owned(),
             url,
+            grpc: None,
             child,
         }
     }

@@ -57,51 +57,97 @@ pub fn decode_tensor(
     data: Option<&Value>,
     binary: &mut BinaryTail<'_>,
 ) -> Result<NamedTensor, ProtocolError> {
-    let dims = checked_shape(name, shape)?;
-    let count = element_count(name, shape, &dims)?;
-    let dt = v2::numeric_datatype(name, datatype)?;
+    let described = Described::check(name, shape, datatype)?;
     let binary_size = v2::size_parameter(parameters, BINARY_DATA_SIZE)?;
-
-    let values = match (binary_size, data) {
-        (Some(_), Some(_)) => {
-            return Err(ProtocolError::BadData {
-                name: name.to_owned(),
-                reason: "has both JSON data and binary_data_size; send one".to_owned(),
-            });
-        }
-        (None, None) => {
-            return Err(ProtocolError::BadData {
-                name: name.to_owned(),
-                reason: "has no data: give 'data' or parameters.binary_data_size".to_owned(),
-            });
-        }
-        (None, Some(json)) => v2::flatten_json_data(name, json)?,
-        (Some(size), None) => {
-            let bytes = binary.take(name, size)?;
-            // element_size is Some for every numeric type.
-            let width = dt.element_size().unwrap_or(4);
-            if count.checked_mul(width) != Some(size) {
-                return Err(ProtocolError::BinaryMismatch(format!(
-                    "tensor '{name}' has binary_data_size {size} but shape {dims:?} of {dt} takes {} bytes",
-                    count.saturating_mul(width)
-                )));
-            }
-            bytes_to_f32(dt, bytes)
-        }
-    };
-    if values.len() != count {
-        return Err(ProtocolError::ElementCount {
+    match (binary_size, data) {
+        (Some(_), Some(_)) => Err(ProtocolError::BadData {
             name: name.to_owned(),
-            shape: dims,
-            expected: count,
-            got: values.len(),
-        });
+            reason: "has both JSON data and binary_data_size; send one".to_owned(),
+        }),
+        (None, None) => Err(ProtocolError::BadData {
+            name: name.to_owned(),
+            reason: "has no data: give 'data' or parameters.binary_data_size".to_owned(),
+        }),
+        (None, Some(json)) => described.with_values(v2::flatten_json_data(name, json)?),
+        (Some(size), None) => described.with_bytes(binary.take(name, size)?),
     }
-    Ok(NamedTensor {
-        name: name.to_owned(),
-        shape: dims,
-        data: values,
-    })
+}
+
+/// Decodes one tensor whose elements are `bytes`: little-endian, row-major,
+/// no padding (the binary extension's layout, and gRPC's raw contents).
+pub fn decode_raw(
+    name: &str,
+    shape: &[i64],
+    datatype: &str,
+    bytes: &[u8],
+) -> Result<NamedTensor, ProtocolError> {
+    Described::check(name, shape, datatype)?.with_bytes(bytes)
+}
+
+/// Decodes one tensor whose elements were already read as numbers (gRPC's
+/// typed contents); checks the shape, the datatype and the count.
+pub fn decode_values(
+    name: &str,
+    shape: &[i64],
+    datatype: &str,
+    values: Vec<f32>,
+) -> Result<NamedTensor, ProtocolError> {
+    Described::check(name, shape, datatype)?.with_values(values)
+}
+
+/// A tensor's name, shape and datatype, checked, before its data.
+struct Described<'a> {
+    name: &'a str,
+    dims: Vec<usize>,
+    count: usize,
+    datatype: Datatype,
+}
+
+impl<'a> Described<'a> {
+    fn check(name: &'a str, shape: &[i64], datatype: &str) -> Result<Self, ProtocolError> {
+        let dims = checked_shape(name, shape)?;
+        let count = element_count(name, shape, &dims)?;
+        let datatype = v2::numeric_datatype(name, datatype)?;
+        Ok(Described {
+            name,
+            dims,
+            count,
+            datatype,
+        })
+    }
+
+    fn with_bytes(self, bytes: &[u8]) -> Result<NamedTensor, ProtocolError> {
+        // element_size is Some for every numeric type.
+        let width = self.datatype.element_size().unwrap_or(4);
+        let size = bytes.len();
+        if self.count.checked_mul(width) != Some(size) {
+            return Err(ProtocolError::BinaryMismatch(format!(
+                "tensor '{}' has {size} bytes of data (binary_data_size or raw contents) but shape {:?} of {} takes {} bytes",
+                self.name,
+                self.dims,
+                self.datatype,
+                self.count.saturating_mul(width)
+            )));
+        }
+        let values = bytes_to_f32(self.datatype, bytes);
+        self.with_values(values)
+    }
+
+    fn with_values(self, values: Vec<f32>) -> Result<NamedTensor, ProtocolError> {
+        if values.len() != self.count {
+            return Err(ProtocolError::ElementCount {
+                name: self.name.to_owned(),
+                shape: self.dims,
+                expected: self.count,
+                got: values.len(),
+            });
+        }
+        Ok(NamedTensor {
+            name: self.name.to_owned(),
+            shape: self.dims,
+            data: values,
+        })
+    }
 }
 
 fn checked_shape(name: &str, shape: &[i64]) -> Result<Vec<usize>, ProtocolError> {

@@ -182,6 +182,11 @@ impl Server {
         self.0.local_addr()
     }
 
+    /// Where gRPC is served; `None` with `--grpc-port off`.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.0.grpc_addr()
+    }
+
     /// Serves until `shutdown` resolves, then drains: reports not ready,
     /// stops accepting connections, answers what it has, and returns once
     /// the batcher's queue is empty.

@@ -18,6 +18,8 @@ pub use linear::Linear;
 pub struct Running {
     pub addr: SocketAddr,
     pub url: String,
+    /// Where gRPC is served, unless turned off.
+    pub grpc: Option<SocketAddr>,
     pub model: Arc<Linear>,
     stop: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<Result<(), WorkerError>>,
@@ -44,6 +46,7 @@ pub async fn start(options: ServeOptions, model: Linear) -> Running {
     let model = Arc::new(model);
     let server = Server::bind(model.clone(), &options).await.expect("bind");
     let addr = server.local_addr().expect("local addr");
+    let grpc = server.grpc_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = rx.await;
@@ -51,6 +54,7 @@ pub async fn start(options: ServeOptions, model: Linear) -> Running {
     Running {
         addr,
         url: format!("http://{addr}"),
+        grpc,
         model,
         stop: Some(tx),
         task,
@@ -65,6 +69,16 @@ pub async fn start_frontend(
     parity: &Running,
     tweak: impl FnOnce(&mut coded_sidecar::frontend::FrontendOptions),
 ) -> (String, JoinHandle<()>) {
+    let (url, _, task) = start_frontend_grpc(models, parity, tweak).await;
+    (url, task)
+}
+
+/// [`start_frontend`], also returning where it serves gRPC.
+pub async fn start_frontend_grpc(
+    models: &[Running],
+    parity: &Running,
+    tweak: impl FnOnce(&mut coded_sidecar::frontend::FrontendOptions),
+) -> (String, Option<SocketAddr>, JoinHandle<()>) {
     let mut o = coded_sidecar::frontend::FrontendOptions::new(
         &models.iter().map(|w| w.url.clone()).collect::<Vec<_>>(),
         std::slice::from_ref(&parity.url),
@@ -77,8 +91,9 @@ pub async fn start_frontend(
         .await
         .expect("frontend starts");
     let url = format!("http://{}", server.local_addr().expect("local addr"));
+    let grpc = server.grpc_addr();
     let task = tokio::spawn(async move {
         let _ = server.run(std::future::pending()).await;
     });
-    (url, task)
+    (url, grpc, task)
 }

@@ -10,10 +10,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Owner, PORT_NAME, PodParts, Role, Settings, drain_args, pod_template, sidecar_container,
+    GRPC_PORT_NAME, Owner, PORT_NAME, PodParts, Role, Settings, drain_args, pod_template,
+    sidecar_container,
 };
-use crate::SIDECAR_PORT;
 use crate::crd::SchedulingSpec;
+use crate::{SIDECAR_GRPC_PORT, SIDECAR_PORT};
 
 /// The `coded-sidecar frontend` arguments.
 pub fn args(owner: &Owner<'_>, settings: &Settings) -> Vec<String> {
@@ -35,6 +36,8 @@ pub fn args(owner: &Owner<'_>, settings: &Settings) -> Vec<String> {
         "0.0.0.0",
         "--port",
         &SIDECAR_PORT.to_string(),
+        "--grpc-port",
+        &SIDECAR_GRPC_PORT.to_string(),
         "--model-name",
         &owner.name,
         "--model-service",
@@ -117,13 +120,20 @@ pub fn service(owner: &Owner<'_>) -> Service {
         metadata: owner.meta(Role::Frontend),
         spec: Some(ServiceSpec {
             selector: Some(owner.selector_labels(Role::Frontend)),
-            ports: Some(vec![ServicePort {
-                name: Some(PORT_NAME.to_string()),
-                port: owner.cis.spec.frontend.port,
-                target_port: Some(IntOrString::String(PORT_NAME.to_string())),
-                protocol: Some("TCP".to_string()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(
+                [
+                    (PORT_NAME, owner.cis.spec.frontend.port),
+                    (GRPC_PORT_NAME, owner.cis.spec.frontend.grpc_port),
+                ]
+                .map(|(name, port)| ServicePort {
+                    name: Some(name.to_string()),
+                    port,
+                    target_port: Some(IntOrString::String(name.to_string())),
+                    protocol: Some("TCP".to_string()),
+                    ..ServicePort::default()
+                })
+                .to_vec(),
+            ),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -153,6 +163,7 @@ mod tests {
         assert_eq!(args[0], "frontend");
         assert_eq!(arg_after(&args, "--host"), Some("0.0.0.0"));
         assert_eq!(arg_after(&args, "--port"), Some("8080"));
+        assert_eq!(arg_after(&args, "--grpc-port"), Some("8001"));
         assert_eq!(arg_after(&args, "--model-name"), Some("demo"));
         // The model's metadata comes from a model instance: the URI means
         // nothing in the frontend's pod.
@@ -237,13 +248,24 @@ mod tests {
     fn service_exposes_the_spec_port_and_selects_frontends() {
         let mut cis = cis("demo");
         cis.spec.frontend.port = 80;
+        cis.spec.frontend.grpc_port = 9001;
         cis.spec.frontend.replicas = 3;
         let owner = Owner::new(&cis).expect("owner");
         let svc = service(&owner);
         let spec = svc.spec.expect("spec");
-        let port = &spec.ports.expect("ports")[0];
-        assert_eq!(port.port, 80);
-        assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+        let ports = spec.ports.expect("ports");
+        assert_eq!(ports[0].port, 80);
+        assert_eq!(ports[0].name.as_deref(), Some("http"));
+        assert_eq!(
+            ports[0].target_port,
+            Some(IntOrString::String("http".into()))
+        );
+        assert_eq!(ports[1].port, 9001);
+        assert_eq!(ports[1].name.as_deref(), Some("grpc"));
+        assert_eq!(
+            ports[1].target_port,
+            Some(IntOrString::String("grpc".into()))
+        );
         assert_eq!(
             spec.selector.expect("selector")["coded.dev/role"],
             "frontend"

@@ -26,7 +26,7 @@ use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{CodedInferenceService, PodOverrides, SchedulingSpec};
-use crate::{Error, Result, SIDECAR_PORT};
+use crate::{Error, Result, SIDECAR_GRPC_PORT, SIDECAR_PORT};
 
 /// Label naming the `CodedInferenceService` an object belongs to.
 pub const SERVICE_LABEL: &str = "coded.dev/service";
@@ -36,6 +36,8 @@ pub const ROLE_LABEL: &str = "coded.dev/role";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Name of the container port every sidecar serves on.
 pub const PORT_NAME: &str = "http";
+/// Name of the container (and Service) port of the v2 gRPC service.
+pub const GRPC_PORT_NAME: &str = "grpc";
 
 /// The three kinds of pods of a coded service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +271,8 @@ pub fn drain_args(pod: &PodOverrides) -> [String; 2] {
     ]
 }
 
-/// A `coded-sidecar` container: the shared port, probes and hardening, the
+/// A `coded-sidecar` container: the shared ports (HTTP, which the probes
+/// use, and gRPC), probes and hardening, the
 /// user's env, envFrom, mounts and pull policy, and a `preStop` sleep of
 /// `drainSeconds` (the kubelet's own sleep: no binary needed in the image)
 /// while Kubernetes takes the pod out of its Services.
@@ -294,12 +297,20 @@ pub fn sidecar_container(
         env: non_empty(pod.env.clone()),
         env_from: non_empty(pod.env_from.clone()),
         volume_mounts: non_empty(pod.volume_mounts.clone()),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.to_string()),
-            container_port: SIDECAR_PORT,
-            protocol: Some("TCP".to_string()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(PORT_NAME.to_string()),
+                container_port: SIDECAR_PORT,
+                protocol: Some("TCP".to_string()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(GRPC_PORT_NAME.to_string()),
+                container_port: SIDECAR_GRPC_PORT,
+                protocol: Some("TCP".to_string()),
+                ..ContainerPort::default()
+            },
+        ]),
         resources: resources.cloned(),
         // Two failed probes 5 s apart take a pod that stopped answering out
         // of its Service within ~10 s.
@@ -507,7 +518,12 @@ mod tests {
             Some("/v2/health/ready")
         );
         assert_eq!(path(&c.liveness_probe).as_deref(), Some("/v2/health/live"));
-        assert_eq!(c.ports.as_ref().expect("ports")[0].container_port, 8080);
+        let ports = c.ports.as_ref().expect("ports");
+        assert_eq!(ports[0].container_port, 8080);
+        assert_eq!(ports[0].name.as_deref(), Some("http"));
+        // The probes stay on HTTP; gRPC has a port of its own.
+        assert_eq!(ports[1].container_port, 8001);
+        assert_eq!(ports[1].name.as_deref(), Some("grpc"));
         assert_eq!(c.command, Some(vec!["coded-sidecar".to_string()]));
         let sc = c.security_context.expect("hardened");
         assert_eq!(sc.run_as_non_root, Some(true));

@@ -13,11 +13,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::gpu::{scheduling, wants_gpu};
 use super::storage::model_storage;
 use super::{
-    Owner, PORT_NAME, PodParts, Role, Settings, drain_args, merge_env, pod_template,
-    sidecar_container,
+    GRPC_PORT_NAME, Owner, PORT_NAME, PodParts, Role, Settings, drain_args, merge_env,
+    pod_template, sidecar_container,
 };
-use crate::SIDECAR_PORT;
 use crate::crd::ModelSpec;
+use crate::{SIDECAR_GRPC_PORT, SIDECAR_PORT};
 
 /// The name a pool's workers serve their model under: the resource's name
 /// for the model pool, `<name>-parity` for the parity pool. The frontend
@@ -44,6 +44,8 @@ pub fn args(owner: &Owner<'_>, role: Role, model: &ModelSpec, model_arg: &str) -
         "0.0.0.0",
         "--port",
         &SIDECAR_PORT.to_string(),
+        "--grpc-port",
+        &SIDECAR_GRPC_PORT.to_string(),
     ]
     .map(String::from)
     .to_vec();
@@ -135,13 +137,20 @@ pub fn headless_service(owner: &Owner<'_>, role: Role) -> Service {
             // health checks; publishing names before readiness spares it
             // negative DNS caching of an instance that is starting.
             publish_not_ready_addresses: Some(true),
-            ports: Some(vec![ServicePort {
-                name: Some(PORT_NAME.to_string()),
-                port: SIDECAR_PORT,
-                target_port: Some(IntOrString::String(PORT_NAME.to_string())),
-                protocol: Some("TCP".to_string()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(
+                [
+                    (PORT_NAME, SIDECAR_PORT),
+                    (GRPC_PORT_NAME, SIDECAR_GRPC_PORT),
+                ]
+                .map(|(name, port)| ServicePort {
+                    name: Some(name.to_string()),
+                    port,
+                    target_port: Some(IntOrString::String(name.to_string())),
+                    protocol: Some("TCP".to_string()),
+                    ..ServicePort::default()
+                })
+                .to_vec(),
+            ),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -184,6 +193,8 @@ mod tests {
                 "0.0.0.0",
                 "--port",
                 "8080",
+                "--grpc-port",
+                "8001",
                 "--drain-delay-ms",
                 "5000"
             ]
@@ -204,6 +215,8 @@ mod tests {
                 "0.0.0.0",
                 "--port",
                 "8080",
+                "--grpc-port",
+                "8001",
                 "--drain-delay-ms",
                 "5000"
             ]
