@@ -5,14 +5,10 @@
 //! endpoint.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{
-    GRPC_PORT_NAME, Owner, PORT_NAME, PodParts, Role, Settings, drain_args, pod_template,
-    sidecar_container,
-};
+use super::{Owner, PodParts, Role, Settings, drain_args, pod_template, sidecar_container};
 use crate::crd::SchedulingSpec;
 use crate::{SIDECAR_GRPC_PORT, SIDECAR_PORT};
 
@@ -120,20 +116,10 @@ pub fn service(owner: &Owner<'_>) -> Service {
         metadata: owner.meta(Role::Frontend),
         spec: Some(ServiceSpec {
             selector: Some(owner.selector_labels(Role::Frontend)),
-            ports: Some(
-                [
-                    (PORT_NAME, owner.cis.spec.frontend.port),
-                    (GRPC_PORT_NAME, owner.cis.spec.frontend.grpc_port),
-                ]
-                .map(|(name, port)| ServicePort {
-                    name: Some(name.to_string()),
-                    port,
-                    target_port: Some(IntOrString::String(name.to_string())),
-                    protocol: Some("TCP".to_string()),
-                    ..ServicePort::default()
-                })
-                .to_vec(),
-            ),
+            ports: Some(super::service_ports(
+                owner.cis.spec.frontend.port,
+                owner.cis.spec.frontend.grpc_port,
+            )),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -145,6 +131,7 @@ mod tests {
     use super::*;
     use crate::crd::{Encoder, PrometheusSpec, ReconstructPolicy};
     use crate::fixtures::cis;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     fn arg_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
         let i = args.iter().position(|a| a == flag)?;

@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
     PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    Service, SleepAction, Volume,
+    Service, ServicePort, SleepAction, Volume,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -349,6 +349,20 @@ pub fn sidecar_container(
         security_context: Some(hardened()),
         ..Container::default()
     }
+}
+
+/// A Service's two ports, HTTP and gRPC, each sent to the container port
+/// of the same name.
+pub fn service_ports(http: i32, grpc: i32) -> Vec<ServicePort> {
+    [(PORT_NAME, http), (GRPC_PORT_NAME, grpc)]
+        .map(|(name, port)| ServicePort {
+            name: Some(name.to_string()),
+            port,
+            target_port: Some(IntOrString::String(name.to_string())),
+            protocol: Some("TCP".to_string()),
+            ..ServicePort::default()
+        })
+        .to_vec()
 }
 
 /// Everything one `CodedInferenceService` owns.

@@ -4,17 +4,15 @@
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    EnvVar, EnvVarSource, ResourceFieldSelector, Service, ServicePort, ServiceSpec,
+    EnvVar, EnvVarSource, ResourceFieldSelector, Service, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::gpu::{scheduling, wants_gpu};
 use super::storage::model_storage;
 use super::{
-    GRPC_PORT_NAME, Owner, PORT_NAME, PodParts, Role, Settings, drain_args, merge_env,
-    pod_template, sidecar_container,
+    Owner, PodParts, Role, Settings, drain_args, merge_env, pod_template, sidecar_container,
 };
 use crate::crd::ModelSpec;
 use crate::{SIDECAR_GRPC_PORT, SIDECAR_PORT};
@@ -137,20 +135,7 @@ pub fn headless_service(owner: &Owner<'_>, role: Role) -> Service {
             // health checks; publishing names before readiness spares it
             // negative DNS caching of an instance that is starting.
             publish_not_ready_addresses: Some(true),
-            ports: Some(
-                [
-                    (PORT_NAME, SIDECAR_PORT),
-                    (GRPC_PORT_NAME, SIDECAR_GRPC_PORT),
-                ]
-                .map(|(name, port)| ServicePort {
-                    name: Some(name.to_string()),
-                    port,
-                    target_port: Some(IntOrString::String(name.to_string())),
-                    protocol: Some("TCP".to_string()),
-                    ..ServicePort::default()
-                })
-                .to_vec(),
-            ),
+            ports: Some(super::service_ports(SIDECAR_PORT, SIDECAR_GRPC_PORT)),
             ..ServiceSpec::default()
         }),
         status: None,
