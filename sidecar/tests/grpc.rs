@@ -1,153 +1,25 @@
 //! The gRPC front door (`inference.GRPCInferenceService`) with a tonic
-//! client: against a worker serving the linear fake model and the coding
-//! frontend in front of such workers (in this process), against a real
-//! `worker` process serving a trained candle MLP, and against the frontend
-//! that `coded-sidecar local` starts. Answers must equal the HTTP path's;
-//! mistakes and limits get their gRPC codes before any work is done.
+//! client, in this process: against a worker serving the linear fake model
+//! and the coding frontend in front of such workers. Answers must equal the
+//! HTTP path's; mistakes and limits get their gRPC codes before any work is
+//! done. Real processes: tests/grpc_processes.rs.
 
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::Bytes;
 use coded_sidecar::grpc::GrpcPort;
-use coded_sidecar::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use coded_sidecar::grpc::proto::infer_parameter::ParameterChoice;
-use coded_sidecar::grpc::proto::model_infer_request::{
-    InferInputTensor, InferRequestedOutputTensor,
-};
+use coded_sidecar::grpc::proto::model_infer_request::InferRequestedOutputTensor;
 use coded_sidecar::grpc::proto::{
-    InferTensorContents, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
-    ModelReadyRequest, ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest,
+    ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, ServerLiveRequest,
+    ServerMetadataRequest, ServerReadyRequest,
 };
-use coded_sidecar::local::Child;
-use coded_sidecar::protocol::client::{Client, Encoding};
-use coded_sidecar::protocol::{InferRequest, InferResponse, NamedTensor, OutputSelection};
+use common::grpc::*;
 use common::linear::{INPUTS, OUTPUTS, expected};
 use common::{Linear, options, start, start_frontend_grpc};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
-use tonic::transport::Channel;
-
-const BIN: &str = env!("CARGO_BIN_EXE_coded-sidecar");
-
-type Grpc = GrpcInferenceServiceClient<Channel>;
-
-async fn connect(addr: impl std::fmt::Display) -> Grpc {
-    GrpcInferenceServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("gRPC connects")
-        // Big enough for the oversized request test: the server, not the
-        // client, is to refuse it.
-        .max_decoding_message_size(usize::MAX)
-}
-
-fn rows(n: usize, row_len: usize, seed: usize) -> Vec<f32> {
-    (0..n * row_len)
-        .map(|i| ((i * 7 + seed * 13) % 17) as f32 / 17.0)
-        .collect()
-}
-
-fn le(values: &[f32]) -> Bytes {
-    values.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn from_le(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn tensor(name: &str, shape: &[i64], contents: Option<Vec<f32>>) -> InferInputTensor {
-    InferInputTensor {
-        name: name.into(),
-        datatype: "FP32".into(),
-        shape: shape.to_vec(),
-        parameters: HashMap::new(),
-        contents: contents.map(|fp32_contents| InferTensorContents {
-            fp32_contents,
-            ..Default::default()
-        }),
-    }
-}
-
-/// `data` as one input of `shape`, raw (what tritonclient sends) or typed.
-fn infer_request(
-    model: &str,
-    input: &str,
-    shape: &[i64],
-    data: &[f32],
-    raw: bool,
-) -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: model.into(),
-        id: "req-1".into(),
-        inputs: vec![tensor(input, shape, (!raw).then(|| data.to_vec()))],
-        raw_input_contents: if raw { vec![le(data)] } else { Vec::new() },
-        ..Default::default()
-    }
-}
-
-/// The one output of a response, wherever it came.
-fn output(response: &ModelInferResponse) -> Vec<f32> {
-    match response.raw_output_contents.first() {
-        Some(raw) => from_le(raw),
-        None => response.outputs[0]
-            .contents
-            .as_ref()
-            .expect("typed contents")
-            .fp32_contents
-            .clone(),
-    }
-}
-
-fn reconstructed(response: &ModelInferResponse) -> bool {
-    response
-        .parameters
-        .get("reconstructed")
-        .and_then(|p| p.parameter_choice.clone())
-        == Some(ParameterChoice::BoolParam(true))
-}
-
-fn http_request(input: &str, shape: &[usize], data: &[f32]) -> InferRequest {
-    InferRequest {
-        id: None,
-        parameters: Default::default(),
-        inputs: vec![NamedTensor {
-            name: input.into(),
-            shape: shape.to_vec(),
-            data: data.to_vec(),
-        }],
-        outputs: OutputSelection::default(),
-    }
-}
-
-async fn http_infer(url: &str, model: &str, request: &InferRequest) -> InferResponse {
-    Client::new(url, Duration::from_secs(10))
-        .expect("client")
-        .infer(model, None, request, Encoding::Binary)
-        .await
-        .expect("HTTP infer")
-}
-
-fn assert_close(a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
-    for (x, y) in a.iter().zip(b) {
-        assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{a:?} vs {b:?}");
-    }
-}
-
-fn code_of(result: Result<tonic::Response<ModelInferResponse>, tonic::Status>) -> tonic::Status {
-    match result {
-        Ok(r) => panic!("expected an error, got {:?}", r.into_inner()),
-        Err(s) => s,
-    }
-}
 
 #[tokio::test]
 async fn health_and_metadata_over_grpc() {
@@ -533,140 +405,6 @@ async fn the_frontend_answers_over_grpc_as_over_http() {
         code_of(c.model_infer(o).await).code(),
         Code::InvalidArgument
     );
-}
-
-/// A base MLP and its k = 2 parity model, trained in seconds, laid out as
-/// `local`'s model cache for `--base-epochs 1 --parity-epochs 1`.
-fn models() -> PathBuf {
-    static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    CACHE
-        .get_or_init(|| {
-            let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("grpc-models");
-            let _ = std::fs::remove_dir_all(&cache);
-            let (base, parity) = common::models::train_pair(
-                BIN,
-                &cache.join("trained"),
-                &["--epochs", "1", "--limit", "2000"],
-                &["--epochs", "1", "--limit", "2000"],
-            );
-            std::fs::rename(base, cache.join("mlp-e1-s0")).unwrap();
-            std::fs::rename(parity, cache.join("mlp-e1-s0-parity-k2-sum-e1")).unwrap();
-            cache
-        })
-        .clone()
-}
-
-/// The same 784-value rows over gRPC (raw) and HTTP to one server; both
-/// answers must agree. Through a frontend, rebuilt answers are asked again.
-async fn compare_with_http(grpc: &str, url: &str, name: &str) {
-    let mut c = connect(grpc).await;
-    let meta = c
-        .model_metadata(ModelMetadataRequest {
-            name: name.into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(meta.inputs[0].shape, vec![-1, 1, 28, 28]);
-    assert_eq!(meta.outputs[0].shape, vec![-1, 10]);
-    let data = rows(3, 784, 8);
-    let mut last = None;
-    for _ in 0..5 {
-        let g = c
-            .model_infer(infer_request(name, "input", &[3, 1, 28, 28], &data, true))
-            .await
-            .unwrap()
-            .into_inner();
-        let h = http_infer(url, name, &http_request("input", &[3, 1, 28, 28], &data)).await;
-        let h_rebuilt = h.parameters.get("reconstructed") == Some(&serde_json::Value::Bool(true));
-        if !reconstructed(&g) && !h_rebuilt {
-            assert_close(&output(&g), &h.outputs[0].data);
-            return;
-        }
-        last = Some(g);
-    }
-    panic!("every answer was rebuilt: {last:?}");
-}
-
-#[tokio::test]
-async fn a_worker_process_serves_grpc_like_http() {
-    let cache = models();
-    let worker = Child::spawn_exe(
-        BIN.as_ref(),
-        "worker",
-        &[
-            "worker".to_owned(),
-            "--model".to_owned(),
-            cache.join("mlp-e1-s0").display().to_string(),
-            "--port".to_owned(),
-            "0".to_owned(),
-        ],
-        "warn",
-    )
-    .await
-    .expect("worker starts");
-    let grpc = worker.grpc.clone().expect("a free gRPC port with --port 0");
-    compare_with_http(&grpc, &worker.url, "fashion-mlp").await;
-    worker.stop().await;
-}
-
-#[tokio::test]
-async fn the_frontend_of_local_serves_grpc_like_http() {
-    let cache = models();
-    let mut command = tokio::process::Command::new(BIN);
-    command
-        .args([
-            "local",
-            "--base-epochs",
-            "1",
-            "--parity-epochs",
-            "1",
-            "--port",
-            "0",
-        ])
-        .arg("--cache-dir")
-        .arg(&cache)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    coded_sidecar::local::process::die_with_parent(&mut command);
-    let mut child = command.spawn().expect("local starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut url, mut grpc) = (None, None);
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find(" at http://") {
-                let rest = &line[at + 4..];
-                url = rest
-                    .split_whitespace()
-                    .next()
-                    .map(|u| u.trim_end_matches(':').to_owned());
-            }
-            if let Some(rest) = line.trim_start().strip_prefix("gRPC: ") {
-                grpc = rest.split_whitespace().next().map(str::to_owned);
-                break;
-            }
-        }
-    })
-    .await
-    .expect("local prints its banner");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (url, grpc) = (url.expect("frontend URL"), grpc.expect("gRPC address"));
-    let addr: SocketAddr = grpc.parse().expect("host:port");
-    assert_ne!(addr.port(), 8001, "--port 0 gives gRPC a free port too");
-    compare_with_http(&grpc, &url, "fashion-mlp").await;
-
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("local stops on SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status}");
 }
 
 /// Below the service: frames that are not a protobuf message and methods
