@@ -1,6 +1,7 @@
 //! Benchmarks (not tests): load generation, latency histograms, and the
 //! experiments of `coded-sidecar bench`.
 
+pub mod chaos;
 pub mod echo;
 pub mod latency;
 pub mod load;
