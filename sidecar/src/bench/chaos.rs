@@ -66,10 +66,12 @@ pub struct Fault {
     pub hits: Vec<(usize, FaultKind)>,
 }
 
-/// The seeded faults for `workers` workers: evenly spaced (with jitter)
-/// between the warm-up and the cool-down, one at a time, each over before
-/// the next starts.
-pub fn schedule(plan: &ChaosPlan, workers: usize) -> Vec<Fault> {
+/// The seeded faults for `models` model workers and `parities` parity
+/// workers (numbered models first): evenly spaced (with jitter) between
+/// the warm-up and the cool-down, one at a time, each over before the next
+/// starts.
+pub fn schedule(plan: &ChaosPlan, models: usize, parities: usize) -> Vec<Fault> {
+    let workers = models + parities;
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed ^ 0xc4a05);
     let window = plan
         .duration
@@ -94,12 +96,24 @@ pub fn schedule(plan: &ChaosPlan, workers: usize) -> Vec<Fault> {
             let at = plan.warmup + period * i as u32 + period.mul_f64(rng.random_range(0.0..0.2));
             let longest = plan.max_hold.min(period.mul_f64(0.6));
             let hold = longest.mul_f64(rng.random_range(0.2..1.0));
-            let first = rng.random_range(0..workers);
-            let mut hits = vec![(first, kind(&mut rng))];
-            if workers > 1 && rng.random_bool(plan.two_at_once.clamp(0.0, 1.0)) {
-                let second = (first + rng.random_range(1..workers)) % workers;
-                hits.push((second, kind(&mut rng)));
-            }
+            let hits = if workers > 1 && rng.random_bool(plan.two_at_once.clamp(0.0, 1.0)) {
+                // Half of them two model workers (two slots of a group),
+                // half a model worker and a parity (a slot and its parity).
+                let (a, b) = if models >= 2 && (parities == 0 || rng.random_bool(0.5)) {
+                    let a = rng.random_range(0..models);
+                    (a, (a + rng.random_range(1..models)) % models)
+                } else if models >= 1 && parities >= 1 {
+                    (
+                        rng.random_range(0..models),
+                        models + rng.random_range(0..parities),
+                    )
+                } else {
+                    (0, 1)
+                };
+                vec![(a, kind(&mut rng)), (b, kind(&mut rng))]
+            } else {
+                vec![(rng.random_range(0..workers), kind(&mut rng))]
+            };
             Fault { at, hold, hits }
         })
         .collect()
@@ -216,8 +230,7 @@ pub async fn run(
 ) -> anyhow::Result<ChaosReport> {
     let models = cluster.model_urls.len();
     let parities = cluster.parity_urls.len();
-    let workers = models + parities;
-    let faults = schedule(plan, workers);
+    let faults = schedule(plan, models, parities);
     let frontend_url = cluster.frontend_url.clone();
     let frontend_pid = cluster
         .frontend()
@@ -717,8 +730,8 @@ mod tests {
     #[test]
     fn the_schedule_is_seeded_sized_and_never_overlaps() {
         let p = plan();
-        let s = schedule(&p, 4);
-        assert_eq!(s, schedule(&p, 4), "same seed, same faults");
+        let s = schedule(&p, 3, 1);
+        assert_eq!(s, schedule(&p, 3, 1), "same seed, same faults");
         assert_ne!(
             s,
             schedule(
@@ -726,13 +739,22 @@ mod tests {
                     seed: 4,
                     ..p.clone()
                 },
-                4
+                3,
+                1
             )
         );
         // 74 s of faults at 45 a minute.
         assert_eq!(s.len(), 55);
         let pairs = s.iter().filter(|f| f.hits.len() == 2).count();
         assert!((5..=30).contains(&pairs), "{pairs} two-at-once faults");
+        let two_models = s
+            .iter()
+            .filter(|f| f.hits.len() == 2 && f.hits.iter().all(|h| h.0 < 3))
+            .count();
+        assert!(
+            two_models >= 2 && pairs - two_models >= 2,
+            "{two_models} of {pairs} pairs hit two models"
+        );
         assert!(
             s.iter()
                 .any(|f| f.hits.iter().any(|h| h.1 == FaultKind::Kill))
