@@ -94,6 +94,16 @@ fn a_short_chaos_run_loses_no_query_and_marks_every_rebuilt_answer() {
         n(&report, "/frontend/samples") > 100,
         "sampled every 100 ms"
     );
+    let latency = |q: &str| {
+        report["latency_ms"][q]
+            .as_f64()
+            .unwrap_or_else(|| panic!("latency_ms.{q} missing"))
+    };
+    assert!(latency("p50") > 0.0 && latency("p50") <= latency("p99"));
+    assert!(
+        latency("max") < 2000.0 + 5000.0,
+        "no answer later than the deadline plus the slack"
+    );
     let warm = n(&report, "/frontend/rss_warm_kb");
     let peak = n(&report, "/frontend/rss_peak_kb");
     let end = n(&report, "/frontend/rss_end_kb");

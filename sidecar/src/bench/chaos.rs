@@ -152,6 +152,9 @@ pub struct ChaosReport {
     pub models: usize,
     pub parities: usize,
     pub queries: QueryCounts,
+    /// Latency of the answered queries (real, rebuilt or error), from send
+    /// to answer.
+    pub latency_ms: Latencies,
     pub faults: FaultCounts,
     pub frontend: FrontendWatch,
     pub wall_seconds: f64,
@@ -178,6 +181,29 @@ pub struct QueryCounts {
     pub unmarked_wrong: u64,
     /// Up to 5 examples of each violation, for the log.
     pub examples: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latencies {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+fn latencies(outcomes: &[(Outcome, Duration)]) -> Latencies {
+    let mut ms: Vec<f32> = outcomes
+        .iter()
+        .filter(|(o, _)| !matches!(o, Outcome::Lost(_)))
+        .map(|(_, d)| d.as_secs_f32() * 1e3)
+        .collect();
+    let mut at = |q| f64::from(crate::frontend::instance::quantile(&mut ms, q).unwrap_or(0.0));
+    Latencies {
+        p50: at(0.5),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: at(1.0),
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -271,7 +297,7 @@ pub async fn run(
         )
         .with_message("chaos");
     let start = Instant::now();
-    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let outcomes: Arc<Mutex<Vec<(Outcome, Duration)>>> = Arc::default();
     let load = {
         let (http, calls, references, outcomes, bar) = (
             http.clone(),
@@ -294,11 +320,12 @@ pub async fn run(
                 );
                 tasks.spawn(async move {
                     let image = i % calls.len();
+                    let sent = std::time::Instant::now();
                     let outcome =
                         send_checked(&http, &calls[image], &references.outputs[image], deadline)
                             .await;
                     if let Ok(mut o) = outcomes.lock() {
-                        o.push(outcome);
+                        o.push((outcome, sent.elapsed()));
                     }
                     bar.inc(1);
                 });
@@ -338,7 +365,8 @@ pub async fn run(
         deadline_ms: plan.deadline.as_millis() as u64,
         models,
         parities,
-        queries: count(&outcomes),
+        queries: count(&outcomes.iter().map(|o| o.0.clone()).collect::<Vec<_>>()),
+        latency_ms: latencies(&outcomes),
         faults: fault_counts,
         frontend,
         wall_seconds: started.elapsed().as_secs_f64(),
@@ -662,6 +690,7 @@ pub fn table(r: &ChaosReport) -> String {
          | faults | kills | pauses | two at once (2 models, model+parity) | failed restarts |\n\
          | --- | --- | --- | --- | --- |\n\
          | {} | {} | {} | {} ({}, {}) | {} |\n\
+         latency: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms\n\
          frontend: peak batches running {}, at the end {}; RSS {} kB warm, {} kB peak, {} kB at the end\n",
         r.seed,
         r.seconds,
@@ -689,6 +718,10 @@ pub fn table(r: &ChaosReport) -> String {
         f.two_models,
         f.model_and_parity,
         f.failed_restarts,
+        r.latency_ms.p50,
+        r.latency_ms.p99,
+        r.latency_ms.p999,
+        r.latency_ms.max,
         w.peak_batches_running,
         w.batches_running_end,
         w.rss_warm_kb,
