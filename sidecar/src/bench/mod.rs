@@ -2,6 +2,7 @@
 //! experiments of `coded-sidecar bench`.
 
 pub mod capacity;
+pub mod chaos;
 pub mod echo;
 pub mod latency;
 pub mod load;

@@ -71,6 +71,8 @@ impl BatchContext {
 /// A call's result, for its batch.
 struct Event {
     target: Target,
+    /// The instance that answered (or failed).
+    instance: usize,
     result: Result<Vec<f32>, CallError>,
 }
 
@@ -84,6 +86,9 @@ struct Driver {
     deadline: Instant,
     /// The instances each slot was sent to, so that a retry goes elsewhere.
     tried: Vec<Vec<usize>>,
+    /// The instances with a call of each slot still out: a retry never
+    /// goes there.
+    holding: Vec<Vec<usize>>,
     events: mpsc::UnboundedSender<Event>,
     /// Per slot, the real answers that a call still out once the batch is
     /// done drops (its queries were rebuilt): set when the batch is done,
@@ -132,6 +137,7 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         replies,
         deadline,
         tried: vec![Vec::new(); layout.k],
+        holding: vec![Vec::new(); layout.k],
         events,
         late: (0..layout.k).map(|_| AtomicU64::new(0)).collect(),
         trace,
@@ -145,7 +151,8 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         };
         tokio::select! {
             event = inbox.recv() => match event {
-                Some(Event { target, result }) => {
+                Some(Event { target, instance, result }) => {
+                    driver.returned(target, instance);
                     if let Some(t) = &mut driver.trace {
                         t.result(target, result.as_ref().err().map(ToString::to_string));
                     }
@@ -222,6 +229,17 @@ impl Driver {
         }
     }
 
+    /// A call of `target` to `instance` is back: the instance no longer
+    /// holds it.
+    fn returned(&mut self, target: Target, instance: usize) {
+        if let Target::Slot(j) = target
+            && let Some(holding) = self.holding.get_mut(j)
+            && let Some(at) = holding.iter().position(|&i| i == instance)
+        {
+            holding.swap_remove(at);
+        }
+    }
+
     fn learn_zero(&self, state: &mut BatchState) {
         if !state.knows_zero()
             && let Some(zero) = self.ctx.zero.get()
@@ -249,7 +267,8 @@ impl Driver {
                 let Some(tried) = self.tried.get(j) else {
                     return;
                 };
-                match self.ctx.pool.pick(Role::Model, 1, tried).pop() {
+                let holding = self.holding.get(j).map_or(&[][..], Vec::as_slice);
+                match self.ctx.pool.pick_retry(Role::Model, tried, holding) {
                     Some(instance) => {
                         if call.attempt > 0 {
                             self.ctx.metrics.retries.inc();
@@ -259,7 +278,8 @@ impl Driver {
                     }
                     // Reported as a failed call: the state backs off
                     // before asking again.
-                    None => state.failed(call.target, NO_MODEL.to_owned()),
+                    None if holding.is_empty() => state.failed(call.target, NO_MODEL.to_owned()),
+                    None => state.failed(call.target, NO_OTHER_MODEL.to_owned()),
                 }
             }
             Target::Parity => self.send_parity(state, call.attempt),
@@ -341,6 +361,9 @@ impl Driver {
         if let Some(tried) = self.tried.get_mut(j) {
             tried.push(instance.id);
         }
+        if let Some(holding) = self.holding.get_mut(j) {
+            holding.push(instance.id);
+        }
         self.call(instance, Target::Slot(j), attempt, rows, data);
     }
 
@@ -390,7 +413,12 @@ impl Driver {
             if let Err(e) = &result {
                 tracing::debug!(instance = %instance.url, role = instance.role.as_str(), "call failed: {e}");
             }
-            if let Err(mpsc::error::SendError(event)) = events.send(Event { target, result }) {
+            let event = Event {
+                target,
+                instance: instance.id,
+                result,
+            };
+            if let Err(mpsc::error::SendError(event)) = events.send(event) {
                 count_late(&late, &metrics, &event);
             }
         });
@@ -423,6 +451,8 @@ fn count_late(late: &[AtomicU64], metrics: &Metrics, event: &Event) {
 }
 
 const NO_MODEL: &str = "no model instance to send the query to";
+const NO_OTHER_MODEL: &str =
+    "no model instance to send the query to but the one its call is still out at";
 const NO_PARITY: &str = "no parity instance to send the encoded groups to";
 
 #[cfg(test)]
@@ -618,6 +648,51 @@ mod tests {
         }
         assert_eq!(ctx.metrics.timeouts.get(), 2);
         assert_eq!(ctx.metrics.retries.get(), 0, "nothing was sent");
+    }
+
+    /// A slot is never sent again to an instance that still holds its
+    /// call. Here the healthy instance is marked slow (as the watcher
+    /// marked it under SIGSTOP, from the paused instance's stale fast
+    /// answers), so both first calls go to the stalled one; the parity is
+    /// stalled too, so neither slot decodes and both are retried. Ranked
+    /// by standing alone the retries went back to the stalled instance
+    /// (not marked, so ranked above the marked one) every retry wait until
+    /// its answers came, 3 s here.
+    #[tokio::test]
+    async fn a_retry_never_goes_to_the_instance_still_holding_the_slots_call() {
+        crate::tls::init();
+        let stalled = worker(Affine(1.0), 3_000).await;
+        let healthy = worker(Affine(1.0), 0).await;
+        let parity = worker(Affine(2.0), 3_000).await;
+        let stalled = test_instance_at(0, Role::Model, stalled);
+        let healthy = test_instance_at(1, Role::Model, healthy);
+        for _ in 0..2 {
+            healthy.record_success(std::time::Instant::now(), Duration::from_millis(80));
+        }
+        assert!(healthy.marked_slow());
+        let timeout = Duration::from_secs(30);
+        let ctx = context(
+            Pool::new(
+                vec![stalled.clone(), healthy.clone()],
+                vec![test_instance_at(2, Role::Parity, parity)],
+            ),
+            timeout,
+        );
+        let metrics = ctx.metrics.clone();
+        let rows = [vec![1.0, -2.0], vec![0.5, 3.0]];
+        let (queries, answers) = queries(&rows, timeout);
+        let permit = permit().await;
+        tokio::time::timeout(Duration::from_secs(2), run(ctx, queries, permit))
+            .await
+            .expect("the retries went to the healthy instance");
+        for (row, answer) in rows.iter().zip(answers) {
+            let answer = answer.await.expect("answered").expect("not an error");
+            let want: Vec<f32> = row.iter().map(|x| 2.0 * x + 1.0).collect();
+            assert_eq!(answer.output, want);
+            assert!(!answer.reconstructed);
+        }
+        assert_eq!(metrics.retries.get(), 2, "one retry per slot");
+        assert_eq!(stalled.inflight(), 2, "the first calls are still out");
     }
 
     /// Once every query has its answer the batch is done, though the slow

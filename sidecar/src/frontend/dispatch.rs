@@ -193,7 +193,37 @@ impl Pool {
     /// `n` instances of `role` for one batch, best first, preferring ones
     /// not in `avoid` (instances a retried slot already tried).
     pub fn pick(&self, role: Role, n: usize, avoid: &[usize]) -> Vec<Arc<Instance>> {
-        let all = self.instances(role);
+        self.pick_except(role, n, avoid, &[])
+    }
+
+    /// An instance for a retried slot: preferring one not in `tried`, and
+    /// never one in `holding` (those with the slot's call still out). A
+    /// second copy there waits behind the first, and ranked by standing
+    /// alone, a paused instance (lagging) beat a marked healthy one
+    /// (straggler), so retries piled up on the paused instance until its
+    /// health probe failed.
+    pub fn pick_retry(
+        &self,
+        role: Role,
+        tried: &[usize],
+        holding: &[usize],
+    ) -> Option<Arc<Instance>> {
+        self.pick_except(role, 1, tried, holding).pop()
+    }
+
+    fn pick_except(
+        &self,
+        role: Role,
+        n: usize,
+        avoid: &[usize],
+        except: &[usize],
+    ) -> Vec<Arc<Instance>> {
+        let all: Vec<Arc<Instance>> = self
+            .instances(role)
+            .iter()
+            .filter(|i| !except.contains(&i.id))
+            .cloned()
+            .collect();
         let all = &all[..];
         if all.is_empty() || n == 0 {
             return Vec::new();

@@ -136,17 +136,29 @@ pub fn assess(
         let mut known: Vec<f32> = medians.iter().flatten().map(|&m| m as f32).collect();
         quantile(&mut known, 0.5).map(f64::from)
     };
-    // The typical instance is one not marked slow by its late answers: a
-    // marked instance gets only sampled calls, so its window still holds
-    // the fast answers from before its slow spell, and those made the one
-    // instance taking all the calls look 3× slower than "typical"
-    // (faults.rs: the healthy instance marked, calls back on the slow one).
-    let unmarked = |instances: &[Arc<Instance>], medians: &[Option<f64>]| -> Vec<Option<f64>> {
+    // The typical instance is one whose window tells its pace now: not
+    // marked slow by its late answers, and with no call out far longer
+    // than its own median explains. A marked instance gets only sampled
+    // calls, and a paused one answers none, so either window still holds
+    // the fast answers from before; those made the one instance taking all
+    // the calls look 3× slower than "typical", marked it a straggler, and
+    // dispatch sent calls and retries back to the slow or paused one
+    // (faults.rs; under SIGSTOP with concurrent clients, until the paused
+    // instance's probe failed).
+    let behind = |inst: &Instance, own_median: Option<f64>| {
+        own_median.is_some_and(|m| {
+            let explained = Duration::from_secs_f64(m * RETRY_FACTOR).max(MIN_STALL_AFTER);
+            inst.oldest_call_age(now) > explained
+        })
+    };
+    // For model instances (their own medians are `local_models`).
+    let current = |instances: &[Arc<Instance>], medians: &[Option<f64>]| -> Vec<Option<f64>> {
         let kept: Vec<Option<f64>> = instances
             .iter()
             .zip(medians)
-            .filter(|(i, _)| !i.marked_slow())
-            .map(|(_, m)| *m)
+            .zip(&local_models)
+            .filter(|((i, _), own)| !i.marked_slow() && !behind(i, **own))
+            .map(|((_, m), _)| *m)
             .collect();
         if kept.iter().any(Option::is_some) {
             kept
@@ -154,7 +166,7 @@ pub fn assess(
             medians.to_vec()
         }
     };
-    let local_typical = typical_of(&unmarked(&models[..], &local_models));
+    let local_typical = typical_of(&current(&models[..], &local_models));
 
     // Workers time their answers; the frontend times calls, which also pay
     // for HTTP and the network. Prometheus' view is moved to the call's
@@ -194,7 +206,7 @@ pub fn assess(
         &local_parities,
         prom.map(|p| &p.parity_medians),
     );
-    let typical = typical_of(&unmarked(
+    let typical = typical_of(&current(
         &models[..],
         &model_medians.iter().map(|m| m.0).collect::<Vec<_>>(),
     ));
@@ -255,7 +267,7 @@ pub fn assess(
         .iter()
         .map(|r| at(r.clone(), config.quantile))
         .collect();
-    let local_tail = typical_of(&unmarked(&models[..], &per_instance))
+    let local_tail = typical_of(&current(&models[..], &per_instance))
         .and_then(|t| Duration::try_from_secs_f64(t).ok());
     let p99 = pooled(&mut healthy, 0.99);
     let prom_tail = prom
@@ -572,6 +584,44 @@ mod tests {
             s.retry_after, MIN_RETRY_AFTER,
             "eight typical medians are under the floor"
         );
+    }
+
+    /// Under SIGSTOP with concurrent clients: the paused instance's window
+    /// still holds its fast answers from before the pause, the healthy one
+    /// now takes every call and answers slower under that load. The
+    /// paused instance must not set "typical": it made the healthy one a
+    /// straggler by its median, and dispatch then ranked the paused one
+    /// (only lagging) above it, so calls and retries went to the paused
+    /// instance until its health probe failed.
+    #[test]
+    fn a_paused_instance_does_not_make_the_healthy_one_a_straggler() {
+        let p = pool(2);
+        let t0 = Instant::now();
+        let models = p.models();
+        for _ in 0..30 {
+            models[1].record_success(t0, Duration::from_micros(300));
+        }
+        // Paused at t0 with a call out; model 0 answers in 2 ms under load.
+        let _held = models[1].hold_call(t0);
+        for _ in 0..10 {
+            models[0].record_success(t0, Duration::from_micros(300));
+        }
+        let now = t0 + Duration::from_millis(1500);
+        for _ in 0..40 {
+            models[0].record_success(now, Duration::from_millis(2));
+        }
+        let s = assess(&p, &WatchConfig::default(), now, &p.snapshot(), None);
+        assert!(
+            s.slow_models.is_empty(),
+            "the healthy instance was marked: {:?}",
+            s.slow_models
+        );
+        // Lag and retry limits follow the instance that answers.
+        assert!(s.lag_after >= Duration::from_millis(8), "{:?}", s.lag_after);
+        p.set_snapshot(s);
+        let snapshot = p.snapshot();
+        assert_eq!(p.standing(&models[0], &snapshot, now), Standing::Usable);
+        assert_eq!(p.standing(&models[1], &snapshot, now), Standing::Lagging);
     }
 
     #[test]

@@ -54,6 +54,13 @@ pub struct Cluster {
     /// Every child, frontend last.
     pub children: Vec<Child>,
     pub prometheus: Option<LocalPrometheus>,
+    /// Each worker's name and `coded-sidecar` arguments (models, then
+    /// parities, as in `children`), so that a killed one can be started again.
+    workers: Vec<(String, Vec<String>)>,
+    /// The children's `RUST_LOG`.
+    log: String,
+    /// Workers in network namespaces cannot be restarted here.
+    netns: bool,
 }
 
 impl Cluster {
@@ -66,7 +73,17 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         let mut children = Vec::new();
         let mut prometheus = None;
-        match Self::start_into(dirs, name, spec, &mut children, &mut prometheus).await {
+        let mut workers = Vec::new();
+        match Self::start_into(
+            dirs,
+            name,
+            spec,
+            &mut children,
+            &mut prometheus,
+            &mut workers,
+        )
+        .await
+        {
             Ok((frontend_url, model_urls, parity_urls)) => Ok(Cluster {
                 frontend_grpc: children.last().and_then(|c| c.grpc.clone()),
                 frontend_url,
@@ -74,6 +91,9 @@ impl Cluster {
                 parity_urls,
                 children,
                 prometheus,
+                workers,
+                log: spec.log.clone(),
+                netns: !spec.worker_netns.is_empty(),
             }),
             Err(e) => {
                 stop_all(children).await;
@@ -91,6 +111,7 @@ impl Cluster {
         spec: &ClusterSpec,
         children: &mut Vec<Child>,
         prometheus: &mut Option<LocalPrometheus>,
+        workers: &mut Vec<(String, Vec<String>)>,
     ) -> anyhow::Result<(String, Vec<String>, Vec<String>)> {
         let worker = |dir: &std::path::Path, served: &str, delay_ms: u64, index: usize| {
             let service_time = ServiceTimeArgs {
@@ -148,19 +169,18 @@ impl Cluster {
             } else {
                 0
             };
-            let child = spawn(i, format!("model-{i}"), worker(&dirs.base, name, delay, i)).await?;
+            let args = worker(&dirs.base, name, delay, i);
+            workers.push((format!("model-{i}"), args.clone()));
+            let child = spawn(i, format!("model-{i}"), args).await?;
             model_urls.push(child.url.clone());
             children.push(child);
         }
         let parity_name = format!("{name}-parity");
         let mut parity_urls = Vec::new();
         for i in 0..spec.parities {
-            let child = spawn(
-                spec.models + i,
-                format!("parity-{i}"),
-                worker(&dirs.parity, &parity_name, 0, spec.models + i),
-            )
-            .await?;
+            let args = worker(&dirs.parity, &parity_name, 0, spec.models + i);
+            workers.push((format!("parity-{i}"), args.clone()));
+            let child = spawn(spec.models + i, format!("parity-{i}"), args).await?;
             parity_urls.push(child.url.clone());
             children.push(child);
         }
@@ -223,6 +243,56 @@ impl Cluster {
             p.set_targets(&targets)?;
         }
         Ok((url, model_urls, parity_urls))
+    }
+
+    /// The frontend (the last child).
+    pub fn frontend(&self) -> Option<&Child> {
+        self.children.last()
+    }
+
+    /// Starts worker `index` (models, then parities) again after it exited
+    /// (e.g. SIGKILL), on the same port: the frontend's fixed list of
+    /// endpoints names it by URL, so its probes find the new process.
+    pub async fn restart_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        if self.netns {
+            anyhow::bail!("workers in network namespaces are not restarted");
+        }
+        let (name, args) = self
+            .workers
+            .get(index)
+            .cloned()
+            .with_context(|| format!("no worker {index}"))?;
+        let old = self
+            .children
+            .get_mut(index)
+            .with_context(|| format!("no child {index}"))?;
+        let port = reqwest::Url::parse(&old.url)
+            .ok()
+            .and_then(|u| u.port())
+            .with_context(|| format!("{name}'s URL {} has no port", old.url))?;
+        if old.exited().is_none() {
+            old.signal(nix::sys::signal::Signal::SIGKILL)?;
+        }
+        old.wait()
+            .await
+            .with_context(|| format!("waiting for {name} to exit"))?;
+        let args: Vec<String> = args
+            .iter()
+            .scan(false, |after_port, a| {
+                let out = if *after_port {
+                    port.to_string()
+                } else {
+                    a.clone()
+                };
+                *after_port = a == "--port";
+                Some(out)
+            })
+            .collect();
+        let new = Child::spawn(&name, &args, &self.log)
+            .await
+            .with_context(|| format!("restarting {name} on port {port}"))?;
+        self.children[index] = new;
+        Ok(())
     }
 
     pub async fn stop(self) {
