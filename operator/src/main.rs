@@ -12,7 +12,7 @@ use coded_operator::latency::LatencyReader;
 use coded_operator::leader::{self, LeaderConfig};
 use coded_operator::metrics::Metrics;
 use coded_operator::reconcile::children::Settings;
-use coded_operator::reconcile::{self, Context};
+use coded_operator::reconcile::{self, Context, Pace};
 use coded_operator::server::{self, State};
 use coded_operator::telemetry::{self, LogFormat};
 use coded_operator::{DEFAULT_MONITORING_NAMESPACE, DEFAULT_SIDECAR_IMAGE, FIELD_MANAGER};
@@ -65,6 +65,14 @@ struct Args {
     /// Seconds a lease is valid without renewal.
     #[arg(long, env = "CODED_LEASE_DURATION", default_value_t = 15)]
     lease_duration: u64,
+    /// Reconciles running at once (0: unbounded). Bounding them keeps a
+    /// burst of new resources from overloading the API server.
+    #[arg(long, env = "CODED_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
+    max_concurrent_reconciles: u16,
+    /// Changes to one resource or its children within this many ms are
+    /// reconciled once (0: every change wakes a reconcile).
+    #[arg(long, env = "CODED_RECONCILE_DEBOUNCE_MS", default_value_t = 500)]
+    reconcile_debounce_ms: u64,
     /// Log format.
     #[arg(long, env = "CODED_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -123,6 +131,10 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         ctx,
         args.watch_namespace.clone(),
+        Pace {
+            concurrency: args.max_concurrent_reconciles,
+            debounce: Duration::from_millis(args.reconcile_debounce_ms),
+        },
         shutdown.clone(),
     );
 

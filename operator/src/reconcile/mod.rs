@@ -16,7 +16,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -125,17 +125,11 @@ async fn reconcile_inner(cis: &CodedInferenceService, ctx: &Context) -> Result<A
     }
 
     let c = Children::build(&owner, &ctx.settings);
-    // Services first, so DNS names exist when the first pods ask for them.
-    apply::apply(client, ns, &c.model_service).await?;
-    let model = apply::apply(client, ns, &c.model).await?;
-    apply::apply(client, ns, &c.parity_service).await?;
-    let parity = apply::apply(client, ns, &c.parity).await?;
-    apply::apply(client, ns, &c.frontend_service).await?;
-    let frontend = apply::apply(client, ns, &c.frontend).await?;
-    for pdb in &c.pdbs {
-        apply::apply(client, ns, pdb).await?;
-    }
-    apply::apply(client, ns, &c.network_policy).await?;
+    let Applied {
+        model,
+        parity,
+        frontend,
+    } = apply_children(client, ns, &c).await?;
     if ctx.service_monitor_served().await? {
         apply::apply_dynamic(
             client,
@@ -184,6 +178,35 @@ async fn reconcile_inner(cis: &CodedInferenceService, ctx: &Context) -> Result<A
     }))
 }
 
+/// The workloads as the API server stored them, status included.
+pub struct Applied {
+    pub model: StatefulSet,
+    pub parity: StatefulSet,
+    pub frontend: Deployment,
+}
+
+/// Applies every child of one resource but the ServiceMonitor (which only
+/// some clusters serve), in a reconcile's order; the scale benchmark calls
+/// it too, to time the API server without the operator.
+pub async fn apply_children(client: &Client, ns: &str, c: &Children) -> Result<Applied> {
+    // Services first, so DNS names exist when the first pods ask for them.
+    apply::apply(client, ns, &c.model_service).await?;
+    let model = apply::apply(client, ns, &c.model).await?;
+    apply::apply(client, ns, &c.parity_service).await?;
+    let parity = apply::apply(client, ns, &c.parity).await?;
+    apply::apply(client, ns, &c.frontend_service).await?;
+    let frontend = apply::apply(client, ns, &c.frontend).await?;
+    for pdb in &c.pdbs {
+        apply::apply(client, ns, pdb).await?;
+    }
+    apply::apply(client, ns, &c.network_policy).await?;
+    Ok(Applied {
+        model,
+        parity,
+        frontend,
+    })
+}
+
 fn ready_replicas(sts: &StatefulSet) -> i32 {
     sts.status
         .as_ref()
@@ -224,9 +247,27 @@ pub fn error_policy(cis: Arc<CodedInferenceService>, error: &Error, ctx: Arc<Con
     Action::requeue(wait)
 }
 
+/// How the controller schedules reconciles.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// Reconciles running at once (0: unbounded). A bound keeps a burst of
+    /// new resources from putting all their API calls in flight together,
+    /// where the API server times them out (see docs/benchmarks.md,
+    /// "Operator at scale").
+    pub concurrency: u16,
+    /// Triggers for one resource within this window make one reconcile:
+    /// its children's status changes come in bursts as pods start.
+    pub debounce: Duration,
+}
+
 /// Runs the controller until `shutdown` resolves; `namespace` limits it to one namespace.
-pub async fn run<S>(client: Client, ctx: Arc<Context>, namespace: Option<String>, shutdown: S)
-where
+pub async fn run<S>(
+    client: Client,
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    pace: Pace,
+    shutdown: S,
+) where
     S: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
     let namespace = namespace.as_deref();
@@ -248,6 +289,11 @@ where
     let controller = Controller::new(
         api::<CodedInferenceService>(&client, namespace),
         watcher::Config::default().any_semantic(),
+    )
+    .with_config(
+        controller::Config::default()
+            .concurrency(pace.concurrency)
+            .debounce(pace.debounce),
     );
     ctx.metrics.watch_services(controller.store());
     controller
