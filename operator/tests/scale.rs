@@ -124,6 +124,12 @@ async fn api_server_alone(cluster: &Cluster, n: usize) -> String {
         "-f",
         crd.to_str().expect("UTF-8 path"),
     ]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/codedinferenceservices.coded.dev",
+        "--timeout=60s",
+    ]);
     let ns = Namespace::create("ceiling");
     let api: Api<CodedInferenceService> = Api::namespaced(cluster.client.clone(), &ns.name);
     let settings = Settings {
