@@ -124,12 +124,14 @@ async fn api_server_alone(cluster: &Cluster, n: usize) -> String {
         "-f",
         crd.to_str().expect("UTF-8 path"),
     ]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/codedinferenceservices.coded.dev",
-        "--timeout=60s",
-    ]);
+    let all: Api<CodedInferenceService> = Api::all(cluster.client.clone());
+    cluster::wait_for("the CRD to be served", || async {
+        all.list(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
     let ns = Namespace::create("ceiling");
     let api: Api<CodedInferenceService> = Api::namespaced(cluster.client.clone(), &ns.name);
     let settings = Settings {
