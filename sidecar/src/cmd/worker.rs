@@ -64,7 +64,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         if let Some(addr) = server.grpc_addr() {
             println!("serving {name} over gRPC on {addr}");
         }
-        println!("serving {name} on http://{}", server.local_addr()?);
+        println!(
+            "serving {name} on {}://{}",
+            server.scheme(),
+            server.local_addr()?
+        );
         server.run(shutdown::signal()).await?;
         anyhow::Ok(())
     })

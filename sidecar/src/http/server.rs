@@ -28,6 +28,7 @@ use crate::grpc::{GrpcError, GrpcPort, GrpcServer, InferenceService};
 use crate::protocol::binary::{self, EncodedBody, HEADER_LENGTH};
 use crate::protocol::body::read_body;
 use crate::protocol::v2::{ErrorBody, ServerMetadata};
+use crate::tls::{ServerTls, TlsError, TlsListener, TlsOptions};
 
 /// Where and how a v2 server listens.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,6 +60,8 @@ pub struct HttpOptions {
     /// any of it is computed.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_rows_per_request: u64,
+    #[command(flatten)]
+    pub tls: TlsOptions,
 }
 
 impl Default for HttpOptions {
@@ -70,6 +73,7 @@ impl Default for HttpOptions {
             max_body_bytes: 64 * 1024 * 1024,
             drain_delay_ms: 0,
             max_rows_per_request: 4096,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -86,6 +90,8 @@ pub enum HttpError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Grpc(#[from] GrpcError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 struct AppState<E> {
@@ -101,6 +107,7 @@ struct AppState<E> {
 /// drains and waits for its background tasks.
 pub struct V2Server {
     listener: TcpListener,
+    tls: Option<ServerTls>,
     app: Router,
     grpc: Option<GrpcServer>,
     draining: Arc<AtomicBool>,
@@ -122,6 +129,8 @@ impl V2Server {
         extra: Router,
     ) -> Result<V2Server, HttpError> {
         let name = engine.info().name.clone();
+        // A bad certificate or key stops the server before it listens.
+        let tls = ServerTls::from_options(&options.tls)?;
         let draining = Arc::new(AtomicBool::new(false));
         let max_rows = usize::try_from(options.max_rows_per_request).unwrap_or(usize::MAX);
         let grpc = match GrpcPort::resolve(options.grpc_port, options.port) {
@@ -132,7 +141,16 @@ impl V2Server {
                     draining.clone(),
                     max_rows,
                 );
-                Some(GrpcServer::bind(service, &options.host, port, options.max_body_bytes).await?)
+                Some(
+                    GrpcServer::bind(
+                        service,
+                        &options.host,
+                        port,
+                        options.max_body_bytes,
+                        tls.clone(),
+                    )
+                    .await?,
+                )
             }
             None => None,
         };
@@ -156,6 +174,7 @@ impl V2Server {
             .map_err(|source| HttpError::Bind { addr, source })?;
         Ok(V2Server {
             listener,
+            tls,
             app,
             grpc,
             draining,
@@ -176,6 +195,11 @@ impl V2Server {
         self.listener.local_addr()
     }
 
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Where gRPC is served; `None` with `--grpc-port off`.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc.as_ref().and_then(|g| g.local_addr().ok())
@@ -187,6 +211,7 @@ impl V2Server {
     ) -> Result<(), HttpError> {
         let V2Server {
             listener,
+            tls,
             app,
             grpc,
             draining,
@@ -206,16 +231,27 @@ impl V2Server {
             tracing::info!("stops accepting connections");
             stop.send_replace(true);
         };
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-        });
         let http = async {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-                .map_err(HttpError::Serve)
+            match tls {
+                // axum speaks HTTP/1.1 only (its http2 feature is off).
+                Some(tls) => {
+                    let listener = TlsListener::new(listener, tls.acceptor(&[b"http/1.1"]));
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(signal)
+                        .await
+                }
+                None => {
+                    let listener = listener.tap_io(|tcp| {
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::debug!("cannot set TCP_NODELAY: {e}");
+                        }
+                    });
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(signal)
+                        .await
+                }
+            }
+            .map_err(HttpError::Serve)
         };
         let grpc = async {
             match grpc {

@@ -187,6 +187,11 @@ impl Server {
         self.0.grpc_addr()
     }
 
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.0.scheme()
+    }
+
     /// Serves until `shutdown` resolves, then drains: reports not ready,
     /// stops accepting connections, answers what it has, and returns once
     /// the batcher's queue is empty.
