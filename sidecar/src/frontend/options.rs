@@ -152,6 +152,13 @@ pub struct FrontendOptions {
     /// scheme.
     #[arg(long, env = "CODED_INSTANCES_TLS")]
     pub instances_tls: bool,
+    /// Require `Authorization: Bearer <token>` (gRPC: `authorization`
+    /// metadata) on every request but the health checks
+    /// (/v2/health/live|ready, ServerLive, ServerReady, left open for
+    /// kubelet probes): a 401 or UNAUTHENTICATED otherwise. The file holds
+    /// the token (surrounding whitespace ignored), e.g. a mounted Secret.
+    #[arg(long, env = "CODED_AUTH_TOKEN_FILE", value_name = "PATH")]
+    pub auth_token_file: Option<std::path::PathBuf>,
 }
 
 impl FrontendOptions {

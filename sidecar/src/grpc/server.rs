@@ -16,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::InferenceService;
 use crate::http::Engine;
+use crate::http::auth::{self, BearerToken};
 use crate::tls::{ServerTls, TlsListener};
 
 /// Triton's gRPC port, the convention clients assume.
@@ -86,13 +87,15 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Binds `host:port`. A message over `max_message_bytes` (the HTTP
     /// body limit) is refused with RESOURCE_EXHAUSTED before it is decoded.
-    /// With `tls`, every connection is TLS (ALPN `h2`).
+    /// With `tls`, every connection is TLS (ALPN `h2`); with `auth`, every
+    /// call but ServerLive and ServerReady must show that token.
     pub async fn bind<E: Engine>(
         service: InferenceService<E>,
         host: &str,
         port: u16,
         max_message_bytes: usize,
         tls: Option<ServerTls>,
+        auth: Option<BearerToken>,
     ) -> Result<GrpcServer, GrpcError> {
         let addr = format!("{host}:{port}");
         let listener = TcpListener::bind(&addr)
@@ -103,9 +106,15 @@ impl GrpcServer {
             // tritonclient can compress requests (compression_algorithm).
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Deflate);
+        let mut routes = Routes::new(server);
+        if let Some(token) = auth {
+            routes = Routes::from(routes.into_axum_router().layer(
+                axum::middleware::from_fn_with_state(token, auth::require_grpc),
+            ));
+        }
         Ok(GrpcServer {
             listener,
-            routes: Routes::new(server),
+            routes,
             tls,
         })
     }

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::auth::{self, BearerToken};
 use super::engine::{self, Engine, InferError};
 use super::metrics::{RequestMetrics, render};
 use crate::grpc::{GrpcError, GrpcPort, GrpcServer, InferenceService};
@@ -120,13 +121,15 @@ impl V2Server {
     /// Binds the HTTP listener and, unless `--grpc-port off`, the gRPC one
     /// (same engine, metrics, limits and drain). `extra` routes (e.g. the
     /// worker's admin API) are merged in; `registry` is what `GET /metrics`
-    /// shows and must hold `metrics`.
+    /// shows and must hold `metrics`. With `auth`, every request but the
+    /// health checks must show that token, on both listeners.
     pub async fn bind<E: Engine>(
         engine: Arc<E>,
         metrics: RequestMetrics,
         registry: Registry,
         options: &HttpOptions,
         extra: Router,
+        auth: Option<BearerToken>,
     ) -> Result<V2Server, HttpError> {
         let name = engine.info().name.clone();
         // A bad certificate or key stops the server before it listens.
@@ -148,6 +151,7 @@ impl V2Server {
                         port,
                         options.max_body_bytes,
                         tls.clone(),
+                        auth.clone(),
                     )
                     .await?,
                 )
@@ -162,12 +166,17 @@ impl V2Server {
             max_body_bytes: options.max_body_bytes,
             max_rows,
         });
-        let app = router(state)
-            .merge(extra)
-            .layer(axum::middleware::map_response_with_state(
-                draining.clone(),
-                close_when_draining,
+        let mut app = router(state).merge(extra);
+        if let Some(token) = auth {
+            app = app.layer(axum::middleware::from_fn_with_state(
+                token,
+                auth::require_http,
             ));
+        }
+        let app = app.layer(axum::middleware::map_response_with_state(
+            draining.clone(),
+            close_when_draining,
+        ));
         let addr = format!("{}:{}", options.host, options.port);
         let listener = TcpListener::bind(&addr)
             .await

@@ -172,6 +172,7 @@ impl Server {
             metrics.registry.clone(),
             &options.http,
             extra,
+            None,
         )
         .await?
         .with_background(batcher_task);
