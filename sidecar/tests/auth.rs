@@ -206,3 +206,63 @@ async fn an_unreadable_token_file_stops_the_frontend() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn the_metrics_port_serves_metrics_alone_and_without_the_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, TOKEN).expect("write token");
+    let models = [
+        start(options(), Linear::default()).await,
+        start(options(), Linear::default()).await,
+    ];
+    let parity = start(options(), Linear::default()).await;
+    let mut o = coded_sidecar::frontend::FrontendOptions::new(
+        &models.iter().map(|w| w.url.clone()).collect::<Vec<_>>(),
+        std::slice::from_ref(&parity.url),
+    );
+    o.http.port = 0;
+    o.http.metrics_port = Some(0);
+    o.model_name = Some("linear".into());
+    o.parity_model = Some("linear".into());
+    o.auth_token_file = Some(file);
+    let server = coded_sidecar::frontend::bind(&o)
+        .await
+        .expect("frontend starts");
+    let url = format!("http://{}", server.local_addr().expect("addr"));
+    let metrics_url = format!("http://{}", server.metrics_addr().expect("metrics port"));
+    let _task = tokio::spawn(server.run(std::future::pending()));
+
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{metrics_url}/metrics"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.expect("text");
+    assert!(text.contains("coded_frontend_"), "{text}");
+    // Nothing but /metrics there: no inference, no metadata.
+    for path in ["/v2", "/v2/models/linear", "/v2/health/ready"] {
+        let r = http
+            .get(format!("{metrics_url}{path}"))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let r = http
+        .post(format!("{metrics_url}/v2/models/linear/infer"))
+        .json(&infer_body(&rows(1, INPUTS, 0)))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The serving port keeps /metrics, behind the token.
+    let r = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}

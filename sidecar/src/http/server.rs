@@ -61,6 +61,13 @@ pub struct HttpOptions {
     /// any of it is computed.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_rows_per_request: u64,
+    /// Also serve `GET /metrics`, and nothing else, on this port: plain
+    /// HTTP, no TLS, no token, so that a NetworkPolicy can open it to the
+    /// monitoring namespace alone while the serving ports stay open to
+    /// clients. `/metrics` stays on --port as well (local, scripts and
+    /// existing scrape configs read it there).
+    #[arg(long, env = "CODED_METRICS_PORT", value_name = "PORT")]
+    pub metrics_port: Option<u16>,
     #[command(flatten)]
     pub tls: TlsOptions,
 }
@@ -74,6 +81,7 @@ impl Default for HttpOptions {
             max_body_bytes: 64 * 1024 * 1024,
             drain_delay_ms: 0,
             max_rows_per_request: 4096,
+            metrics_port: None,
             tls: TlsOptions::default(),
         }
     }
@@ -109,6 +117,8 @@ struct AppState<E> {
 pub struct V2Server {
     listener: TcpListener,
     tls: Option<ServerTls>,
+    /// The `--metrics-port` listener and its one route.
+    metrics: Option<(TcpListener, Router)>,
     app: Router,
     grpc: Option<GrpcServer>,
     draining: Arc<AtomicBool>,
@@ -158,6 +168,20 @@ impl V2Server {
             }
             None => None,
         };
+        let metrics_only = match options.metrics_port {
+            Some(port) => {
+                let addr = format!("{}:{port}", options.host);
+                let listener = TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| HttpError::Bind { addr, source })?;
+                let router = Router::new()
+                    .route("/metrics", get(registry_metrics))
+                    .fallback(not_found)
+                    .with_state(registry.clone());
+                Some((listener, router))
+            }
+            None => None,
+        };
         let state = Arc::new(AppState {
             engine,
             metrics,
@@ -184,6 +208,7 @@ impl V2Server {
         Ok(V2Server {
             listener,
             tls,
+            metrics: metrics_only,
             app,
             grpc,
             draining,
@@ -209,6 +234,11 @@ impl V2Server {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
+    /// Where `--metrics-port` serves `/metrics`, if it is given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Where gRPC is served; `None` with `--grpc-port off`.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc.as_ref().and_then(|g| g.local_addr().ok())
@@ -221,6 +251,7 @@ impl V2Server {
         let V2Server {
             listener,
             tls,
+            metrics,
             app,
             grpc,
             draining,
@@ -262,6 +293,24 @@ impl V2Server {
             }
             .map_err(HttpError::Serve)
         };
+        let mut metrics_stopped = stopped.clone();
+        let metrics = async {
+            match metrics {
+                Some((listener, router)) => {
+                    if let Ok(addr) = listener.local_addr() {
+                        tracing::info!(%addr, "serving /metrics");
+                    }
+                    let signal = async move {
+                        let _ = metrics_stopped.wait_for(|stop| *stop).await;
+                    };
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(signal)
+                        .await
+                        .map_err(HttpError::Serve)
+                }
+                None => Ok(()),
+            }
+        };
         let grpc = async {
             match grpc {
                 Some(server) => {
@@ -275,7 +324,7 @@ impl V2Server {
                 None => Ok(()),
             }
         };
-        tokio::try_join!(http, grpc)?;
+        tokio::try_join!(http, grpc, metrics)?;
         for task in background {
             let _ = task.await;
         }
@@ -397,9 +446,18 @@ async fn model_metadata<E: Engine>(
 }
 
 async fn metrics<E: Engine>(State(s): State<Arc<AppState<E>>>) -> Response {
+    metrics_response(&s.registry)
+}
+
+/// `/metrics` of the `--metrics-port` listener.
+async fn registry_metrics(State(registry): State<Registry>) -> Response {
+    metrics_response(&registry)
+}
+
+fn metrics_response(registry: &Registry) -> Response {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        render(&s.registry),
+        render(registry),
     )
         .into_response()
 }
