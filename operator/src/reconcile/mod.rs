@@ -136,6 +136,7 @@ async fn reconcile_inner(cis: &CodedInferenceService, ctx: &Context) -> Result<A
         apply::apply(client, ns, pdb).await?;
     }
     apply::apply(client, ns, &c.network_policy).await?;
+    apply::apply(client, ns, &c.frontend_network_policy).await?;
     if ctx.service_monitor_served().await? {
         apply::apply_dynamic(
             client,
