@@ -105,11 +105,13 @@ pub fn deployment(owner: &Owner<'_>, settings: &Settings) -> Deployment {
             protocol: Some("TCP".to_string()),
             ..ContainerPort::default()
         });
-    let parts = PodParts {
+    let mut parts = PodParts {
         sidecar,
         init_containers: vec![],
         volumes: vec![],
     };
+    super::security::add_tls(owner, &mut parts, true);
+    super::security::add_auth(owner, &mut parts);
     let scheduling = scheduling(owner);
     Deployment {
         metadata: owner.meta(Role::Frontend),

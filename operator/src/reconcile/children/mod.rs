@@ -6,6 +6,7 @@ pub mod frontend;
 pub mod gpu;
 pub mod network_policy;
 pub mod pdb;
+pub mod security;
 pub mod service_monitor;
 pub mod storage;
 pub mod worker;
@@ -174,8 +175,13 @@ impl<'a> Owner<'a> {
 
     /// URL of the frontend Service.
     pub fn endpoint(&self) -> String {
+        let scheme = if self.cis.spec.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!(
-            "http://{}.{}.svc:{}",
+            "{scheme}://{}.{}.svc:{}",
             self.child_name(Role::Frontend),
             self.namespace,
             self.cis.spec.frontend.port

@@ -42,6 +42,15 @@ pub fn service_monitor(owner: &Owner<'_>) -> DynamicObject {
             ],
         }
     }));
+    if let Some(tls) = &owner.cis.spec.tls {
+        // Workers serve TLS: verified with the Secret's CA against a name
+        // the shared certificate carries.
+        sm.data["spec"]["endpoints"][0]["scheme"] = json!("https");
+        sm.data["spec"]["endpoints"][0]["tlsConfig"] = json!({
+            "ca": { "secret": { "name": tls.secret_name, "key": "ca.crt" } },
+            "serverName": format!("{}.{}.svc", owner.child_name(Role::Model), owner.namespace),
+        });
+    }
     sm.metadata = owner.meta_with(owner.name.clone(), owner.common_labels());
     sm
 }
