@@ -358,3 +358,33 @@ fn tls_flags_go_together() {
         Some(std::path::Path::new("c.pem"))
     );
 }
+
+#[tokio::test]
+async fn a_frontend_with_a_bad_key_fails_before_looking_for_instances() {
+    let certs = certs::make(&["localhost"]);
+    let other = certs::make(&["localhost"]);
+    // Nothing listens there: without the early check the frontend would
+    // wait for an instance to read the metadata from.
+    let mut o = FrontendOptions::parse([
+        "--model-endpoints",
+        "http://127.0.0.1:9",
+        "--parity-endpoints",
+        "http://127.0.0.1:9",
+        "--model-name",
+        "linear",
+        "--port",
+        "0",
+    ])
+    .expect("flags");
+    o.http.tls = TlsOptions {
+        tls_cert: Some(certs.cert.clone()),
+        tls_key: Some(other.key.clone()),
+    };
+    let e = tokio::time::timeout(Duration::from_secs(10), coded_sidecar::frontend::bind(&o))
+        .await
+        .expect("fails at once")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("does not belong to the certificate"), "{e}");
+}

@@ -33,6 +33,7 @@ pub struct WorkerArgs {
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     // Bad flags fail before the model is fetched.
+    crate::tls::ServerTls::from_options(&args.serve.http.tls)?;
     if args.serve.service_time.model()?.is_some() {
         tracing::info!(
             service_time = %args.serve.service_time.describe(),

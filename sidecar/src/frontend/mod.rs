@@ -44,7 +44,9 @@ pub async fn bind_with(
     options: &FrontendOptions,
     resolver: discovery::Resolver,
 ) -> anyhow::Result<V2Server> {
-    // A bad token file fails before the instances are looked for.
+    // A bad certificate, key or token file fails at once, not after the
+    // instances are found (which waits for one to answer).
+    crate::tls::ServerTls::from_options(&options.http.tls)?;
     let auth = options
         .auth_token_file
         .as_deref()
