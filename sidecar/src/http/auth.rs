@@ -25,11 +25,11 @@ const OPEN_GRPC: [&str; 2] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("cannot read the auth token file {}: {source}", path.display())]
+    #[error("cannot read the auth token file {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// In the message, not a `source`: `{:#}` would print it twice.
+        error: std::io::Error,
     },
     #[error("the auth token file {} holds no token (empty or not one line of visible ASCII)", path.display())]
     Invalid { path: PathBuf },
@@ -50,9 +50,9 @@ impl BearerToken {
     /// The token in `path`; surrounding whitespace (a Secret's trailing
     /// newline) is not part of it.
     pub fn from_file(path: &Path) -> Result<BearerToken, AuthError> {
-        let raw = std::fs::read(path).map_err(|source| AuthError::Read {
+        let raw = std::fs::read(path).map_err(|error| AuthError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let token = raw.trim_ascii();
         // What a header value can carry after "Bearer ".

@@ -10,11 +10,11 @@ use rustls::pki_types::pem::PemObject;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    #[error("cannot read the CA bundle {}: {source}", path.display())]
+    #[error("cannot read the CA bundle {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// In the message, not a `source`: `{:#}` would print it twice.
+        error: std::io::Error,
     },
     #[error("the CA bundle {} is not usable PEM: {reason}", path.display())]
     Pem { path: PathBuf, reason: String },
@@ -33,9 +33,9 @@ impl ClientTrust {
         let Some(path) = path else {
             return Ok(ClientTrust::default());
         };
-        let pem = std::fs::read(path).map_err(|source| TrustError::Read {
+        let pem = std::fs::read(path).map_err(|error| TrustError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let bad = |reason: String| TrustError::Pem {
             path: path.to_owned(),

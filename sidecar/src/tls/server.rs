@@ -37,12 +37,12 @@ pub struct TlsOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read the TLS {what} {}: {source}", path.display())]
+    #[error("cannot read the TLS {what} {}: {error}", path.display())]
     Read {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// In the message, not a `source`: `{:#}` would print it twice.
+        error: std::io::Error,
     },
     #[error("the TLS {what} {} is not usable PEM: {reason}", path.display())]
     Pem {
@@ -52,12 +52,11 @@ pub enum TlsError {
     },
     #[error("the TLS key {} does not belong to the certificate {}", key.display(), cert.display())]
     Mismatch { cert: PathBuf, key: PathBuf },
-    #[error("the TLS certificate {} and key {} are not usable: {source}", cert.display(), key.display())]
+    #[error("the TLS certificate {} and key {} are not usable: {error}", cert.display(), key.display())]
     Config {
         cert: PathBuf,
         key: PathBuf,
-        #[source]
-        source: rustls::Error,
+        error: rustls::Error,
     },
     #[error("--tls-cert and --tls-key go together: give both or neither")]
     Incomplete,
@@ -110,15 +109,15 @@ impl ServerTls {
         let config = ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(chain, private)
-            .map_err(|source| match source {
+            .map_err(|error| match error {
                 rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
                     cert: cert.to_owned(),
                     key: key.to_owned(),
                 },
-                source => TlsError::Config {
+                error => TlsError::Config {
                     cert: cert.to_owned(),
                     key: key.to_owned(),
-                    source,
+                    error,
                 },
             })?;
         Ok(ServerTls {
@@ -136,10 +135,10 @@ impl ServerTls {
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         what,
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
