@@ -88,6 +88,10 @@ pub fn apply_children(observed: Observed, service_monitor: bool) -> Vec<Call> {
             "networking.k8s.io/v1/namespaces/ns1/networkpolicies/demo-workers",
             None,
         ),
+        apply(
+            "networking.k8s.io/v1/namespaces/ns1/networkpolicies/demo-frontend",
+            None,
+        ),
         Call::Discovery {
             served: service_monitor,
         },

@@ -32,6 +32,10 @@ pub const SIDECAR_PORT: i32 = 8080;
 /// Port every `coded-sidecar` process serves v2 over gRPC on (Triton's).
 pub const SIDECAR_GRPC_PORT: i32 = 8001;
 
+/// Port the frontend serves `/metrics` alone on (`--metrics-port`), so that
+/// its NetworkPolicy can open it to the monitoring namespace only.
+pub const FRONTEND_METRICS_PORT: i32 = 9090;
+
 /// Namespace whose pods may scrape workers through their NetworkPolicy
 /// unless the operator's flags say otherwise (kube-prometheus' default).
 pub const DEFAULT_MONITORING_NAMESPACE: &str = "monitoring";

@@ -368,7 +368,7 @@ async fn deleting_the_resource_garbage_collects_every_child() {
     assert_eq!(before.services, 3);
     assert_eq!(before.deployments, 1);
     assert_eq!(before.pdbs, 3);
-    assert_eq!(before.network_policies, 1);
+    assert_eq!(before.network_policies, 2, "workers and frontend");
     assert!(before.replica_sets >= 1 && before.pods >= 4, "{before:?}");
 
     // The operator may not delete anything (its RBAC has no delete verb);
@@ -462,7 +462,7 @@ async fn an_operator_killed_mid_reconcile_converges_without_duplicates_on_restar
     assert_eq!(all.services, 3 * N, "{all:?}");
     assert_eq!(all.deployments, N, "{all:?}");
     assert_eq!(all.pdbs, 3 * N, "{all:?}");
-    assert_eq!(all.network_policies, N, "{all:?}");
+    assert_eq!(all.network_policies, 2 * N, "{all:?}");
     assert_eq!(all.replica_sets, N, "one frontend ReplicaSet each: {all:?}");
     // Pods settle once every StatefulSet and ReplicaSet has made its own.
     wait_for("every pod, once", || async {

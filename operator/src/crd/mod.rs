@@ -88,6 +88,45 @@ pub struct CodedInferenceServiceSpec {
     /// pods take its tolerations unless `frontend.scheduling` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<SchedulingSpec>,
+    /// TLS on the frontend and the workers (HTTP and gRPC), from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// Serving TLS: every frontend and worker pod mounts the Secret read-only,
+/// serves HTTP and gRPC over TLS only, and is probed over HTTPS; frontends
+/// call the workers over https and trust the Secret's `ca.crt`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret in this namespace with `tls.crt`,
+    /// `tls.key` and `ca.crt` (the CA the frontends trust for the workers;
+    /// cert-manager writes it). The certificate must name
+    /// `NAME-frontend.NAMESPACE.svc`, `NAME-model.NAMESPACE.svc` and
+    /// `NAME-parity.NAMESPACE.svc`: frontends check the workers' certificate
+    /// against their Service's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// A client token the frontend requires.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// The Secret key holding the token: every request but the health
+    /// checks must send `Authorization: Bearer <token>` (gRPC: the
+    /// `authorization` metadata).
+    pub token_secret: SecretKeyRef,
+}
+
+/// One key of a Secret in this namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// A model (or parity model) and the pool of instances serving it.
@@ -257,6 +296,9 @@ pub struct FrontendSpec {
     /// the workers without being tied to them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<SchedulingSpec>,
+    /// Require a bearer token from clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
     #[serde(flatten)]
     pub pod: PodOverrides,
 }
@@ -282,6 +324,7 @@ impl Default for FrontendSpec {
             port: default_port(),
             grpc_port: default_grpc_port(),
             scheduling: None,
+            auth: None,
             pod: PodOverrides::default(),
         }
     }

@@ -200,6 +200,7 @@ pub async fn apply_children(client: &Client, ns: &str, c: &Children) -> Result<A
         apply::apply(client, ns, pdb).await?;
     }
     apply::apply(client, ns, &c.network_policy).await?;
+    apply::apply(client, ns, &c.frontend_network_policy).await?;
     Ok(Applied {
         model,
         parity,

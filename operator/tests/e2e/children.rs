@@ -376,6 +376,25 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
         Some("frontend")
     );
 
+    // The frontend's: serving ports from anywhere, metrics from monitoring.
+    let name = format!("{}-frontend", want.name);
+    let np = get::<NetworkPolicy>(cluster, ns)
+        .get(&name)
+        .await
+        .unwrap_or_else(|e| panic!("NetworkPolicy {name}: {e}"));
+    owned_by(&np.metadata, want.cis);
+    let rules = np.spec.expect("spec").ingress.expect("ingress");
+    assert_eq!(rules[0].from, None, "{name}: queries from anywhere");
+    assert!(
+        rules[1..].iter().all(|r| {
+            r.ports
+                .iter()
+                .flatten()
+                .all(|p| p.port == Some(IntOrString::String("metrics".into())))
+        }),
+        "{name}: only the metrics port is fenced"
+    );
+
     // The pods themselves, made by the StatefulSet and ReplicaSet controllers.
     let pods: Api<Pod> = get(cluster, ns);
     let list = pods

@@ -14,7 +14,11 @@ pub fn run(options: FrontendOptions) -> anyhow::Result<()> {
         if let Some(addr) = server.grpc_addr() {
             println!("frontend serving over gRPC on {addr}");
         }
-        println!("frontend serving on http://{}", server.local_addr()?);
+        println!(
+            "frontend serving on {}://{}",
+            server.scheme(),
+            server.local_addr()?
+        );
         server.run(shutdown::signal()).await?;
         anyhow::Ok(())
     })

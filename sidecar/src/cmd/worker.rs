@@ -33,6 +33,7 @@ pub struct WorkerArgs {
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     // Bad flags fail before the model is fetched.
+    crate::tls::ServerTls::from_options(&args.serve.http.tls)?;
     if args.serve.service_time.model()?.is_some() {
         tracing::info!(
             service_time = %args.serve.service_time.describe(),
@@ -64,7 +65,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         if let Some(addr) = server.grpc_addr() {
             println!("serving {name} over gRPC on {addr}");
         }
-        println!("serving {name} on http://{}", server.local_addr()?);
+        println!(
+            "serving {name} on {}://{}",
+            server.scheme(),
+            server.local_addr()?
+        );
         server.run(shutdown::signal()).await?;
         anyhow::Ok(())
     })

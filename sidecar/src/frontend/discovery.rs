@@ -18,7 +18,7 @@
 //! What a lookup changes is computed by [`plan`], with no I/O, so that the
 //! add/remove rules are unit-tested without a resolver.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,6 +31,7 @@ use anyhow::Context;
 use super::dispatch::Pool;
 use super::instance::{Instance, InstanceSpec, Role};
 use super::metrics::Metrics;
+use crate::tls::ClientTrust;
 
 /// One lookup's answer, to come.
 pub type Lookup = Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>;
@@ -64,6 +65,9 @@ pub struct Found {
     pub complete: bool,
     /// The last lookup error, for logs.
     pub error: Option<String>,
+    /// For https instances found behind a name: the name (its host part)
+    /// that their certificate must show, by URL.
+    pub verify_as: BTreeMap<String, String>,
 }
 
 impl Source {
@@ -77,14 +81,21 @@ impl Source {
         }
     }
 
-    /// The instances' URLs now; each name's lookup is bounded by `timeout`.
+    /// The instances' URLs now (http); each name's lookup is bounded by
+    /// `timeout`.
     pub async fn find(&self, resolver: &Resolver, timeout: Duration) -> Found {
+        self.find_as(resolver, timeout, false).await
+    }
+
+    /// [`Source::find`], with the addresses behind names as `https` URLs
+    /// when `https`, each to be verified as the name it was found by.
+    pub async fn find_as(&self, resolver: &Resolver, timeout: Duration, https: bool) -> Found {
         let names = match self {
             Source::Fixed(urls) => {
                 return Found {
                     urls: urls.iter().cloned().collect(),
                     complete: true,
-                    error: None,
+                    ..Found::default()
                 };
             }
             Source::Service(names) => names,
@@ -95,7 +106,18 @@ impl Source {
         };
         for name in names {
             match tokio::time::timeout(timeout, resolver(name.clone())).await {
-                Ok(Ok(addrs)) => found.urls.extend(addrs.into_iter().map(url_of)),
+                Ok(Ok(addrs)) => {
+                    let host = name.rsplit_once(':').map_or(name.as_str(), |(h, _)| h);
+                    for addr in addrs {
+                        if https {
+                            let url = format!("https://{addr}");
+                            found.verify_as.insert(url.clone(), host.to_owned());
+                            found.urls.insert(url);
+                        } else {
+                            found.urls.insert(url_of(addr));
+                        }
+                    }
+                }
                 Ok(Err(e)) => {
                     found.complete = false;
                     found.error = Some(format!("{name}: {e}"));
@@ -128,6 +150,10 @@ pub struct Factory {
     /// The model's name at model instances, and at parity instances.
     pub model: String,
     pub parity_model: String,
+    /// Roots that https instances' certificates are checked against.
+    pub trust: ClientTrust,
+    /// Whether instances found behind names are called over https.
+    pub https: bool,
     next_id: AtomicUsize,
 }
 
@@ -150,15 +176,28 @@ impl Factory {
             output_name,
             model,
             parity_model,
+            trust: ClientTrust::default(),
+            https: false,
             next_id: AtomicUsize::new(0),
         }
     }
 
+    /// Instances trust `trust`'s roots; discovered ones are called over
+    /// https when `https`.
+    pub fn with_tls(mut self, trust: ClientTrust, https: bool) -> Self {
+        self.trust = trust;
+        self.https = https;
+        self
+    }
+
+    /// An instance at `url`; with `verify_as`, its certificate must name
+    /// that host (see [`crate::protocol::client::Client::with_trust`]).
     pub fn make(
         &self,
         role: Role,
         url: &str,
         ready_until_probed: bool,
+        verify_as: Option<&str>,
     ) -> anyhow::Result<Arc<Instance>> {
         let labels = [role.as_str(), url];
         let spec = InstanceSpec {
@@ -174,6 +213,8 @@ impl Factory {
             duration: self.metrics.instance_duration.with_label_values(&labels),
             errors: self.metrics.instance_errors.with_label_values(&labels),
             ready_until_probed,
+            trust: self.trust.clone(),
+            verify_as: verify_as.map(str::to_owned),
         };
         Instance::new(spec, self.epoch, self.timeout)
             .map(Arc::new)
@@ -228,7 +269,8 @@ pub fn apply(
     }
     let mut new = Vec::with_capacity(added.len());
     for url in &added {
-        match factory.make(role, url, false) {
+        let verify_as = found.verify_as.get(url).map(String::as_str);
+        match factory.make(role, url, false, verify_as) {
             Ok(inst) => new.push(inst),
             Err(e) => tracing::warn!(role = role.as_str(), "cannot add {url}: {e:#}"),
         }
@@ -262,7 +304,7 @@ pub async fn refresh(
     every: Duration,
 ) -> Found {
     let found = source
-        .find(resolver, every.max(Duration::from_secs(1)))
+        .find_as(resolver, every.max(Duration::from_secs(1)), factory.https)
         .await;
     let (added, _) = apply(pool, role, &found, factory);
     for inst in added {
@@ -321,7 +363,7 @@ mod tests {
         Found {
             urls: urls.iter().map(|u| u.to_string()).collect(),
             complete,
-            error: None,
+            ..Found::default()
         }
     }
 

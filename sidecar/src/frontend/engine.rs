@@ -28,6 +28,7 @@ use crate::http::{Answer, Engine, EngineError};
 use crate::protocol::client::Client;
 use crate::protocol::v2::{Datatype, TensorMetadata};
 use crate::protocol::{ModelInfo, ModelInput, TensorSpec};
+use crate::tls::ClientTrust;
 
 pub struct Frontend {
     info: ModelInfo,
@@ -86,7 +87,9 @@ impl Frontend {
         }
         let timeout = options.timeout();
         let every = options.resolve_interval();
-        let (mut info, card_name) = model_info(options, &models, &resolver, timeout).await?;
+        let trust = ClientTrust::from_ca_file(options.tls_ca.as_deref())?;
+        let (mut info, card_name) =
+            model_info(options, &models, &resolver, timeout, &trust).await?;
         let name = options
             .model_name
             .clone()
@@ -111,20 +114,23 @@ impl Frontend {
 
         let metrics = Arc::new(Metrics::new(&name, options.k).context("setting up metrics")?);
         let epoch = std::time::Instant::now();
-        let factory = Arc::new(Factory::new(
-            epoch,
-            timeout,
-            metrics.clone(),
-            info.input.name.clone(),
-            info.output.name.clone(),
-            instance_model,
-            parity_model,
-        ));
+        let factory = Arc::new(
+            Factory::new(
+                epoch,
+                timeout,
+                metrics.clone(),
+                info.input.name.clone(),
+                info.output.name.clone(),
+                instance_model,
+                parity_model,
+            )
+            .with_tls(trust, options.instances_tls),
+        );
         // Listed instances get calls at once, as before; discovered ones
         // after their first probe (discovery::run probes them as they come).
         let fixed = |role: Role, urls: &[String]| {
             urls.iter()
-                .map(|url| factory.make(role, url, true))
+                .map(|url| factory.make(role, url, true, None))
                 .collect::<anyhow::Result<Vec<_>>>()
         };
         let pool = Arc::new(Pool::new(
@@ -357,6 +363,7 @@ async fn model_info(
     models: &Source,
     resolver: &Resolver,
     timeout: Duration,
+    trust: &ClientTrust,
 ) -> anyhow::Result<(ModelInfo, Option<String>)> {
     if let Some(uri) = &options.model_card {
         let card = crate::model::fetch::card(uri)
@@ -384,12 +391,16 @@ async fn model_info(
     let mut warned_at = started;
     let mut last = String::from("no instance found yet");
     loop {
-        let found: Found = models.find(resolver, Duration::from_secs(2)).await;
+        let found: Found = models
+            .find_as(resolver, Duration::from_secs(2), options.instances_tls)
+            .await;
         if let Some(e) = &found.error {
             last = e.clone();
         }
         for url in &found.urls {
-            let client = Client::new(url, timeout.min(Duration::from_secs(2)))?;
+            let verify_as = found.verify_as.get(url).map(String::as_str);
+            let client =
+                Client::with_trust(url, timeout.min(Duration::from_secs(2)), trust, verify_as)?;
             match client.model_metadata(&name, None).await {
                 Ok(m) => {
                     let tensor = |t: Option<&TensorMetadata>, what: &str| {

@@ -11,6 +11,7 @@ use prometheus::{Histogram, IntCounter};
 
 use crate::protocol::client::{Client, ClientError, Encoding, InferTarget};
 use crate::protocol::{InferRequest, NamedTensor, OutputSelection};
+use crate::tls::ClientTrust;
 
 /// Latencies kept per instance, and how long one stays relevant.
 const WINDOW: usize = 256;
@@ -162,11 +163,16 @@ pub struct InstanceSpec {
     /// for instances named on the command line, no for discovered ones (a
     /// pod's address is published before its worker loaded the model).
     pub ready_until_probed: bool,
+    /// Roots an https instance's certificate is checked against.
+    pub trust: ClientTrust,
+    /// The name its certificate must show, when reached by address.
+    pub verify_as: Option<String>,
 }
 
 impl Instance {
     pub fn new(spec: InstanceSpec, epoch: Instant, timeout: Duration) -> Result<Self, ClientError> {
-        let client = Client::new(&spec.url, timeout)?;
+        let client =
+            Client::with_trust(&spec.url, timeout, &spec.trust, spec.verify_as.as_deref())?;
         Ok(Instance {
             target: client.infer_target(&spec.model, None)?,
             client,
@@ -482,6 +488,8 @@ pub(crate) fn test_instance_at(id: usize, role: Role, url: String) -> std::sync:
         duration: Histogram::with_opts(HistogramOpts::new("d", "d")).expect("histogram"),
         errors: IntCounter::new("e", "e").expect("counter"),
         ready_until_probed: true,
+        trust: ClientTrust::default(),
+        verify_as: None,
     };
     std::sync::Arc::new(
         Instance::new(spec, Instant::now(), Duration::from_secs(1)).expect("instance"),

@@ -31,7 +31,7 @@ pub use batch_state::ReconstructPolicy;
 pub use engine::{Frontend, Started};
 pub use options::FrontendOptions;
 
-use crate::http::{HttpError, V2Server};
+use crate::http::{BearerToken, HttpError, V2Server};
 
 /// Starts a frontend and binds its server (not yet serving).
 pub async fn bind(options: &FrontendOptions) -> anyhow::Result<V2Server> {
@@ -44,6 +44,14 @@ pub async fn bind_with(
     options: &FrontendOptions,
     resolver: discovery::Resolver,
 ) -> anyhow::Result<V2Server> {
+    // A bad certificate, key or token file fails at once, not after the
+    // instances are found (which waits for one to answer).
+    crate::tls::ServerTls::from_options(&options.http.tls)?;
+    let auth = options
+        .auth_token_file
+        .as_deref()
+        .map(BearerToken::from_file)
+        .transpose()?;
     let started = Frontend::start_with(options, resolver).await?;
     let server = V2Server::bind(
         started.engine,
@@ -51,6 +59,7 @@ pub async fn bind_with(
         started.metrics.registry.clone(),
         &options.http,
         axum::Router::new(),
+        auth,
     )
     .await
     .map_err(|e: HttpError| anyhow::anyhow!(e))?

@@ -140,6 +140,25 @@ pub struct FrontendOptions {
     /// Share of coding batches traced (one in round(1/share)).
     #[arg(long, default_value_t = 0.01)]
     pub trace_sample: f64,
+    /// CA certificates (a PEM bundle, e.g. the ca.crt of the workers'
+    /// kubernetes.io/tls Secret) that https instances' certificates may be
+    /// signed by, besides the system roots.
+    #[arg(long, env = "CODED_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Call the instances found behind --model-service and --parity-service
+    /// over https (workers started with --tls-cert). Each pod is reached at
+    /// its address, and its certificate must name the Service (the HOST of
+    /// HOST:PORT), not the address. --model-endpoints URLs carry their own
+    /// scheme.
+    #[arg(long, env = "CODED_INSTANCES_TLS")]
+    pub instances_tls: bool,
+    /// Require `Authorization: Bearer <token>` (gRPC: `authorization`
+    /// metadata) on every request but the health checks
+    /// (/v2/health/live|ready, ServerLive, ServerReady, left open for
+    /// kubelet probes): a 401 or UNAUTHENTICATED otherwise. The file holds
+    /// the token (surrounding whitespace ignored), e.g. a mounted Secret.
+    #[arg(long, env = "CODED_AUTH_TOKEN_FILE", value_name = "PATH")]
+    pub auth_token_file: Option<std::path::PathBuf>,
 }
 
 impl FrontendOptions {

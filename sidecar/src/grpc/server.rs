@@ -16,6 +16,8 @@ use tonic::transport::server::TcpIncoming;
 use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::InferenceService;
 use crate::http::Engine;
+use crate::http::auth::{self, BearerToken};
+use crate::tls::{ServerTls, TlsListener};
 
 /// Triton's gRPC port, the convention clients assume.
 pub const DEFAULT_PORT: u16 = 8001;
@@ -79,16 +81,21 @@ pub enum GrpcError {
 pub struct GrpcServer {
     listener: TcpListener,
     routes: Routes,
+    tls: Option<ServerTls>,
 }
 
 impl GrpcServer {
     /// Binds `host:port`. A message over `max_message_bytes` (the HTTP
     /// body limit) is refused with RESOURCE_EXHAUSTED before it is decoded.
+    /// With `tls`, every connection is TLS (ALPN `h2`); with `auth`, every
+    /// call but ServerLive and ServerReady must show that token.
     pub async fn bind<E: Engine>(
         service: InferenceService<E>,
         host: &str,
         port: u16,
         max_message_bytes: usize,
+        tls: Option<ServerTls>,
+        auth: Option<BearerToken>,
     ) -> Result<GrpcServer, GrpcError> {
         let addr = format!("{host}:{port}");
         let listener = TcpListener::bind(&addr)
@@ -99,9 +106,16 @@ impl GrpcServer {
             // tritonclient can compress requests (compression_algorithm).
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Deflate);
+        let mut routes = Routes::new(server);
+        if let Some(token) = auth {
+            routes = Routes::from(routes.into_axum_router().layer(
+                axum::middleware::from_fn_with_state(token, auth::require_grpc),
+            ));
+        }
         Ok(GrpcServer {
             listener,
-            routes: Routes::new(server),
+            routes,
+            tls,
         })
     }
 
@@ -112,15 +126,27 @@ impl GrpcServer {
     /// Serves until `shutdown` resolves, then stops accepting connections
     /// and returns once the calls in flight are answered.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GrpcError> {
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .layer(axum::middleware::map_response(
                 too_large_is_resource_exhausted,
             ))
-            .add_routes(self.routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .map_err(GrpcError::Serve)
+            .add_routes(self.routes);
+        match self.tls {
+            // gRPC clients refuse a TLS server that does not offer h2.
+            Some(tls) => {
+                let incoming = TlsListener::new(self.listener, tls.acceptor(&[b"h2"]));
+                router
+                    .serve_with_incoming_shutdown(incoming.into_incoming(), shutdown)
+                    .await
+            }
+            None => {
+                let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+        }
+        .map_err(GrpcError::Serve)
     }
 }
 

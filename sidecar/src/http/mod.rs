@@ -3,11 +3,13 @@
 //! What answers an infer request is an [`Engine`]: the worker's batcher in
 //! front of a model, or the frontend's coder in front of many workers.
 
+pub mod auth;
 pub mod engine;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;
 
+pub use auth::{AuthError, BearerToken};
 pub use engine::{Answer, Engine, EngineError};
 pub use metrics::{RequestMetrics, render};
 pub use server::{HttpError, HttpOptions, V2Server};

@@ -22,12 +22,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::auth::{self, BearerToken};
 use super::engine::{self, Engine, InferError};
 use super::metrics::{RequestMetrics, render};
 use crate::grpc::{GrpcError, GrpcPort, GrpcServer, InferenceService};
 use crate::protocol::binary::{self, EncodedBody, HEADER_LENGTH};
 use crate::protocol::body::read_body;
 use crate::protocol::v2::{ErrorBody, ServerMetadata};
+use crate::tls::{ServerTls, TlsError, TlsListener, TlsOptions};
 
 /// Where and how a v2 server listens.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,6 +61,15 @@ pub struct HttpOptions {
     /// any of it is computed.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_rows_per_request: u64,
+    /// Also serve `GET /metrics`, and nothing else, on this port: plain
+    /// HTTP, no TLS, no token, so that a NetworkPolicy can open it to the
+    /// monitoring namespace alone while the serving ports stay open to
+    /// clients. `/metrics` stays on --port as well (local, scripts and
+    /// existing scrape configs read it there).
+    #[arg(long, env = "CODED_METRICS_PORT", value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+    #[command(flatten)]
+    pub tls: TlsOptions,
 }
 
 impl Default for HttpOptions {
@@ -70,6 +81,8 @@ impl Default for HttpOptions {
             max_body_bytes: 64 * 1024 * 1024,
             drain_delay_ms: 0,
             max_rows_per_request: 4096,
+            metrics_port: None,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -86,6 +99,8 @@ pub enum HttpError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Grpc(#[from] GrpcError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 struct AppState<E> {
@@ -101,6 +116,9 @@ struct AppState<E> {
 /// drains and waits for its background tasks.
 pub struct V2Server {
     listener: TcpListener,
+    tls: Option<ServerTls>,
+    /// The `--metrics-port` listener and its one route.
+    metrics: Option<(TcpListener, Router)>,
     app: Router,
     grpc: Option<GrpcServer>,
     draining: Arc<AtomicBool>,
@@ -113,15 +131,19 @@ impl V2Server {
     /// Binds the HTTP listener and, unless `--grpc-port off`, the gRPC one
     /// (same engine, metrics, limits and drain). `extra` routes (e.g. the
     /// worker's admin API) are merged in; `registry` is what `GET /metrics`
-    /// shows and must hold `metrics`.
+    /// shows and must hold `metrics`. With `auth`, every request but the
+    /// health checks must show that token, on both listeners.
     pub async fn bind<E: Engine>(
         engine: Arc<E>,
         metrics: RequestMetrics,
         registry: Registry,
         options: &HttpOptions,
         extra: Router,
+        auth: Option<BearerToken>,
     ) -> Result<V2Server, HttpError> {
         let name = engine.info().name.clone();
+        // A bad certificate or key stops the server before it listens.
+        let tls = ServerTls::from_options(&options.tls)?;
         let draining = Arc::new(AtomicBool::new(false));
         let max_rows = usize::try_from(options.max_rows_per_request).unwrap_or(usize::MAX);
         let grpc = match GrpcPort::resolve(options.grpc_port, options.port) {
@@ -132,7 +154,31 @@ impl V2Server {
                     draining.clone(),
                     max_rows,
                 );
-                Some(GrpcServer::bind(service, &options.host, port, options.max_body_bytes).await?)
+                Some(
+                    GrpcServer::bind(
+                        service,
+                        &options.host,
+                        port,
+                        options.max_body_bytes,
+                        tls.clone(),
+                        auth.clone(),
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
+        let metrics_only = match options.metrics_port {
+            Some(port) => {
+                let addr = format!("{}:{port}", options.host);
+                let listener = TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| HttpError::Bind { addr, source })?;
+                let router = Router::new()
+                    .route("/metrics", get(registry_metrics))
+                    .fallback(not_found)
+                    .with_state(registry.clone());
+                Some((listener, router))
             }
             None => None,
         };
@@ -144,18 +190,25 @@ impl V2Server {
             max_body_bytes: options.max_body_bytes,
             max_rows,
         });
-        let app = router(state)
-            .merge(extra)
-            .layer(axum::middleware::map_response_with_state(
-                draining.clone(),
-                close_when_draining,
+        let mut app = router(state).merge(extra);
+        if let Some(token) = auth {
+            app = app.layer(axum::middleware::from_fn_with_state(
+                token,
+                auth::require_http,
             ));
+        }
+        let app = app.layer(axum::middleware::map_response_with_state(
+            draining.clone(),
+            close_when_draining,
+        ));
         let addr = format!("{}:{}", options.host, options.port);
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| HttpError::Bind { addr, source })?;
         Ok(V2Server {
             listener,
+            tls,
+            metrics: metrics_only,
             app,
             grpc,
             draining,
@@ -176,6 +229,16 @@ impl V2Server {
         self.listener.local_addr()
     }
 
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// Where `--metrics-port` serves `/metrics`, if it is given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Where gRPC is served; `None` with `--grpc-port off`.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc.as_ref().and_then(|g| g.local_addr().ok())
@@ -187,6 +250,8 @@ impl V2Server {
     ) -> Result<(), HttpError> {
         let V2Server {
             listener,
+            tls,
+            metrics,
             app,
             grpc,
             draining,
@@ -206,16 +271,45 @@ impl V2Server {
             tracing::info!("stops accepting connections");
             stop.send_replace(true);
         };
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-        });
         let http = async {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-                .map_err(HttpError::Serve)
+            match tls {
+                // axum speaks HTTP/1.1 only (its http2 feature is off).
+                Some(tls) => {
+                    let listener = TlsListener::new(listener, tls.acceptor(&[b"http/1.1"]));
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(signal)
+                        .await
+                }
+                None => {
+                    let listener = listener.tap_io(|tcp| {
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::debug!("cannot set TCP_NODELAY: {e}");
+                        }
+                    });
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(signal)
+                        .await
+                }
+            }
+            .map_err(HttpError::Serve)
+        };
+        let mut metrics_stopped = stopped.clone();
+        let metrics = async {
+            match metrics {
+                Some((listener, router)) => {
+                    if let Ok(addr) = listener.local_addr() {
+                        tracing::info!(%addr, "serving /metrics");
+                    }
+                    let signal = async move {
+                        let _ = metrics_stopped.wait_for(|stop| *stop).await;
+                    };
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(signal)
+                        .await
+                        .map_err(HttpError::Serve)
+                }
+                None => Ok(()),
+            }
         };
         let grpc = async {
             match grpc {
@@ -230,7 +324,7 @@ impl V2Server {
                 None => Ok(()),
             }
         };
-        tokio::try_join!(http, grpc)?;
+        tokio::try_join!(http, grpc, metrics)?;
         for task in background {
             let _ = task.await;
         }
@@ -352,9 +446,18 @@ async fn model_metadata<E: Engine>(
 }
 
 async fn metrics<E: Engine>(State(s): State<Arc<AppState<E>>>) -> Response {
+    metrics_response(&s.registry)
+}
+
+/// `/metrics` of the `--metrics-port` listener.
+async fn registry_metrics(State(registry): State<Registry>) -> Response {
+    metrics_response(&registry)
+}
+
+fn metrics_response(registry: &Registry) -> Response {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        render(&s.registry),
+        render(registry),
     )
         .into_response()
 }

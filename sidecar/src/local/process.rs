@@ -76,7 +76,7 @@ impl Child {
                 if let Some(at) = line.find(GRPC_MARK) {
                     grpc = Some(line[at + GRPC_MARK.len()..].trim().to_owned());
                 }
-                if let Some(at) = line.find("http://") {
+                if let Some(at) = line.find("http://").or_else(|| line.find("https://")) {
                     return Ok(Some(line[at..].trim().to_owned()));
                 }
             }

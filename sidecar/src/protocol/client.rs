@@ -9,6 +9,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use super::binary::{self, HEADER_LENGTH, InferRequest, InferResponse};
 use super::error::ProtocolError;
 use super::v2::{ErrorBody, ModelMetadata, ServerMetadata};
+use crate::tls::ClientTrust;
 
 /// What went wrong calling a v2 server.
 #[derive(Debug, thiserror::Error)]
@@ -76,26 +77,47 @@ pub struct Client {
 
 impl Client {
     /// A client for `base_url` (e.g. `http://127.0.0.1:8001`); `timeout`
-    /// bounds every call unless a call gives its own.
+    /// bounds every call unless a call gives its own. https trusts the
+    /// system roots.
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ClientError> {
-        let base = base_url.trim_end_matches('/').to_owned();
+        Client::with_trust(base_url, timeout, &ClientTrust::default(), None)
+    }
+
+    /// [`Client::new`] trusting `trust`'s roots too. With `verify_as`, an
+    /// https server reached by address (`https://10.1.2.3:8080`, a pod
+    /// found behind a Service) is connected to at that address but must
+    /// show a certificate for that name (the Service's), since pods'
+    /// certificates do not name their ever-changing addresses.
+    pub fn with_trust(
+        base_url: &str,
+        timeout: Duration,
+        trust: &ClientTrust,
+        verify_as: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let mut base = base_url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::BadUrl(base_url.to_owned()));
         }
-        crate::tls::init();
-        let http = reqwest::Client::builder()
+        let mut builder = trust
+            .apply(reqwest::Client::builder())
             .tcp_nodelay(true)
             // A frontend keeps many requests in flight to each instance.
             .pool_max_idle_per_host(64)
             // Instances are reached directly (pods, loopback); matching
             // every call against HTTP_PROXY/NO_PROXY showed in the
             // frontend's per-call profile.
-            .no_proxy()
-            .build()
-            .map_err(|source| ClientError::Transport {
-                url: base.clone(),
-                source,
-            })?;
+            .no_proxy();
+        if let Some(name) = verify_as.filter(|_| base.starts_with("https://")) {
+            let addr: std::net::SocketAddr = base["https://".len()..]
+                .parse()
+                .map_err(|_| ClientError::BadUrl(base_url.to_owned()))?;
+            builder = builder.resolve(name, addr);
+            base = format!("https://{name}:{}", addr.port());
+        }
+        let http = builder.build().map_err(|source| ClientError::Transport {
+            url: base.clone(),
+            source,
+        })?;
         Ok(Client {
             http,
             base,

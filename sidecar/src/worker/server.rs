@@ -172,6 +172,7 @@ impl Server {
             metrics.registry.clone(),
             &options.http,
             extra,
+            None,
         )
         .await?
         .with_background(batcher_task);
@@ -185,6 +186,11 @@ impl Server {
     /// Where gRPC is served; `None` with `--grpc-port off`.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.0.grpc_addr()
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.0.scheme()
     }
 
     /// Serves until `shutdown` resolves, then drains: reports not ready,

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod grpc;
 pub mod linear;
 pub mod models;

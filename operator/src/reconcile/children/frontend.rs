@@ -5,12 +5,15 @@
 //! endpoint.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{ContainerPort, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Owner, PodParts, Role, Settings, drain_args, pod_template, sidecar_container};
+use super::{
+    METRICS_PORT_NAME, Owner, PodParts, Role, Settings, drain_args, pod_template, sidecar_container,
+};
 use crate::crd::SchedulingSpec;
-use crate::{SIDECAR_GRPC_PORT, SIDECAR_PORT};
+use crate::{FRONTEND_METRICS_PORT, SIDECAR_GRPC_PORT, SIDECAR_PORT};
 
 /// The `coded-sidecar frontend` arguments.
 pub fn args(owner: &Owner<'_>, settings: &Settings) -> Vec<String> {
@@ -34,6 +37,8 @@ pub fn args(owner: &Owner<'_>, settings: &Settings) -> Vec<String> {
         &SIDECAR_PORT.to_string(),
         "--grpc-port",
         &SIDECAR_GRPC_PORT.to_string(),
+        "--metrics-port",
+        &FRONTEND_METRICS_PORT.to_string(),
         "--model-name",
         &owner.name,
         "--model-service",
@@ -90,11 +95,23 @@ pub fn deployment(owner: &Owner<'_>, settings: &Settings) -> Deployment {
     let image = spec.image.as_deref().unwrap_or(&settings.sidecar_image);
     let mut args = args(owner, settings);
     args.extend(drain_args(&spec.pod));
-    let parts = PodParts {
-        sidecar: sidecar_container(image, args, spec.resources.as_ref(), &spec.pod),
+    let mut sidecar = sidecar_container(image, args, spec.resources.as_ref(), &spec.pod);
+    sidecar
+        .ports
+        .get_or_insert_with(Vec::new)
+        .push(ContainerPort {
+            name: Some(METRICS_PORT_NAME.to_string()),
+            container_port: FRONTEND_METRICS_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        });
+    let mut parts = PodParts {
+        sidecar,
         init_containers: vec![],
         volumes: vec![],
     };
+    super::security::add_tls(owner, &mut parts, true);
+    super::security::add_auth(owner, &mut parts);
     let scheduling = scheduling(owner);
     Deployment {
         metadata: owner.meta(Role::Frontend),
@@ -111,15 +128,26 @@ pub fn deployment(owner: &Owner<'_>, settings: &Settings) -> Deployment {
     }
 }
 
+/// The resource's endpoint: HTTP and gRPC, plus the metrics port that the
+/// ServiceMonitor finds by name (its NetworkPolicy lets only the monitoring
+/// namespace through).
 pub fn service(owner: &Owner<'_>) -> Service {
+    let mut ports = super::service_ports(
+        owner.cis.spec.frontend.port,
+        owner.cis.spec.frontend.grpc_port,
+    );
+    ports.push(ServicePort {
+        name: Some(METRICS_PORT_NAME.to_string()),
+        port: FRONTEND_METRICS_PORT,
+        target_port: Some(IntOrString::String(METRICS_PORT_NAME.to_string())),
+        protocol: Some("TCP".to_string()),
+        ..ServicePort::default()
+    });
     Service {
         metadata: owner.meta(Role::Frontend),
         spec: Some(ServiceSpec {
             selector: Some(owner.selector_labels(Role::Frontend)),
-            ports: Some(super::service_ports(
-                owner.cis.spec.frontend.port,
-                owner.cis.spec.frontend.grpc_port,
-            )),
+            ports: Some(ports),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -131,7 +159,6 @@ mod tests {
     use super::*;
     use crate::crd::{Encoder, PrometheusSpec, ReconstructPolicy};
     use crate::fixtures::cis;
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     fn arg_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
         let i = args.iter().position(|a| a == flag)?;
@@ -151,6 +178,7 @@ mod tests {
         assert_eq!(arg_after(&args, "--host"), Some("0.0.0.0"));
         assert_eq!(arg_after(&args, "--port"), Some("8080"));
         assert_eq!(arg_after(&args, "--grpc-port"), Some("8001"));
+        assert_eq!(arg_after(&args, "--metrics-port"), Some("9090"));
         assert_eq!(arg_after(&args, "--model-name"), Some("demo"));
         // The model's metadata comes from a model instance: the URI means
         // nothing in the frontend's pod.
@@ -253,6 +281,13 @@ mod tests {
             ports[1].target_port,
             Some(IntOrString::String("grpc".into()))
         );
+        // The metrics port, by name, for the ServiceMonitor.
+        assert_eq!(ports[2].port, 9090);
+        assert_eq!(ports[2].name.as_deref(), Some("metrics"));
+        assert_eq!(
+            ports[2].target_port,
+            Some(IntOrString::String("metrics".into()))
+        );
         assert_eq!(
             spec.selector.expect("selector")["coded.dev/role"],
             "frontend"
@@ -266,6 +301,15 @@ mod tests {
             pod.containers[0].image.as_deref(),
             Some(crate::DEFAULT_SIDECAR_IMAGE)
         );
+        // The container serves what the Service's metrics port names.
+        let metrics = pod.containers[0]
+            .ports
+            .as_ref()
+            .expect("ports")
+            .iter()
+            .find(|p| p.name.as_deref() == Some("metrics"))
+            .expect("metrics container port");
+        assert_eq!(metrics.container_port, 9090);
         assert_eq!(
             pod.node_selector, None,
             "frontend needs no accelerator node"

@@ -6,6 +6,7 @@ pub mod frontend;
 pub mod gpu;
 pub mod network_policy;
 pub mod pdb;
+pub mod security;
 pub mod service_monitor;
 pub mod storage;
 pub mod worker;
@@ -38,6 +39,8 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const PORT_NAME: &str = "http";
 /// Name of the container (and Service) port of the v2 gRPC service.
 pub const GRPC_PORT_NAME: &str = "grpc";
+/// Name of the frontend's container (and Service) port of `/metrics` alone.
+pub const METRICS_PORT_NAME: &str = "metrics";
 
 /// The three kinds of pods of a coded service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,8 +175,13 @@ impl<'a> Owner<'a> {
 
     /// URL of the frontend Service.
     pub fn endpoint(&self) -> String {
+        let scheme = if self.cis.spec.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!(
-            "http://{}.{}.svc:{}",
+            "{scheme}://{}.{}.svc:{}",
             self.child_name(Role::Frontend),
             self.namespace,
             self.cis.spec.frontend.port
@@ -375,6 +383,7 @@ pub struct Children {
     pub frontend_service: Service,
     pub pdbs: Vec<PodDisruptionBudget>,
     pub network_policy: NetworkPolicy,
+    pub frontend_network_policy: NetworkPolicy,
     /// Applied only where the Prometheus operator's CRD exists.
     pub service_monitor: DynamicObject,
 }
@@ -406,6 +415,7 @@ impl Children {
                 .map(|role| pdb::pod_disruption_budget(owner, role))
                 .collect(),
             network_policy: network_policy::network_policy(owner, settings),
+            frontend_network_policy: network_policy::frontend_network_policy(owner, settings),
             service_monitor: service_monitor::service_monitor(owner),
         }
     }
@@ -432,6 +442,7 @@ mod tests {
             &c.pdbs[1].metadata,
             &c.pdbs[2].metadata,
             &c.network_policy.metadata,
+            &c.frontend_network_policy.metadata,
             &c.service_monitor.metadata,
         ];
         for meta in metas {

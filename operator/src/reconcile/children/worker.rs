@@ -100,11 +100,12 @@ pub fn stateful_set(
         ..EnvVar::default()
     };
     container.env = Some(merge_env(vec![threads], &model.pod.env));
-    let parts = PodParts {
+    let mut parts = PodParts {
         sidecar: container,
         init_containers: storage.init_container.into_iter().collect(),
         volumes: storage.volumes,
     };
+    super::security::add_tls(owner, &mut parts, false);
     let scheduling = scheduling(owner, model);
     StatefulSet {
         metadata: owner.meta(role),
