@@ -9,6 +9,7 @@
 //! thin adapter onto the engine; [`server`] binds and serves it beside the
 //! HTTP listener, with the same limits and drain.
 
+pub mod admission;
 pub mod convert;
 pub mod proto;
 pub mod server;

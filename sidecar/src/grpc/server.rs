@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use tokio::net::TcpListener;
@@ -13,9 +14,10 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
+use super::admission::{Gate, admit};
 use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::InferenceService;
-use crate::http::Engine;
+use crate::http::{Admission, Engine};
 
 /// Triton's gRPC port, the convention clients assume.
 pub const DEFAULT_PORT: u16 = 8001;
@@ -83,12 +85,14 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     /// Binds `host:port`. A message over `max_message_bytes` (the HTTP
-    /// body limit) is refused with RESOURCE_EXHAUSTED before it is decoded.
+    /// body limit) is refused with RESOURCE_EXHAUSTED before it is decoded,
+    /// and so is a `ModelInfer` call over the `admission` limits.
     pub async fn bind<E: Engine>(
         service: InferenceService<E>,
         host: &str,
         port: u16,
         max_message_bytes: usize,
+        admission: Arc<Admission>,
     ) -> Result<GrpcServer, GrpcError> {
         let addr = format!("{host}:{port}");
         let listener = TcpListener::bind(&addr)
@@ -99,9 +103,16 @@ impl GrpcServer {
             // tritonclient can compress requests (compression_algorithm).
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Deflate);
+        let gate = Gate {
+            admission,
+            max_message_bytes,
+        };
+        let routes = Routes::new(server)
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(gate, admit));
         Ok(GrpcServer {
             listener,
-            routes: Routes::new(server),
+            routes: Routes::from(routes),
         })
     }
 

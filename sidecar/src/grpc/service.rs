@@ -11,11 +11,15 @@ use tonic::{Code, Request, Response, Status};
 use super::convert;
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::model_metadata_response::TensorMetadata;
+use super::proto::repository_index_response::ModelIndex;
 use super::proto::{
     ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
-    ModelReadyRequest, ModelReadyResponse, ServerLiveRequest, ServerLiveResponse,
-    ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
+    ModelReadyRequest, ModelReadyResponse, RepositoryIndexRequest, RepositoryIndexResponse,
+    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
+    ServerReadyRequest, ServerReadyResponse,
 };
+use crate::http::admission::is_refusal;
+use crate::http::decode::off_io_thread;
 use crate::http::engine::{self, InferError, TOO_MANY_ROWS};
 use crate::http::server::server_metadata;
 use crate::http::{Engine, RequestMetrics};
@@ -52,7 +56,10 @@ impl<E: Engine> InferenceService<E> {
     async fn infer(&self, message: ModelInferRequest) -> Result<ModelInferResponse, InferError> {
         let info = self.engine.info();
         let version = info.resolve(&message.model_name, version(&message.model_version))?;
-        let convert::Decoded { mut request, raw } = convert::decode_request(message)?;
+        // Converting a large message's tensors leaves the I/O thread.
+        let size = prost::Message::encoded_len(&message);
+        let convert::Decoded { mut request, raw } =
+            off_io_thread(size, move || convert::decode_request(message)).await??;
         let response =
             engine::answer(self.engine.as_ref(), version, &mut request, self.max_rows).await?;
         Ok(convert::encode_response(response, &request.outputs, raw))
@@ -69,7 +76,7 @@ fn version(v: &str) -> Option<&str> {
 /// the row limit RESOURCE_EXHAUSTED, and our failures UNAVAILABLE,
 /// DEADLINE_EXCEEDED or INTERNAL as their HTTP status says.
 pub fn status(error: &InferError) -> Status {
-    let code = if error.reason() == TOO_MANY_ROWS {
+    let code = if error.reason() == TOO_MANY_ROWS || is_refusal(error.reason()) {
         Code::ResourceExhausted
     } else {
         code_for(error.status())
@@ -164,6 +171,26 @@ impl<E: Engine> GrpcInferenceService for InferenceService<E> {
             inputs: tensors(m.inputs),
             outputs: tensors(m.outputs),
         }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let models = crate::http::repository::index(
+            self.engine.info(),
+            self.ready(),
+            request.into_inner().ready,
+        )
+        .into_iter()
+        .map(|m| ModelIndex {
+            name: m.name,
+            version: m.version,
+            state: m.state,
+            reason: m.reason,
+        })
+        .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
     }
 
     async fn model_infer(

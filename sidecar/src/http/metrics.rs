@@ -27,11 +27,15 @@ pub struct RequestMetrics {
     /// Failed infer requests by `reason`.
     pub errors: IntCounterVec,
     pub inflight: IntGauge,
+    /// Infer requests refused by admission (`--max-inflight-*`), by
+    /// `reason`; they are not counted in `requests` or `errors`.
+    pub refused: IntCounterVec,
 }
 
 impl RequestMetrics {
     /// Registers `<prefix>_request_duration_seconds`, `<prefix>_requests_total`,
-    /// `<prefix>_request_errors_total{reason}` and `<prefix>_inflight_requests`,
+    /// `<prefix>_request_errors_total{reason}`, `<prefix>_inflight_requests`
+    /// and `<prefix>_requests_refused_total{reason}`,
     /// each with a constant `model` label.
     pub fn register(
         registry: &Registry,
@@ -59,7 +63,15 @@ impl RequestMetrics {
         )?;
         let inflight =
             IntGauge::with_opts(opts("inflight_requests", "Infer requests being answered"))?;
+        let refused = IntCounterVec::new(
+            opts(
+                "requests_refused_total",
+                "Infer requests refused unread because the server was at a limit (--max-inflight-requests, --max-inflight-bytes)",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
@@ -68,6 +80,7 @@ impl RequestMetrics {
             requests,
             errors,
             inflight,
+            refused,
         })
     }
 
