@@ -9,14 +9,15 @@ use http::StatusCode;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert;
+use super::proto;
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::model_metadata_response::TensorMetadata;
 use super::proto::repository_index_response::ModelIndex;
 use super::proto::{
     ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
-    ModelReadyRequest, ModelReadyResponse, RepositoryIndexRequest, RepositoryIndexResponse,
-    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
-    ServerReadyRequest, ServerReadyResponse,
+    ModelReadyRequest, ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse,
+    RepositoryIndexRequest, RepositoryIndexResponse, ServerLiveRequest, ServerLiveResponse,
+    ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
 };
 use crate::http::admission::is_refusal;
 use crate::http::decode::off_io_thread;
@@ -60,8 +61,14 @@ impl<E: Engine> InferenceService<E> {
         let size = prost::Message::encoded_len(&message);
         let convert::Decoded { mut request, raw } =
             off_io_thread(size, move || convert::decode_request(message)).await??;
-        let response =
-            engine::answer(self.engine.as_ref(), version, &mut request, self.max_rows).await?;
+        let response = engine::answer(
+            self.engine.as_ref(),
+            version,
+            &mut request,
+            self.max_rows,
+            &self.metrics.stats,
+        )
+        .await?;
         Ok(convert::encode_response(response, &request.outputs, raw))
     }
 }
@@ -92,6 +99,35 @@ fn code_for(status: StatusCode) -> Code {
         StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => Code::DeadlineExceeded,
         s if s.is_client_error() => Code::InvalidArgument,
         _ => Code::Internal,
+    }
+}
+
+/// Triton's statistics as the gRPC message.
+fn statistics(m: crate::http::stats::ModelStatistics) -> proto::ModelStatistics {
+    let d = |d: crate::http::stats::StatisticDuration| {
+        Some(proto::StatisticDuration {
+            count: d.count,
+            ns: d.ns,
+        })
+    };
+    let i = m.inference_stats;
+    proto::ModelStatistics {
+        name: m.name,
+        version: m.version,
+        last_inference: m.last_inference,
+        inference_count: m.inference_count,
+        execution_count: m.execution_count,
+        inference_stats: Some(proto::InferStatistics {
+            success: d(i.success),
+            fail: d(i.fail),
+            queue: d(i.queue),
+            compute_input: d(i.compute_input),
+            compute_infer: d(i.compute_infer),
+            compute_output: d(i.compute_output),
+            cache_hit: d(i.cache_hit),
+            cache_miss: d(i.cache_miss),
+        }),
+        batch_stats: Vec::new(),
     }
 }
 
@@ -171,6 +207,27 @@ impl<E: Engine> GrpcInferenceService for InferenceService<E> {
             inputs: tensors(m.inputs),
             outputs: tensors(m.outputs),
         }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let info = self.engine.info();
+        let versions = if r.name.is_empty() {
+            info.versions.clone()
+        } else {
+            vec![
+                info.resolve(&r.name, version(&r.version))
+                    .map_err(unknown_model)?,
+            ]
+        };
+        let model_stats = versions
+            .iter()
+            .map(|v| statistics(self.metrics.stats.model(&info.name, v)))
+            .collect();
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
     async fn repository_index(

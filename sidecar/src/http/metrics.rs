@@ -3,6 +3,7 @@
 //! own registry so that tests can run many servers in one process.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus::{
@@ -11,6 +12,7 @@ use prometheus::{
 };
 
 use super::engine::InferError;
+use super::stats::Stats;
 
 /// Latency buckets from 50 µs (an MLP forward pass is ~30 µs) to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -30,6 +32,8 @@ pub struct RequestMetrics {
     /// Infer requests refused by admission (`--max-inflight-*`), by
     /// `reason`; they are not counted in `requests` or `errors`.
     pub refused: IntCounterVec,
+    /// Triton's statistics of the same requests (`/v2/models/{m}/stats`).
+    pub stats: Arc<Stats>,
 }
 
 impl RequestMetrics {
@@ -81,6 +85,7 @@ impl RequestMetrics {
             errors,
             inflight,
             refused,
+            stats: Arc::new(Stats::default()),
         })
     }
 
@@ -93,9 +98,11 @@ impl RequestMetrics {
     ) -> Result<T, InferError> {
         let started = Instant::now();
         self.requests.inc();
+        self.stats.arrived();
         self.inflight.inc();
         let _inflight = InFlight(&self.inflight);
         let result = work.await;
+        self.stats.finished(result.is_ok(), started.elapsed());
         match &result {
             Ok(_) => self
                 .request_duration

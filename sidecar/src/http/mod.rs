@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod repository;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
+mod stats_route;
 
 #[cfg(test)]
 mod server_tests;

@@ -331,6 +331,12 @@ pub(super) fn router<E: Engine>(state: Arc<AppState<E>>) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(infer::<E>),
         )
+        .route("/v2/models/stats", get(super::stats_route::all::<E>))
+        .route("/v2/models/{name}/stats", get(super::stats_route::one::<E>))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(super::stats_route::one::<E>),
+        )
         .route(
             "/v2/repository/index",
             post(super::repository::repository_index::<E>),
@@ -353,15 +359,20 @@ pub fn error_response(status: StatusCode, error: String) -> Response {
 }
 
 #[derive(Debug, Deserialize)]
-struct ModelPath {
-    name: String,
-    version: Option<String>,
+pub(super) struct ModelPath {
+    pub(super) name: String,
+    pub(super) version: Option<String>,
 }
 
 /// The protocol extensions served (Triton's names): binary tensors, the
-/// read-only repository index, and the schedule policy's `timeout` and
+/// read-only repository index, statistics, and the schedule policy's `timeout` and
 /// `priority` request parameters (honoured by the frontend's queue).
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "schedule_policy"];
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+];
 
 /// This server's name, version and protocol extensions (`GET /v2`, and
 /// gRPC's `ServerMetadata`).
@@ -474,7 +485,14 @@ async fn answer<E: Engine>(
         ticket.hold(raw.len())?;
     }
     let mut request = decode(s, headers, raw, ticket.clone()).await?;
-    let response = engine::answer(s.engine.as_ref(), version, &mut request, s.max_rows).await?;
+    let response = engine::answer(
+        s.engine.as_ref(),
+        version,
+        &mut request,
+        s.max_rows,
+        &s.metrics.stats,
+    )
+    .await?;
     drop(ticket);
     Ok(body_response(binary::encode_response(
         &response,
