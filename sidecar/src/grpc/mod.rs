@@ -15,5 +15,8 @@ pub mod proto;
 pub mod server;
 pub mod service;
 
+#[cfg(test)]
+mod convert_fuzz;
+
 pub use server::{GrpcError, GrpcPort, GrpcServer};
 pub use service::InferenceService;

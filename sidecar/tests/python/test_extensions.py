@@ -75,3 +75,28 @@ def test_request_ids_are_echoed_with_timeout_and_priority(http, grpc, meta):
     r = grpc.infer(MODEL, [g], request_id="g-9", priority=2, timeout=60_000_000)
     assert r.get_response().id == "g-9"
     assert r.as_numpy(out).shape[0] == 2
+
+
+def test_inference_statistics(http, grpc, meta):
+    name, shape, _ = meta
+    data = np.full([3] + shape, 0.5, np.float32)
+    x = httpclient.InferInput(name, list(data.shape), "FP32")
+    x.set_data_from_numpy(data)
+    before = http.get_inference_statistics(MODEL)["model_stats"][0]
+    http.infer(MODEL, [x])
+    after = http.get_inference_statistics(MODEL)["model_stats"][0]
+    assert after["name"] == MODEL
+    assert int(after["inference_count"]) >= int(before["inference_count"]) + 3
+    success = after["inference_stats"]["success"]
+    assert int(success["count"]) > int(before["inference_stats"]["success"]["count"])
+    assert int(success["ns"]) > 0
+    assert int(after["last_inference"]) > 0
+    # gRPC's view of the same counters, in its message shape.
+    g = grpc.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    assert g["name"] == MODEL
+    assert int(g["inference_count"]) >= int(after["inference_count"])
+    assert set(g["inference_stats"]) >= {"success", "compute_infer"}
+    # Every model (the one), and an unknown one.
+    assert [m["name"] for m in http.get_inference_statistics()["model_stats"]] == [MODEL]
+    with pytest.raises(Exception):
+        http.get_inference_statistics("no-such-model")
