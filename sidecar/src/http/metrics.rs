@@ -30,7 +30,9 @@ pub struct RequestMetrics {
     pub errors: IntCounterVec,
     pub inflight: IntGauge,
     /// Infer requests refused by admission (`--max-inflight-*`), by
-    /// `reason`; they are not counted in `requests` or `errors`.
+    /// `reason`. Those refused at arrival are not in `requests` or
+    /// `errors`; those refused once their body was read (no announced
+    /// length, or inflated past the limit) are in both.
     pub refused: IntCounterVec,
     /// Triton's statistics of the same requests (`/v2/models/{m}/stats`).
     pub stats: Arc<Stats>,
