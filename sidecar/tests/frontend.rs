@@ -347,3 +347,101 @@ async fn the_frontend_refuses_requests_over_the_row_limit() {
     let queries = metric(&s.url, "coded_frontend_queries_total").await;
     assert_eq!(queries, 3.0, "the refused request's rows were never queued");
 }
+
+/// The request's `timeout` parameter (µs, Triton's schedule policy) is its
+/// deadline at the frontend: with every worker held for seconds, the
+/// request gets its 504 naming the timeout while the workers still hold
+/// its calls, not at --timeout-ms. `priority` and the request id pass.
+#[tokio::test]
+async fn the_timeout_parameter_is_the_requests_deadline() {
+    let s = setup(2, |o| o.timeout_ms = 60_000).await;
+    let c = Client::new(&s.url, Duration::from_secs(30)).unwrap();
+    let mut r = request(rows(1, 2));
+    r.id = Some("t-1".into());
+    r.parameters.insert("priority".into(), json!(1));
+    r.parameters.insert("timeout".into(), json!(30_000_000));
+    let answered = c.infer("linear", None, &r, Encoding::Json).await.unwrap();
+    assert_eq!(answered.id.as_deref(), Some("t-1"));
+    assert_exact(&rows(1, 2), &answered.outputs[0].data);
+
+    let held_ms = 20_000;
+    for w in s.models.iter().chain(std::iter::once(&s.parity)) {
+        set_delay(&w.url, held_ms).await;
+    }
+    r.parameters.insert("timeout".into(), json!(200_000));
+    let started = Instant::now();
+    let err = c
+        .infer("linear", None, &r, Encoding::Json)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("504") || err.contains("timeout of 200000 µs"),
+        "{err}"
+    );
+    assert!(err.contains("timeout of 200000 µs"), "{err}");
+    // The workers would have answered after held_ms: the error came first.
+    assert!(
+        started.elapsed() < Duration::from_millis(held_ms),
+        "{:?}",
+        started.elapsed()
+    );
+    let bad = {
+        let mut b = request(rows(1, 2));
+        b.parameters.insert("timeout".into(), json!("soon"));
+        c.infer("linear", None, &b, Encoding::Json)
+            .await
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(bad.contains("invalid parameter 'timeout'"), "{bad}");
+}
+
+/// `priority` orders the coding queue: with one batch of one group at a
+/// time, a level-1 request queued after two default-level ones is
+/// dispatched, and so answered, before them.
+#[tokio::test]
+async fn a_more_urgent_request_is_dispatched_first_when_queued() {
+    let s = setup(2, |o| {
+        o.max_inflight_batches = 1;
+        o.max_groups = 1;
+    })
+    .await;
+    for w in s.models.iter().chain(std::iter::once(&s.parity)) {
+        set_delay(&w.url, 200).await;
+    }
+    let c = Client::new(&s.url, Duration::from_secs(30)).unwrap();
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let send = |name: &'static str, priority: u64| {
+        let (c, done) = (c.clone(), done.clone());
+        // Two rows: one group of k = 2, the whole of a batch.
+        let mut r = request(rows(2, priority as usize));
+        r.parameters.insert("priority".into(), json!(priority));
+        tokio::spawn(async move {
+            let answer = c.infer("linear", None, &r, Encoding::Json).await;
+            assert!(answer.is_ok(), "{name}: {answer:?}");
+            done.lock().unwrap().push(name);
+        })
+    };
+    // Queued once the frontend counted its rows.
+    let url = s.url.clone();
+    let queued = |n: f64| {
+        let url = url.clone();
+        async move {
+            while metric(&url, "coded_frontend_queries_total").await < n {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let first = send("first", 0);
+    queued(2.0).await;
+    let low_a = send("low-a", 0);
+    queued(4.0).await;
+    let low_b = send("low-b", 0);
+    queued(6.0).await;
+    let urgent = send("urgent", 1);
+    for t in [first, low_a, low_b, urgent] {
+        t.await.unwrap();
+    }
+    assert_eq!(*done.lock().unwrap(), ["first", "urgent", "low-a", "low-b"]);
+}

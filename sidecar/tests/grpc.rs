@@ -13,8 +13,8 @@ use coded_sidecar::grpc::GrpcPort;
 use coded_sidecar::grpc::proto::infer_parameter::ParameterChoice;
 use coded_sidecar::grpc::proto::model_infer_request::InferRequestedOutputTensor;
 use coded_sidecar::grpc::proto::{
-    ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, ServerLiveRequest,
-    ServerMetadataRequest, ServerReadyRequest,
+    ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, RepositoryIndexRequest,
+    ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest,
 };
 use common::grpc::*;
 use common::linear::{INPUTS, OUTPUTS, expected};
@@ -464,4 +464,82 @@ async fn undecodable_messages_and_unserved_methods_get_grpc_codes() {
             .into_inner()
             .live
     );
+}
+
+/// Triton's repository index over both doors, the extensions listed in
+/// the server metadata, and the request id echoed on every path.
+#[tokio::test]
+async fn repository_index_extensions_and_request_ids() {
+    let worker = start(options(), Linear::default()).await;
+    let mut c = connect(worker.grpc.unwrap()).await;
+    let index = c
+        .repository_index(RepositoryIndexRequest {
+            repository_name: String::new(),
+            ready: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(index.len(), 1);
+    assert_eq!(
+        (
+            index[0].name.as_str(),
+            index[0].version.as_str(),
+            index[0].state.as_str()
+        ),
+        ("linear", "1", "READY")
+    );
+    let http = reqwest::Client::new();
+    let listed: serde_json::Value = http
+        .post(format!("{}/v2/repository/index", worker.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!([{"name": "linear", "version": "1", "state": "READY"}])
+    );
+    let bad = http
+        .post(format!("{}/v2/repository/index", worker.url))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let extensions = c
+        .server_metadata(ServerMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .extensions;
+    let v2: serde_json::Value = reqwest::get(format!("{}/v2", worker.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v2["extensions"], serde_json::json!(extensions));
+    for e in ["binary_tensor_data", "model_repository", "schedule_policy"] {
+        assert!(extensions.iter().any(|x| x == e), "{extensions:?}");
+    }
+
+    // gRPC, raw and typed; HTTP's JSON and binary paths are in the
+    // stock-client tests (tests/python/test_extensions.py).
+    for raw in [true, false] {
+        let mut r = infer_request(
+            "linear",
+            "input",
+            &[1, INPUTS as i64],
+            &rows(1, INPUTS, 1),
+            raw,
+        );
+        r.id = format!("id-{raw}");
+        let answer = c.model_infer(r).await.unwrap().into_inner();
+        assert_eq!(answer.id, format!("id-{raw}"));
+    }
 }

@@ -57,7 +57,15 @@ async fn health_and_metadata() {
     let get = |path: &str| http.get(format!("{}{path}", w.url)).send();
 
     let v2: Value = get("/v2").await.unwrap().json().await.unwrap();
-    assert_eq!(v2["extensions"], json!(["binary_tensor_data"]));
+    assert_eq!(
+        v2["extensions"],
+        json!([
+            "binary_tensor_data",
+            "model_repository",
+            "schedule_policy",
+            "statistics"
+        ])
+    );
     for path in [
         "/v2/health/live",
         "/v2/health/ready",

@@ -522,6 +522,7 @@ mod tests {
                 let query = Query {
                     row: row.clone(),
                     deadline: Instant::now() + timeout,
+                    priority: 0,
                     reply,
                 };
                 (query, answer)

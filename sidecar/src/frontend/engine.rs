@@ -204,6 +204,7 @@ impl Frontend {
                 linger: Duration::from_micros(options.linger_us),
                 max_groups: options.max_groups,
                 max_inflight: options.max_inflight_batches,
+                max_backlog: options.max_queued,
             },
         ));
         tracing::info!(
@@ -261,10 +262,39 @@ impl Engine for Frontend {
         ready
     }
 
+    /// The request's `timeout` parameter, when shorter than `--timeout-ms`,
+    /// is its deadline: at it the request gets its 504, and its queries
+    /// still waiting for a batch are dropped unsent.
     async fn infer(&self, input: ModelInput) -> Result<Answer, EngineError> {
         let ctx = &self.ctx;
         ctx.metrics.queries.inc_by(input.rows as u64);
-        let deadline = Instant::now() + ctx.timeout;
+        let now = Instant::now();
+        let deadline = now + ctx.timeout;
+        let own = input.timeout.filter(|&t| t < ctx.timeout);
+        let Some(timeout) = own else {
+            return self.answer(input, deadline).await;
+        };
+        let rows = input.rows as u64;
+        match tokio::time::timeout_at(now + timeout, self.answer(input, deadline)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                ctx.metrics.timeouts.inc_by(rows);
+                Err(EngineError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "deadline",
+                    format!(
+                        "no answer within the request's timeout of {} µs",
+                        timeout.as_micros()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+impl Frontend {
+    async fn answer(&self, input: ModelInput, deadline: Instant) -> Result<Answer, EngineError> {
+        let ctx = &self.ctx;
         if self.dispatch != DispatchMode::Coded {
             let output = baseline::infer(
                 &ctx.pool,
@@ -288,6 +318,7 @@ impl Engine for Frontend {
             let query = Query {
                 row: row.to_vec(),
                 deadline,
+                priority: input.priority,
                 reply,
             };
             self.queue.try_send(query).map_err(|e| match e {

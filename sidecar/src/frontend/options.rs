@@ -87,7 +87,8 @@ pub struct FrontendOptions {
     /// every model instance's calls (Prometheus).
     #[arg(long, default_value_t = 0.99)]
     pub deadline_quantile: f64,
-    /// A query not answered after this many ms gets a 504.
+    /// A query not answered after this many ms gets a 504 (a request's
+    /// `timeout` parameter, in µs, may set a shorter deadline).
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
     /// How long an incomplete group waits for more queries before it is
@@ -109,7 +110,8 @@ pub struct FrontendOptions {
     /// Coding batches in flight at once; more queries wait and batch up.
     #[arg(long, default_value_t = 16)]
     pub max_inflight_batches: usize,
-    /// Queries waiting for a batch before new requests get a 503.
+    /// Queries waiting for a batch before new requests get a 503 (as many
+    /// again may wait in the backlog that orders them by `priority`).
     #[arg(long, default_value_t = 65_536)]
     pub max_queued: usize,
     /// Prometheus whose query API tells the watcher each worker's latency

@@ -9,10 +9,14 @@
 //! thin adapter onto the engine; [`server`] binds and serves it beside the
 //! HTTP listener, with the same limits and drain.
 
+pub mod admission;
 pub mod convert;
 pub mod proto;
 pub mod server;
 pub mod service;
+
+#[cfg(test)]
+mod convert_fuzz;
 
 pub use server::{GrpcError, GrpcPort, GrpcServer};
 pub use service::InferenceService;

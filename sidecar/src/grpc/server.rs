@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use tokio::net::TcpListener;
@@ -13,10 +14,11 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
+use super::admission::{Gate, admit};
 use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::InferenceService;
-use crate::http::Engine;
 use crate::http::auth::{self, BearerToken};
+use crate::http::{Admission, Engine};
 use crate::tls::{ServerTls, TlsListener};
 
 /// Triton's gRPC port, the convention clients assume.
@@ -86,7 +88,8 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     /// Binds `host:port`. A message over `max_message_bytes` (the HTTP
-    /// body limit) is refused with RESOURCE_EXHAUSTED before it is decoded.
+    /// body limit) is refused with RESOURCE_EXHAUSTED before it is decoded,
+    /// and so is a `ModelInfer` call over the `admission` limits.
     /// With `tls`, every connection is TLS (ALPN `h2`); with `auth`, every
     /// call but ServerLive and ServerReady must show that token.
     pub async fn bind<E: Engine>(
@@ -96,6 +99,7 @@ impl GrpcServer {
         max_message_bytes: usize,
         tls: Option<ServerTls>,
         auth: Option<BearerToken>,
+        admission: Arc<Admission>,
     ) -> Result<GrpcServer, GrpcError> {
         let addr = format!("{host}:{port}");
         let listener = TcpListener::bind(&addr)
@@ -106,15 +110,24 @@ impl GrpcServer {
             // tritonclient can compress requests (compression_algorithm).
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Deflate);
-        let mut routes = Routes::new(server);
+        let gate = Gate {
+            admission,
+            max_message_bytes,
+        };
+        let mut router = Routes::new(server)
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(gate, admit));
+        // Added last, so it runs first: a call without the token is
+        // refused before it takes a share of the admission limits.
         if let Some(token) = auth {
-            routes = Routes::from(routes.into_axum_router().layer(
-                axum::middleware::from_fn_with_state(token, auth::require_grpc),
+            router = router.layer(axum::middleware::from_fn_with_state(
+                token,
+                auth::require_grpc,
             ));
         }
         Ok(GrpcServer {
             listener,
-            routes,
+            routes: Routes::from(router),
             tls,
         })
     }

@@ -9,13 +9,18 @@ use http::StatusCode;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert;
+use super::proto;
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::model_metadata_response::TensorMetadata;
+use super::proto::repository_index_response::ModelIndex;
 use super::proto::{
     ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
-    ModelReadyRequest, ModelReadyResponse, ServerLiveRequest, ServerLiveResponse,
+    ModelReadyRequest, ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse,
+    RepositoryIndexRequest, RepositoryIndexResponse, ServerLiveRequest, ServerLiveResponse,
     ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
 };
+use crate::http::admission::is_refusal;
+use crate::http::decode::off_io_thread;
 use crate::http::engine::{self, InferError, TOO_MANY_ROWS};
 use crate::http::server::server_metadata;
 use crate::http::{Engine, RequestMetrics};
@@ -52,9 +57,18 @@ impl<E: Engine> InferenceService<E> {
     async fn infer(&self, message: ModelInferRequest) -> Result<ModelInferResponse, InferError> {
         let info = self.engine.info();
         let version = info.resolve(&message.model_name, version(&message.model_version))?;
-        let convert::Decoded { mut request, raw } = convert::decode_request(message)?;
-        let response =
-            engine::answer(self.engine.as_ref(), version, &mut request, self.max_rows).await?;
+        // Converting a large message's tensors leaves the I/O thread.
+        let size = prost::Message::encoded_len(&message);
+        let convert::Decoded { mut request, raw } =
+            off_io_thread(size, move || convert::decode_request(message)).await??;
+        let response = engine::answer(
+            self.engine.as_ref(),
+            version,
+            &mut request,
+            self.max_rows,
+            &self.metrics.stats,
+        )
+        .await?;
         Ok(convert::encode_response(response, &request.outputs, raw))
     }
 }
@@ -69,7 +83,7 @@ fn version(v: &str) -> Option<&str> {
 /// the row limit RESOURCE_EXHAUSTED, and our failures UNAVAILABLE,
 /// DEADLINE_EXCEEDED or INTERNAL as their HTTP status says.
 pub fn status(error: &InferError) -> Status {
-    let code = if error.reason() == TOO_MANY_ROWS {
+    let code = if error.reason() == TOO_MANY_ROWS || is_refusal(error.reason()) {
         Code::ResourceExhausted
     } else {
         code_for(error.status())
@@ -85,6 +99,35 @@ fn code_for(status: StatusCode) -> Code {
         StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => Code::DeadlineExceeded,
         s if s.is_client_error() => Code::InvalidArgument,
         _ => Code::Internal,
+    }
+}
+
+/// Triton's statistics as the gRPC message.
+fn statistics(m: crate::http::stats::ModelStatistics) -> proto::ModelStatistics {
+    let d = |d: crate::http::stats::StatisticDuration| {
+        Some(proto::StatisticDuration {
+            count: d.count,
+            ns: d.ns,
+        })
+    };
+    let i = m.inference_stats;
+    proto::ModelStatistics {
+        name: m.name,
+        version: m.version,
+        last_inference: m.last_inference,
+        inference_count: m.inference_count,
+        execution_count: m.execution_count,
+        inference_stats: Some(proto::InferStatistics {
+            success: d(i.success),
+            fail: d(i.fail),
+            queue: d(i.queue),
+            compute_input: d(i.compute_input),
+            compute_infer: d(i.compute_infer),
+            compute_output: d(i.compute_output),
+            cache_hit: d(i.cache_hit),
+            cache_miss: d(i.cache_miss),
+        }),
+        batch_stats: Vec::new(),
     }
 }
 
@@ -164,6 +207,47 @@ impl<E: Engine> GrpcInferenceService for InferenceService<E> {
             inputs: tensors(m.inputs),
             outputs: tensors(m.outputs),
         }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let info = self.engine.info();
+        let versions = if r.name.is_empty() {
+            info.versions.clone()
+        } else {
+            vec![
+                info.resolve(&r.name, version(&r.version))
+                    .map_err(unknown_model)?,
+            ]
+        };
+        let model_stats = versions
+            .iter()
+            .map(|v| statistics(self.metrics.stats.model(&info.name, v)))
+            .collect();
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let models = crate::http::repository::index(
+            self.engine.info(),
+            self.ready(),
+            request.into_inner().ready,
+        )
+        .into_iter()
+        .map(|m| ModelIndex {
+            name: m.name,
+            version: m.version,
+            state: m.state,
+            reason: m.reason,
+        })
+        .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
     }
 
     async fn model_infer(

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use axum::http::StatusCode;
 
+use super::stats::Stats;
 use crate::protocol::v2::Parameters;
 use crate::protocol::{
     InferRequest, InferResponse, ModelInfo, ModelInput, NamedTensor, ProtocolError,
@@ -95,13 +96,15 @@ pub const TOO_MANY_ROWS: &str = "too_many_rows";
 
 /// Answers a decoded request for `version` of the engine's model (already
 /// resolved): takes the model's input out of it, refuses more than
-/// `max_rows` rows before any work starts, and asks the engine. Both front
+/// `max_rows` rows before any work starts, and asks the engine (counting
+/// its time in `stats`). Both front
 /// doors go through here, so they answer alike.
 pub async fn answer<E: Engine>(
     engine: &E,
     version: String,
     request: &mut InferRequest,
     max_rows: usize,
+    stats: &Stats,
 ) -> Result<InferResponse, InferError> {
     let info = engine.info();
     let input = info.take_input(request)?;
@@ -118,7 +121,10 @@ pub async fn answer<E: Engine>(
     let answer = if rows == 0 {
         Answer::default()
     } else {
-        engine.infer(input).await?
+        let started = std::time::Instant::now();
+        let answer = engine.infer(input).await?;
+        stats.executed(rows, started.elapsed());
+        answer
     };
     Ok(InferResponse {
         model_name: info.name.clone(),

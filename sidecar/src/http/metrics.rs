@@ -3,6 +3,7 @@
 //! own registry so that tests can run many servers in one process.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus::{
@@ -11,6 +12,7 @@ use prometheus::{
 };
 
 use super::engine::InferError;
+use super::stats::Stats;
 
 /// Latency buckets from 50 µs (an MLP forward pass is ~30 µs) to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -27,11 +29,19 @@ pub struct RequestMetrics {
     /// Failed infer requests by `reason`.
     pub errors: IntCounterVec,
     pub inflight: IntGauge,
+    /// Infer requests refused by admission (`--max-inflight-*`), by
+    /// `reason`. Those refused at arrival are not in `requests` or
+    /// `errors`; those refused once their body was read (no announced
+    /// length, or inflated past the limit) are in both.
+    pub refused: IntCounterVec,
+    /// Triton's statistics of the same requests (`/v2/models/{m}/stats`).
+    pub stats: Arc<Stats>,
 }
 
 impl RequestMetrics {
     /// Registers `<prefix>_request_duration_seconds`, `<prefix>_requests_total`,
-    /// `<prefix>_request_errors_total{reason}` and `<prefix>_inflight_requests`,
+    /// `<prefix>_request_errors_total{reason}`, `<prefix>_inflight_requests`
+    /// and `<prefix>_requests_refused_total{reason}`,
     /// each with a constant `model` label.
     pub fn register(
         registry: &Registry,
@@ -59,7 +69,15 @@ impl RequestMetrics {
         )?;
         let inflight =
             IntGauge::with_opts(opts("inflight_requests", "Infer requests being answered"))?;
+        let refused = IntCounterVec::new(
+            opts(
+                "requests_refused_total",
+                "Infer requests refused unread because the server was at a limit (--max-inflight-requests, --max-inflight-bytes)",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
@@ -68,6 +86,8 @@ impl RequestMetrics {
             requests,
             errors,
             inflight,
+            refused,
+            stats: Arc::new(Stats::default()),
         })
     }
 
@@ -80,9 +100,11 @@ impl RequestMetrics {
     ) -> Result<T, InferError> {
         let started = Instant::now();
         self.requests.inc();
+        self.stats.arrived();
         self.inflight.inc();
         let _inflight = InFlight(&self.inflight);
         let result = work.await;
+        self.stats.finished(result.is_ok(), started.elapsed());
         match &result {
             Ok(_) => self
                 .request_duration

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::header::{CONNECTION, CONTENT_TYPE};
+use axum::http::header::{CONNECTION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,12 +22,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::admission::{Admission, Limit, RETRY_AFTER_SECS, Ticket};
 use super::auth::{self, BearerToken};
+use super::decode::off_io_thread;
 use super::engine::{self, Engine, InferError};
 use super::metrics::{RequestMetrics, render};
 use crate::grpc::{GrpcError, GrpcPort, GrpcServer, InferenceService};
+use crate::protocol::InferRequest;
 use crate::protocol::binary::{self, EncodedBody, HEADER_LENGTH};
-use crate::protocol::body::read_body;
+use crate::protocol::body::{announced_length, decode_content_encoding, read_raw_body};
 use crate::protocol::v2::{ErrorBody, ServerMetadata};
 use crate::tls::{ServerTls, TlsError, TlsListener, TlsOptions};
 
@@ -70,7 +73,26 @@ pub struct HttpOptions {
     pub metrics_port: Option<u16>,
     #[command(flatten)]
     pub tls: TlsOptions,
+    /// Most infer requests (HTTP and gRPC together) being answered at
+    /// once; one more gets a 503 with Retry-After (gRPC:
+    /// RESOURCE_EXHAUSTED) before its body is read. Health, metadata and
+    /// metrics are never refused. 0 or `off`: no limit.
+    #[arg(long, env = "CODED_MAX_INFLIGHT_REQUESTS", default_value_t = Limit::of(DEFAULT_MAX_INFLIGHT_REQUESTS), value_name = "N|off")]
+    pub max_inflight_requests: Limit,
+    /// Most request bytes (bodies as received, plus their inflated size
+    /// when compressed) held by the infer requests being answered; a
+    /// request that would go over gets a 503 with Retry-After (gRPC:
+    /// RESOURCE_EXHAUSTED) before its body is decoded. At least
+    /// --max-body-bytes. 0 or `off`: no limit.
+    #[arg(long, env = "CODED_MAX_INFLIGHT_BYTES", default_value_t = Limit::of(DEFAULT_MAX_INFLIGHT_BYTES), value_name = "BYTES|off")]
+    pub max_inflight_bytes: Limit,
 }
+
+/// `--max-inflight-requests`' default: far above what the 2-core figures in
+/// docs/benchmarks.md keep in flight, so only an overload meets it.
+pub const DEFAULT_MAX_INFLIGHT_REQUESTS: u64 = 1024;
+/// `--max-inflight-bytes`' default: eight bodies of the default 64 MiB limit.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 512 * 1024 * 1024;
 
 impl Default for HttpOptions {
     fn default() -> Self {
@@ -83,6 +105,8 @@ impl Default for HttpOptions {
             max_rows_per_request: 4096,
             metrics_port: None,
             tls: TlsOptions::default(),
+            max_inflight_requests: Limit::of(DEFAULT_MAX_INFLIGHT_REQUESTS),
+            max_inflight_bytes: Limit::of(DEFAULT_MAX_INFLIGHT_BYTES),
         }
     }
 }
@@ -101,15 +125,23 @@ pub enum HttpError {
     Grpc(#[from] GrpcError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(
+        "--max-inflight-bytes {inflight} is below --max-body-bytes {body}: a request of the largest size could never be admitted"
+    )]
+    InflightBelowBody { inflight: u64, body: usize },
 }
 
-struct AppState<E> {
-    engine: Arc<E>,
-    metrics: RequestMetrics,
-    registry: Registry,
-    draining: Arc<AtomicBool>,
-    max_body_bytes: usize,
-    max_rows: usize,
+pub(super) struct AppState<E> {
+    pub(super) engine: Arc<E>,
+    pub(super) metrics: RequestMetrics,
+    pub(super) registry: Registry,
+    pub(super) draining: Arc<AtomicBool>,
+    pub(super) max_body_bytes: usize,
+    pub(super) max_rows: usize,
+    pub(super) admission: Arc<Admission>,
+    /// Called with the body's size on the thread that decodes it, before
+    /// decoding (tests hold a decode there to see what else is served).
+    pub(super) decode_hook: Option<Arc<dyn Fn(usize) + Send + Sync>>,
 }
 
 /// A bound v2 server; `run` serves until the shutdown future resolves, then
@@ -146,6 +178,19 @@ impl V2Server {
         let tls = ServerTls::from_options(&options.tls)?;
         let draining = Arc::new(AtomicBool::new(false));
         let max_rows = usize::try_from(options.max_rows_per_request).unwrap_or(usize::MAX);
+        if let Some(inflight) = options.max_inflight_bytes.0 {
+            if inflight < options.max_body_bytes as u64 {
+                return Err(HttpError::InflightBelowBody {
+                    inflight,
+                    body: options.max_body_bytes,
+                });
+            }
+        }
+        let admission = Admission::new(
+            options.max_inflight_requests,
+            options.max_inflight_bytes,
+            metrics.refused.clone(),
+        );
         let grpc = match GrpcPort::resolve(options.grpc_port, options.port) {
             Some(port) => {
                 let service = InferenceService::new(
@@ -162,6 +207,7 @@ impl V2Server {
                         options.max_body_bytes,
                         tls.clone(),
                         auth.clone(),
+                        admission.clone(),
                     )
                     .await?,
                 )
@@ -189,6 +235,8 @@ impl V2Server {
             draining: draining.clone(),
             max_body_bytes: options.max_body_bytes,
             max_rows,
+            admission,
+            decode_hook: None,
         });
         let mut app = router(state).merge(extra);
         if let Some(token) = auth {
@@ -349,7 +397,7 @@ async fn close_when_draining(
     response
 }
 
-fn router<E: Engine>(state: Arc<AppState<E>>) -> Router {
+pub(super) fn router<E: Engine>(state: Arc<AppState<E>>) -> Router {
     Router::new()
         .route("/v2", get(get_server_metadata))
         .route("/v2/health/live", get(live))
@@ -369,6 +417,16 @@ fn router<E: Engine>(state: Arc<AppState<E>>) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(infer::<E>),
         )
+        .route("/v2/models/stats", get(super::stats_route::all::<E>))
+        .route("/v2/models/{name}/stats", get(super::stats_route::one::<E>))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(super::stats_route::one::<E>),
+        )
+        .route(
+            "/v2/repository/index",
+            post(super::repository::repository_index::<E>),
+        )
         .route("/metrics", get(metrics::<E>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -387,10 +445,20 @@ pub fn error_response(status: StatusCode, error: String) -> Response {
 }
 
 #[derive(Debug, Deserialize)]
-struct ModelPath {
-    name: String,
-    version: Option<String>,
+pub(super) struct ModelPath {
+    pub(super) name: String,
+    pub(super) version: Option<String>,
 }
+
+/// The protocol extensions served (Triton's names): binary tensors, the
+/// read-only repository index, statistics, and the schedule policy's `timeout` and
+/// `priority` request parameters (honoured by the frontend's queue).
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+];
 
 /// This server's name, version and protocol extensions (`GET /v2`, and
 /// gRPC's `ServerMetadata`).
@@ -398,7 +466,7 @@ pub fn server_metadata() -> ServerMetadata {
     ServerMetadata {
         name: "coded-sidecar".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        extensions: vec!["binary_tensor_data".to_owned()],
+        extensions: EXTENSIONS.iter().map(|&e| e.to_owned()).collect(),
     }
 }
 
@@ -468,10 +536,34 @@ async fn infer<E: Engine>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match s.metrics.observe(answer(&s, p, &headers, body)).await {
+    // Admitted before a byte of the body is read, holding its announced
+    // size (an oversized one is left to read_raw_body's 413).
+    let announced = announced_length(&headers)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= s.max_body_bytes);
+    let ticket = match s.admission.admit(announced.unwrap_or(0)) {
+        Ok(ticket) => Arc::new(ticket),
+        Err(e) => return refused(e.to_string()),
+    };
+    match s
+        .metrics
+        .observe(answer(&s, p, &headers, body, announced.is_none(), ticket))
+        .await
+    {
         Ok(response) => response,
+        Err(e) if super::admission::is_refusal(e.reason()) => refused(e.to_string()),
         Err(e) => e.into_response(),
     }
+}
+
+/// A request refused by admission: 503 with Retry-After (see
+/// [`super::admission`] for why not 429).
+fn refused(message: String) -> Response {
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    response
 }
 
 async fn answer<E: Engine>(
@@ -479,18 +571,57 @@ async fn answer<E: Engine>(
     p: ModelPath,
     headers: &HeaderMap,
     body: Body,
+    unannounced: bool,
+    ticket: Arc<Ticket>,
 ) -> Result<Response, InferError> {
     let version = s.engine.info().resolve(&p.name, p.version.as_deref())?;
-    let raw = read_body(body, headers, s.max_body_bytes).await?;
-    let header_length =
-        binary::parse_header_length(headers.get(HEADER_LENGTH).map(|v| v.as_bytes()))?;
-    let mut request = binary::decode_request(&raw, header_length)?;
-    drop(raw);
-    let response = engine::answer(s.engine.as_ref(), version, &mut request, s.max_rows).await?;
+    let raw = read_raw_body(body, headers, s.max_body_bytes).await?;
+    if unannounced {
+        ticket.hold(raw.len())?;
+    }
+    let mut request = decode(s, headers, raw, ticket.clone()).await?;
+    let response = engine::answer(
+        s.engine.as_ref(),
+        version,
+        &mut request,
+        s.max_rows,
+        &s.metrics.stats,
+    )
+    .await?;
+    drop(ticket);
     Ok(body_response(binary::encode_response(
         &response,
         &request.outputs,
     )))
+}
+
+/// Inflates and parses a body, off the I/O thread when it is large; the
+/// inflated bytes are held against `--max-inflight-bytes` before parsing.
+async fn decode<E: Engine>(
+    s: &AppState<E>,
+    headers: &HeaderMap,
+    raw: Bytes,
+    ticket: Arc<Ticket>,
+) -> Result<InferRequest, InferError> {
+    let header_length =
+        binary::parse_header_length(headers.get(HEADER_LENGTH).map(|v| v.as_bytes()))?;
+    let mut encoding = HeaderMap::new();
+    if let Some(value) = headers.get(CONTENT_ENCODING) {
+        encoding.insert(CONTENT_ENCODING, value.clone());
+    }
+    let (hook, limit) = (s.decode_hook.clone(), s.max_body_bytes);
+    off_io_thread(raw.len(), move || {
+        if let Some(hook) = hook {
+            hook(raw.len());
+        }
+        let wire = raw.as_ptr();
+        let body = decode_content_encoding(&encoding, raw, limit)?;
+        if body.as_ptr() != wire {
+            ticket.hold(body.len())?;
+        }
+        Ok(binary::decode_request(&body, header_length)?)
+    })
+    .await?
 }
 
 fn body_response(encoded: EncodedBody) -> Response {

@@ -23,13 +23,32 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let too_large = || ProtocolError::BodyTooLarge { limit };
-    // Refuse early when the client announces an oversized body.
-    let announced = headers
+    let raw = read_raw_body(body, headers, limit).await?;
+    decode_content_encoding(headers, raw, limit)
+}
+
+/// The `Content-Length` a request announces, if any.
+pub fn announced_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit as u64) {
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Reads the whole body as sent (still compressed, if it is), at most
+/// `limit` bytes; an announced length over the limit is refused unread.
+pub async fn read_raw_body<B>(
+    body: B,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ProtocolError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let too_large = || ProtocolError::BodyTooLarge { limit };
+    // Refuse early when the client announces an oversized body.
+    if announced_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
     let raw = Limited::new(body, limit)
@@ -43,7 +62,7 @@ where
             }
         })?
         .to_bytes();
-    decode_content_encoding(headers, raw, limit)
+    Ok(raw)
 }
 
 /// Undoes `Content-Encoding: gzip | deflate`; identity passes through.

@@ -4,9 +4,11 @@
 //! carry the input's shape exactly (one row) or with a leading batch
 //! dimension of N rows; each row is one query for coding.
 
+use std::time::Duration;
+
 use super::binary::{InferRequest, OutputSelection};
 use super::error::ProtocolError;
-use super::v2::{Datatype, ModelMetadata, TensorMetadata};
+use super::v2::{Datatype, ModelMetadata, TensorMetadata, size_parameter};
 
 /// Name, shape (without the batch dimension) and datatype of a tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,12 @@ pub struct ModelInput {
     pub batched: bool,
     /// `rows × input.row_len()` values, row-major.
     pub data: Vec<f32>,
+    /// The request's `timeout` parameter (Triton's schedule policy, in
+    /// µs; absent or 0: none).
+    pub timeout: Option<Duration>,
+    /// The request's `priority` parameter (Triton's: 1 is the most urgent
+    /// level; absent or 0 is the default level, after every given one).
+    pub priority: u64,
 }
 
 impl ModelInfo {
@@ -127,10 +135,16 @@ impl ModelInfo {
                 expected: expected.clone(),
             });
         };
+        let timeout = size_parameter(&request.parameters, "timeout")?
+            .filter(|&us| us > 0)
+            .map(|us| Duration::from_micros(us as u64));
+        let priority = size_parameter(&request.parameters, "priority")?.unwrap_or(0) as u64;
         Ok(ModelInput {
             rows,
             batched,
             data: tensor.data,
+            timeout,
+            priority,
         })
     }
 
