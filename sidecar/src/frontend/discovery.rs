@@ -117,6 +117,17 @@ pub fn url_of(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// The name parity `index` is served under, given parity 0's: `<name>`
+/// for parity 0 (so r = 1 is unchanged), `<name>-<index>` for the others,
+/// so that a call of one parity sent to another's instance is refused
+/// (404) rather than decoded wrongly.
+pub fn parity_model_name(parity_model: &str, index: usize) -> String {
+    match index {
+        0 => parity_model.to_owned(),
+        l => format!("{parity_model}-{l}"),
+    }
+}
+
 /// Makes instances: a v2 client each, an id never reused, and their
 /// metric series.
 pub struct Factory {

@@ -23,7 +23,7 @@ use super::options::FrontendOptions;
 use super::prometheus::{PromConfig, PromSource};
 use super::trace::Tracer;
 use super::watcher::{self, WatchConfig};
-use crate::coding::encoder;
+use crate::coding::{LinearCode, encoder};
 use crate::http::{Answer, Engine, EngineError};
 use crate::protocol::client::Client;
 use crate::protocol::v2::{Datatype, TensorMetadata};
@@ -101,6 +101,7 @@ impl Frontend {
             .unwrap_or_else(|| format!("{name}-parity"));
         let code = encoder(options.encoder, options.k, &info.input.shape)
             .context("setting up the encoder")?;
+        check_parity_cards(options).await?;
         if coded && !models.is_service() && options.model_endpoints.len() < options.k {
             tracing::warn!(
                 models = options.model_endpoints.len(),
@@ -437,6 +438,36 @@ async fn model_info(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Reads each `--parity-card` and checks that it is that parity of the
+/// code the flags give.
+async fn check_parity_cards(options: &FrontendOptions) -> anyhow::Result<()> {
+    if options.parity_card.is_empty() {
+        return Ok(());
+    }
+    let code = LinearCode::new(options.k, options.r)?;
+    if options.parity_card.len() != options.r {
+        bail!(
+            "--parity-card names {} cards but --r {} needs one per parity, parity 0 first",
+            options.parity_card.len(),
+            options.r
+        );
+    }
+    for (l, uri) in options.parity_card.iter().enumerate() {
+        let card = crate::model::fetch::card(uri)
+            .await
+            .with_context(|| format!("reading the parity card {uri}"))?;
+        card.check_parity(&code, options.encoder, l).map_err(|e| {
+            anyhow::anyhow!(
+                "--parity-card {uri}: {e} (flags: --k {} --r {} --encoder {})",
+                options.k,
+                options.r,
+                options.encoder
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Asks model instances for F(0) until one answers; padded groups need it.

@@ -28,6 +28,7 @@ pub mod watcher;
 
 pub use baseline::DispatchMode;
 pub use batch_state::ReconstructPolicy;
+pub use discovery::parity_model_name;
 pub use engine::{Frontend, Started};
 pub use options::FrontendOptions;
 

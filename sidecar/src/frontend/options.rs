@@ -69,10 +69,19 @@ pub struct FrontendOptions {
     /// Queries per coding group.
     #[arg(long, default_value_t = 2)]
     pub k: usize,
-    /// Parity models per group; r = 1 (one loss per group rebuilt) is what
-    /// the parity models are trained for today.
+    /// Parities per group: up to r lost queries of a group are rebuilt.
+    /// Parity l is served by the instances given as `l=URL` in
+    /// --parity-endpoints (or `l=HOST:PORT` in --parity-service; entries
+    /// without `l=` are parity 0) under the name --parity-model for l = 0
+    /// and `<parity-model>-<l>` for the others.
     #[arg(long, default_value_t = 1)]
     pub r: usize,
+    /// The parity models' cards (paths or URIs, comma-separated, parity 0
+    /// first): checked at start against --k, --r and --encoder, so that a
+    /// parity model trained for another code is refused with one clear
+    /// error rather than decoded into wrong answers.
+    #[arg(long, value_delimiter = ',')]
+    pub parity_card: Vec<String>,
     /// How a group is encoded; must match the parity model's training.
     #[arg(long, value_enum, default_value_t = EncoderKind::Sum)]
     pub encoder: EncoderKind,
