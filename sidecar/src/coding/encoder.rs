@@ -295,6 +295,27 @@ impl Encoder for ConcatEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The sum encoder keeps the item shape.
+        #[test]
+        fn sum_encoder_keeps_shape(k in 2usize..6, groups in 1usize..4, c in 1usize..3, h in 1usize..6) {
+            let qs = Tensor::zeros((groups, k, c, h, h), DType::F32, &Device::Cpu).unwrap();
+            let p = SumEncoder::new(k, &[c, h, h]).unwrap().encode(&qs).unwrap();
+            prop_assert_eq!(p.dims(), &[groups, c, h, h]);
+        }
+
+        /// The concat encoder keeps the image shape for every k that fits.
+        #[test]
+        fn concat_encoder_keeps_shape(k in 2usize..10, groups in 1usize..3, side in 6usize..30) {
+            let qs = Tensor::ones((groups, k, 1, side, side), DType::F32, &Device::Cpu).unwrap();
+            let p = crate::coding::ConcatEncoder::new(k, &[1, side, side]).unwrap().encode(&qs).unwrap();
+            prop_assert_eq!(p.dims(), &[groups, 1, side, side]);
+        }
+    }
 
     fn cpu() -> Device {
         Device::Cpu
