@@ -66,7 +66,8 @@ pub struct ParityArgs {
     /// Parities per group: r = 2 trains parity models 0 and 1 of the code
     /// (P_l = Σ_j c_lj X_j, learning Σ_j c_lj F(X_j); row 0 is all ones,
     /// the plain sum), one after the other. With r ≥ 2, parity l is saved
-    /// in `<out>/<l>`.
+    /// in `<out>/<l>` (without --out:
+    /// `models/<base>-parity-k<k>-<encoder>-r<r>-<l>`).
     #[arg(long, default_value_t = 1)]
     pub r: usize,
     /// Train only this parity of the code (0..r).
