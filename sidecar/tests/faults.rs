@@ -57,7 +57,7 @@ fn fixture() -> &'static Fixture {
         let base_model = model::load(&base, &cpu).unwrap();
         let parity_model = model::load(&parity, &cpu).unwrap();
         let logits = base_model.network.forward(&test.images).unwrap();
-        let report = coded_sidecar::eval::report::evaluate(&base_model, &parity_model, &test, 0)
+        let report = coded_sidecar::eval::report::evaluate(&base_model, &[&parity_model], &test, 0)
             .expect("eval");
         let flat: Vec<f32> = test.images.flatten_all().unwrap().to_vec1().unwrap();
         Fixture {

@@ -445,3 +445,182 @@ async fn a_more_urgent_request_is_dispatched_first_when_queued() {
     }
     assert_eq!(*done.lock().unwrap(), ["first", "urgent", "low-a", "low-b"]);
 }
+
+/// r = 2 with k = 2: both model instances of every group are lost at once
+/// under load (both stalled), and every answer still comes
+/// back, rebuilt exactly from the two parities alone and marked so; none
+/// is retried and none times out. Parity l serves
+/// F_P,l(x) = Wx + (Σ_j c_lj)·b under the name `linear-<l>` (`linear`
+/// for parity 0).
+#[tokio::test]
+async fn with_two_parities_two_losses_in_a_group_are_rebuilt_under_load() {
+    use coded_sidecar::coding::LinearCode;
+    let code = LinearCode::new(2, 2).unwrap();
+    let mut admin = options();
+    admin.admin = true;
+    let linear = |bias: f32, name: Option<String>| Linear {
+        bias,
+        name,
+        ..Linear::default()
+    };
+    let mut models = Vec::new();
+    for _ in 0..2 {
+        models.push(start(admin.clone(), linear(BIAS, None)).await);
+    }
+    let mut parities = Vec::new();
+    for l in 0..2 {
+        let bias = code.row(l).iter().sum::<f64>() as f32 * BIAS;
+        let name = coded_sidecar::frontend::parity_model_name("linear", l);
+        parities.push(start(admin.clone(), linear(bias, Some(name))).await);
+    }
+    let mut o = FrontendOptions::new(
+        &models.iter().map(|w| w.url.clone()).collect::<Vec<_>>(),
+        &parities
+            .iter()
+            .enumerate()
+            .map(|(l, p)| format!("{l}={}", p.url))
+            .collect::<Vec<_>>(),
+    );
+    o.http.port = 0;
+    o.model_name = Some("linear".into());
+    o.parity_model = Some("linear".into());
+    o.r = 2;
+    o.timeout_ms = 5000;
+    let server = coded_sidecar::frontend::bind(&o)
+        .await
+        .expect("frontend starts");
+    let url = format!("http://{}", server.local_addr().unwrap());
+    let _frontend = tokio::spawn(async move {
+        let _ = server.run(std::future::pending()).await;
+    });
+    let front = Client::new(&url, Duration::from_secs(10)).unwrap();
+    for i in 0..10 {
+        let data = rows(2, i);
+        let r = infer(&front, data.clone()).await.unwrap();
+        assert_exact(&data, &r.outputs[0].data);
+        assert!(!reconstructed(&r), "nothing is lost yet");
+    }
+
+    // Both model instances lost at once.
+    set_delay(&models[0].url, 4000).await;
+    set_delay(&models[1].url, 4000).await;
+    let started = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let front = front.clone();
+            tokio::spawn(async move {
+                for i in 0..6 {
+                    let data = rows(1 + (c + i) % 3, 100 + c * 10 + i);
+                    let r = infer(&front, data.clone()).await.expect("answered");
+                    assert_exact(&data, &r.outputs[0].data);
+                    assert!(reconstructed(&r), "client {c} request {i} is rebuilt");
+                    let rows = data.len() / INPUTS;
+                    if rows > 1 {
+                        assert_eq!(
+                            r.parameters["reconstructed_rows"].as_array().unwrap().len(),
+                            rows,
+                            "every row is rebuilt"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client");
+    }
+    // Far sooner than the stalled instance's answers.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(metric(&url, "coded_frontend_reconstructions_total").await >= 48.0);
+    assert_eq!(metric(&url, "coded_frontend_retries_total").await, 0.0);
+    assert_eq!(metric(&url, "coded_frontend_timeouts_total").await, 0.0);
+}
+
+/// A parity card trained for another code than the flags give is refused
+/// at start with one line saying what differs.
+#[tokio::test]
+async fn a_parity_card_of_another_code_is_refused() {
+    use coded_sidecar::coding::{EncoderKind, LinearCode};
+    use coded_sidecar::model::{ModelCard, Role, TensorSpec, card};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, r: usize, index: usize| {
+        let code = LinearCode::new(2, r).unwrap();
+        let c = ModelCard {
+            format: card::CARD_FORMAT.into(),
+            name: name.into(),
+            arch: coded_sidecar::model::Arch::Mlp,
+            role: Role::Parity {
+                k: 2,
+                encoder: EncoderKind::Sum,
+                base_sha256: "00".into(),
+                base_name: "base".into(),
+                r,
+                index,
+                coefficients: code.row(index).to_vec(),
+            },
+            input: TensorSpec {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                // Cards describe images: 1×2×2 is the linear model's 4 inputs.
+                shape: vec![1, 2, INPUTS / 2],
+            },
+            output: TensorSpec {
+                name: "logits".into(),
+                datatype: "FP32".into(),
+                shape: vec![OUTPUTS],
+            },
+            classes: (0..OUTPUTS).map(|i| i.to_string()).collect(),
+            weights: card::WeightsRef {
+                uri: "model.safetensors".into(),
+                sha256: "00".into(),
+                parameters: 1,
+            },
+            training: None,
+        };
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
+        path.display().to_string()
+    };
+    let (one, two_0, two_1) = (write("r1", 1, 0), write("r2-0", 2, 0), write("r2-1", 2, 1));
+    let worker = start(options(), Linear::default()).await;
+    let attempt = |r: usize, cards: Vec<String>| {
+        let mut o = FrontendOptions::new(
+            std::slice::from_ref(&worker.url),
+            std::slice::from_ref(&worker.url),
+        );
+        o.http.port = 0;
+        o.model_name = Some("linear".into());
+        o.r = r;
+        o.parity_endpoints = (0..r).map(|l| format!("{l}={}", worker.url)).collect();
+        o.parity_card = cards;
+        async move { coded_sidecar::frontend::bind(&o).await.map(|_| ()) }
+    };
+    let err = attempt(2, vec![one.clone(), two_1.clone()])
+        .await
+        .expect_err("an r = 1 card for r = 2")
+        .to_string();
+    assert!(
+        err.contains(
+            "is parity 0 of k = 2, r = 1, sum, but parity 0 of k = 2, r = 2, sum is needed"
+        ),
+        "{err}"
+    );
+    let err = attempt(2, vec![two_1.clone(), two_0.clone()])
+        .await
+        .expect_err("swapped cards")
+        .to_string();
+    assert!(err.contains("is parity 1 of"), "{err}");
+    let err = attempt(2, vec![two_0.clone()])
+        .await
+        .expect_err("one card")
+        .to_string();
+    assert!(err.contains("one per parity"), "{err}");
+    attempt(2, vec![two_0, two_1])
+        .await
+        .expect("the right cards");
+    attempt(1, vec![one]).await.expect("r = 1 as before");
+}

@@ -140,6 +140,90 @@ fn train_then_eval_beats_chance() {
     assert!(err.contains("tampered"), "{err}");
 }
 
+/// `train parity --r 2` trains both parity models of the code, each card
+/// saying which parity it is; `eval` scores every pattern of one and two
+/// losses with both.
+#[test]
+fn two_parities_train_and_eval_under_every_pattern_of_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, parity) = (tmp.path().join("base"), tmp.path().join("parity"));
+    let report = tmp.path().join("report.json");
+    let (b, p, r) = (
+        base.to_str().unwrap(),
+        parity.to_str().unwrap(),
+        report.to_str().unwrap(),
+    );
+    ok(&[
+        "train", "base", "--epochs", "2", "--limit", "3000", "--quiet", "--out", b,
+    ]);
+    let out = ok(&[
+        "train", "parity", "--base", b, "--k", "2", "--r", "2", "--epochs", "2", "--limit", "3000",
+        "--quiet", "--out", p,
+    ]);
+    assert_eq!(out.matches("trained ").count(), 2, "{out}");
+    let (p0, p1) = (parity.join("0"), parity.join("1"));
+    for (l, dir) in [(0, &p0), (1, &p1)] {
+        let c = card(dir);
+        assert_eq!(c["role"]["r"], 2);
+        assert_eq!(c["role"]["index"], l);
+        let coefficients: Vec<f64> = c["role"]["coefficients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(coefficients.len(), 2);
+        // Parity 0 is the plain sum; parity 1 another combination.
+        assert_eq!(coefficients == [1.0, 1.0], l == 0, "{coefficients:?}");
+    }
+    let (s0, s1) = (p0.to_str().unwrap(), p1.to_str().unwrap());
+    // Given in any order.
+    let table = ok(&[
+        "eval", "--base", b, "--parity", s1, "--parity", s0, "--limit", "2000", "--json", r,
+    ]);
+    assert!(table.contains("degraded, 2 lost"), "{table}");
+    let rep: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(rep["r"], 2);
+    let rows = rep["by_losses"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["losses"], i + 1);
+        assert_eq!(row["degraded"]["groups"], 1000);
+        let overall = row["degraded"]["overall"].as_f64().unwrap();
+        assert!(overall > 0.2, "{} lost: {overall} is near chance", i + 1);
+    }
+    assert_eq!(rep["degraded"], rows[0]["degraded"]);
+
+    // One card of two, the same parity twice, and concat with r = 2 are
+    // refused with a reason.
+    let err = fails(&["eval", "--base", b, "--parity", s0]);
+    assert!(err.contains("pass all 2"), "{err}");
+    let err = fails(&["eval", "--base", b, "--parity", &format!("{s0},{s0}")]);
+    assert!(err.contains("two --parity cards are parity 0"), "{err}");
+    let err = fails(&[
+        "train",
+        "parity",
+        "--base",
+        b,
+        "--r",
+        "2",
+        "--encoder",
+        "concat",
+    ]);
+    assert!(err.contains("one parity per group"), "{err}");
+    let err = fails(&[
+        "train",
+        "parity",
+        "--base",
+        b,
+        "--r",
+        "2",
+        "--parity-index",
+        "2",
+    ]);
+    assert!(err.contains("not a parity of r = 2"), "{err}");
+}
+
 #[test]
 fn same_seed_gives_the_same_weights() {
     let tmp = tempfile::tempdir().unwrap();

@@ -297,7 +297,7 @@ fn run_chaos(args: ChaosArgs) -> anyhow::Result<()> {
                 .0;
             let dirs = crate::local::ModelDirs {
                 base: base.clone(),
-                parity: parity.clone(),
+                parity: vec![parity.clone()],
             };
             (dirs, card)
         }
@@ -401,6 +401,7 @@ fn models(
     let plan = ModelPlan {
         arch: Arch::Mlp,
         k,
+        r: 1,
         encoder: EncoderKind::Sum,
         base_epochs,
         parity_epochs,

@@ -1,4 +1,5 @@
-//! `coded-sidecar eval`: degraded-mode accuracy of a base + parity pair.
+//! `coded-sidecar eval`: degraded-mode accuracy of a base model and the
+//! parity models of one code.
 
 use std::path::PathBuf;
 
@@ -14,9 +15,11 @@ pub struct EvalArgs {
     /// The base model's card (card.json or its directory).
     #[arg(long)]
     pub base: PathBuf,
-    /// The parity model's card.
-    #[arg(long)]
-    pub parity: PathBuf,
+    /// The parity model's card; with r ≥ 2 parities, each of the code's r
+    /// cards (repeat the flag or comma-separate), scored under every
+    /// pattern of up to r losses.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub parity: Vec<PathBuf>,
     /// Seed of the random grouping of test images into coding groups.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -36,14 +39,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let placement = Placement::f32(args.device.open()?);
     let base = crate::model::load(&args.base, &placement)
         .with_context(|| format!("loading the base model {}", args.base.display()))?;
-    let parity = crate::model::load(&args.parity, &placement)
-        .with_context(|| format!("loading the parity model {}", args.parity.display()))?;
+    let parities = args
+        .parity
+        .iter()
+        .map(|p| {
+            crate::model::load(p, &placement)
+                .with_context(|| format!("loading the parity model {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let data = args.data.load()?.to_device(&placement.device)?;
     let test = match args.limit {
         Some(n) => data.test.take(n)?,
         None => data.test,
     };
-    let report = evaluate(&base, &parity, &test, args.seed)?;
+    let parities: Vec<&crate::model::Model> = parities.iter().collect();
+    let report = evaluate(&base, &parities, &test, args.seed)?;
     print!("{}", report.table());
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;

@@ -24,6 +24,10 @@ pub struct LocalArgs {
     /// Queries per coding group.
     #[arg(long, default_value_t = 2)]
     pub k: usize,
+    /// Parities per group: r parity models are trained (or loaded from the
+    /// cache) and served, and up to r lost queries of a group are rebuilt.
+    #[arg(long, default_value_t = 1)]
+    pub r: usize,
     #[arg(long, value_enum, default_value_t = EncoderKind::Sum)]
     pub encoder: EncoderKind,
     #[arg(long, value_enum, default_value_t = ReconstructPolicy::Eager)]
@@ -31,9 +35,10 @@ pub struct LocalArgs {
     /// Model worker processes [default: k].
     #[arg(long)]
     pub models: Option<usize>,
-    /// Parity worker processes.
-    #[arg(long, default_value_t = 1)]
-    pub parities: usize,
+    /// Parity worker processes, at least r: worker i serves parity i mod r
+    /// [default: r].
+    #[arg(long)]
+    pub parities: Option<usize>,
     /// Address the frontend listens on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -99,9 +104,17 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     if args.k < crate::coding::MIN_K {
         anyhow::bail!("--k {} is not a code: k must be at least 2", args.k);
     }
+    crate::coding::LinearCode::new(args.k, args.r)?;
+    if args.encoder == EncoderKind::Concat && args.r > 1 {
+        return Err(crate::coding::CodingError::ConcatParities(args.r).into());
+    }
     let models = args.models.unwrap_or(args.k);
-    if models == 0 || args.parities == 0 {
-        anyhow::bail!("--models and --parities must be at least 1");
+    let parities = args.parities.unwrap_or(args.r);
+    if models == 0 || parities < args.r {
+        anyhow::bail!(
+            "--models must be at least 1 and --parities at least r = {} (one worker per parity)",
+            args.r
+        );
     }
     if args.prometheus && crate::local::prometheus::binary().is_none() {
         anyhow::bail!(
@@ -116,6 +129,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         device,
         arch: args.arch,
         k: args.k,
+        r: args.r,
         encoder: args.encoder,
         base_epochs: args.base_epochs,
         parity_epochs: args.parity_epochs,
@@ -139,7 +153,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         dispatch: crate::frontend::DispatchMode::Coded,
         policy: args.reconstruct_policy,
         models,
-        parities: args.parities,
+        parities,
         host: args.host.clone(),
         port: args.port,
         straggle_ms: if args.straggle { args.straggle_ms } else { 0 },
@@ -198,9 +212,10 @@ fn banner(cluster: &Cluster, name: &str, input: &str, shape: &[usize], args: &Lo
     let host_port = url.trim_start_matches("http://");
     println!();
     println!(
-        "coded serving of {name} at {url}: {models} model worker(s), {} parity worker(s), k = {}, {} encoder, {:?} reconstruction{}",
-        args.parities,
+        "coded serving of {name} at {url}: {models} model worker(s), {} parity worker(s), k = {}, r = {}, {} encoder, {:?} reconstruction{}",
+        cluster.parity_urls.len(),
         args.k,
+        args.r,
         args.encoder,
         args.reconstruct_policy,
         if args.straggle {

@@ -6,16 +6,17 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::DataArgs;
-use crate::coding::EncoderKind;
+use crate::coding::{EncoderKind, LinearCode};
 use crate::device::{DeviceArgs, Placement};
 use crate::model::{Arch, ModelCard};
-use crate::train::{TrainOptions, parity::default_groups_per_batch, train_base, train_parity};
+use crate::train::parity::{default_groups_per_batch, parity_name};
+use crate::train::{TrainOptions, train_base, train_parity};
 
 #[derive(Debug, Subcommand)]
 pub enum TrainCommand {
     /// Train a base model (the model being served) on Fashion-MNIST labels.
     Base(BaseArgs),
-    /// Train a parity model for a base model and a code (k, encoder).
+    /// Train the parity models of a code (k, r, encoder) for a base model.
     Parity(ParityArgs),
 }
 
@@ -62,6 +63,16 @@ pub struct ParityArgs {
     /// Queries per coding group.
     #[arg(long, default_value_t = 2)]
     pub k: usize,
+    /// Parities per group: r = 2 trains parity models 0 and 1 of the code
+    /// (P_l = Σ_j c_lj X_j, learning Σ_j c_lj F(X_j); row 0 is all ones,
+    /// the plain sum), one after the other. With r ≥ 2, parity l is saved
+    /// in `<out>/<l>` (without --out:
+    /// `models/<base>-parity-k<k>-<encoder>-r<r>-<l>`).
+    #[arg(long, default_value_t = 1)]
+    pub r: usize,
+    /// Train only this parity of the code (0..r).
+    #[arg(long)]
+    pub parity_index: Option<usize>,
     #[arg(long, value_enum, default_value_t = EncoderKind::Sum)]
     pub encoder: EncoderKind,
     /// Coding groups per optimiser step [default: 64 for k = 2, 32 for k ≥ 3].
@@ -105,25 +116,48 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             if args.k < crate::coding::MIN_K {
                 anyhow::bail!("--k {} is not a code: k must be at least 2", args.k);
             }
+            let code = LinearCode::new(args.k, args.r)?;
+            let indexes: Vec<usize> = match args.parity_index {
+                Some(l) if l >= args.r => anyhow::bail!(
+                    "--parity-index {l} is not a parity of r = {}: it is 0..{}",
+                    args.r,
+                    args.r - 1
+                ),
+                Some(l) => vec![l],
+                None => (0..args.r).collect(),
+            };
+            // Refused before anything loads.
+            if args.encoder == EncoderKind::Concat && args.r > 1 {
+                return Err(crate::coding::CodingError::ConcatParities(args.r).into());
+            }
             let device = args.common.device.open()?;
             let base = crate::model::load(&args.base, &Placement::f32(device.clone()))
                 .with_context(|| format!("loading the base model {}", args.base.display()))?;
             let data = args.common.data.load()?.to_device(&device)?;
-            let out = args.common.out.clone().unwrap_or_else(|| {
-                PathBuf::from(format!(
-                    "models/{}-parity-k{}-{}",
-                    base.card.name, args.k, args.encoder
-                ))
-            });
             let opts = args.common.options(PARITY_EPOCHS);
             let gpb = args
                 .groups_per_batch
                 .unwrap_or_else(|| default_groups_per_batch(args.k));
-            let done = train_parity(&data, &base, args.k, args.encoder, gpb, &opts, &out)
-                .with_context(|| {
-                    format!("training a parity model (k = {}, {})", args.k, args.encoder)
-                })?;
-            summary(&done.card, &done.card_path);
+            for l in indexes {
+                let out = match (&args.common.out, args.r) {
+                    (Some(out), 1) => out.clone(),
+                    (Some(out), _) => out.join(l.to_string()),
+                    (None, _) => PathBuf::from("models").join(parity_name(
+                        &base.card.name,
+                        &code,
+                        args.encoder,
+                        l,
+                    )),
+                };
+                let done = train_parity(&data, &base, &code, l, args.encoder, gpb, &opts, &out)
+                    .with_context(|| {
+                        format!(
+                            "training parity model {l} (k = {}, r = {}, {})",
+                            args.k, args.r, args.encoder
+                        )
+                    })?;
+                summary(&done.card, &done.card_path);
+            }
         }
     }
     Ok(())

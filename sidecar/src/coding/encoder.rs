@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{CodingError, EncoderKind, MIN_K};
+use super::{CodingError, EncoderKind, LinearCode, MIN_K};
 
 pub trait Encoder: Send + Sync {
     fn kind(&self) -> EncoderKind;
@@ -61,10 +61,35 @@ pub fn encoder(
     })
 }
 
+/// Builds the encoder of parity l of `code`: for `sum`, the weighted sum
+/// with the code's row l (all ones for l = 0); `concat` has no second
+/// parity.
+pub fn parity_encoder(
+    kind: EncoderKind,
+    code: &LinearCode,
+    l: usize,
+    item_shape: &[usize],
+) -> Result<Box<dyn Encoder>, CodingError> {
+    if l >= code.r() {
+        return Err(CodingError::Parities {
+            k: code.k(),
+            r: l + 1,
+        });
+    }
+    Ok(match kind {
+        EncoderKind::Sum => Box::new(SumEncoder::weighted(code.k(), item_shape, code.row(l))?),
+        EncoderKind::Concat if code.r() > 1 => return Err(CodingError::ConcatParities(code.r())),
+        EncoderKind::Concat => Box::new(ConcatEncoder::new(code.k(), item_shape)?),
+    })
+}
+
 /// P = X₁ + … + X_k: works for any tensor, and is exact for a linear F.
+/// Parity l of an r-parity code weighs the queries: P = Σ c_lj X_j.
 pub struct SumEncoder {
     k: usize,
     item: Vec<usize>,
+    /// None: all ones (ParM's sum, and row 0 of every code).
+    weights: Option<Vec<f32>>,
 }
 
 impl SumEncoder {
@@ -75,7 +100,23 @@ impl SumEncoder {
         Ok(Self {
             k,
             item: item_shape.to_vec(),
+            weights: None,
         })
+    }
+
+    /// P = Σ w_j X_j, with one weight per query.
+    pub fn weighted(k: usize, item_shape: &[usize], weights: &[f64]) -> Result<Self, CodingError> {
+        let mut enc = Self::new(k, item_shape)?;
+        if weights.len() != k {
+            return Err(CodingError::GroupSize {
+                expected: k,
+                found: weights.len(),
+            });
+        }
+        if weights.iter().any(|&w| w != 1.0) {
+            enc.weights = Some(weights.iter().map(|&w| w as f32).collect());
+        }
+        Ok(enc)
     }
 }
 
@@ -91,7 +132,13 @@ impl Encoder for SumEncoder {
     }
     fn encode(&self, queries: &Tensor) -> Result<Tensor, CodingError> {
         self.check_groups(queries)?;
-        Ok(queries.sum(1)?)
+        let Some(w) = &self.weights else {
+            return Ok(queries.sum(1)?);
+        };
+        let mut shape = vec![1, self.k];
+        shape.extend(std::iter::repeat_n(1, self.item.len()));
+        let w = Tensor::from_slice(w, shape, queries.device())?;
+        Ok(queries.broadcast_mul(&w)?.sum(1)?)
     }
 
     /// Adds the slices directly: a tensor's set-up cost more than the sum
@@ -111,9 +158,10 @@ impl Encoder for SumEncoder {
             .chunks_exact_mut(item)
             .zip(flat.chunks_exact(self.k * item))
         {
-            for query in group.chunks_exact(item) {
-                for (s, x) in sum.iter_mut().zip(query) {
-                    *s += x;
+            for (j, query) in group.chunks_exact(item).enumerate() {
+                match &self.weights {
+                    None => sum.iter_mut().zip(query).for_each(|(s, x)| *s += x),
+                    Some(w) => sum.iter_mut().zip(query).for_each(|(s, x)| *s += w[j] * x),
                 }
             }
         }
@@ -247,6 +295,27 @@ impl Encoder for ConcatEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The sum encoder keeps the item shape.
+        #[test]
+        fn sum_encoder_keeps_shape(k in 2usize..6, groups in 1usize..4, c in 1usize..3, h in 1usize..6) {
+            let qs = Tensor::zeros((groups, k, c, h, h), DType::F32, &Device::Cpu).unwrap();
+            let p = SumEncoder::new(k, &[c, h, h]).unwrap().encode(&qs).unwrap();
+            prop_assert_eq!(p.dims(), &[groups, c, h, h]);
+        }
+
+        /// The concat encoder keeps the image shape for every k that fits.
+        #[test]
+        fn concat_encoder_keeps_shape(k in 2usize..10, groups in 1usize..3, side in 6usize..30) {
+            let qs = Tensor::ones((groups, k, 1, side, side), DType::F32, &Device::Cpu).unwrap();
+            let p = crate::coding::ConcatEncoder::new(k, &[1, side, side]).unwrap().encode(&qs).unwrap();
+            prop_assert_eq!(p.dims(), &[groups, 1, side, side]);
+        }
+    }
 
     fn cpu() -> Device {
         Device::Cpu
@@ -279,11 +348,53 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "{kind} k={k}: {a} vs {b}");
             }
         }
+        let code = LinearCode::new(3, 2).unwrap();
+        let weighted = parity_encoder(EncoderKind::Sum, &code, 1, &item).unwrap();
+        let flat: Vec<f32> = (0..2 * 3 * 24).map(|i| (i % 13) as f32 * 0.5).collect();
+        let queries = Tensor::from_vec(flat.clone(), (2, 3, 1, 4, 6), &cpu()).unwrap();
+        let want: Vec<f32> = weighted
+            .encode(&queries)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got = weighted.encode_flat(flat.clone(), 2).unwrap();
+        let row = code.row(1);
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            let (g, p) = (i / 24, i % 24);
+            let by_hand: f32 = (0..3)
+                .map(|j| row[j] as f32 * flat[(g * 3 + j) * 24 + p])
+                .sum();
+            assert!(
+                (a - b).abs() < 1e-4 && (a - by_hand).abs() < 1e-4,
+                "{a} {b} {by_hand}"
+            );
+        }
         let sum = encoder(EncoderKind::Sum, 2, &item).unwrap();
         assert!(matches!(
             sum.encode_flat(vec![0.0; 47], 1),
             Err(CodingError::FlatLength { values: 47, .. })
         ));
+    }
+
+    #[test]
+    fn parity_zero_is_the_plain_sum_and_concat_has_one_parity() {
+        let code = LinearCode::new(2, 2).unwrap();
+        let qs = Tensor::from_vec(vec![1f32, 2., 3., 4.], (1, 2, 2), &cpu()).unwrap();
+        let p0 = parity_encoder(EncoderKind::Sum, &code, 0, &[2]).unwrap();
+        assert_eq!(
+            p0.encode(&qs).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![4., 6.]]
+        );
+        let one = LinearCode::new(2, 1).unwrap();
+        assert!(parity_encoder(EncoderKind::Concat, &one, 0, &[1, 28, 28]).is_ok());
+        let err = parity_encoder(EncoderKind::Concat, &code, 0, &[1, 28, 28])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("one parity per group"), "{err}");
+        assert!(parity_encoder(EncoderKind::Sum, &code, 2, &[2]).is_err());
     }
 
     #[test]

@@ -1,16 +1,19 @@
-//! The erasure code: encoders turn a group of k queries into one parity
-//! query; the decoder rebuilds a missing prediction from the parity model's
-//! output and the other k−1 predictions.
+//! The erasure code: encoders turn a group of k queries into a parity
+//! query per parity (r of them); the decoder rebuilds up to r missing
+//! predictions from the parity models' outputs and the other predictions
+//! (`linear`: the code's coefficients and the solve).
 //!
 //! Everything works on batches of groups: queries are `[groups, k, ...item]`.
 
 pub mod decoder;
 pub mod encoder;
+pub mod linear;
 
 use serde::{Deserialize, Serialize};
 
 pub use decoder::Decoder;
-pub use encoder::{ConcatEncoder, Encoder, SumEncoder, encoder};
+pub use encoder::{ConcatEncoder, Encoder, SumEncoder, encoder, parity_encoder};
+pub use linear::{LinearCode, MAX_R, Weights, erasure_patterns};
 
 /// Which encoder a parity model was trained for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -63,6 +66,30 @@ pub enum CodingError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    #[error(
+        "r = {r} parities per group of k = {k}: a code has 1 ≤ r ≤ k and r ≤ {}",
+        linear::MAX_R
+    )]
+    Parities { k: usize, r: usize },
+    #[error(
+        "the concat encoder has one parity per group (r = 1), not {0}: tiling has no second, independent combination of the k images"
+    )]
+    ConcatParities(usize),
+    #[error("erasures {lost:?} with parities {parities:?} do not fit a code with k = {k}, r = {r}")]
+    Erasures {
+        k: usize,
+        r: usize,
+        lost: Vec<usize>,
+        parities: Vec<usize>,
+    },
+    #[error(
+        "{lost} outputs of a group are lost but only {parities} parity outputs are in: at most as many losses as parities can be rebuilt"
+    )]
+    TooManyLosses { lost: usize, parities: usize },
+    #[error("the code's sub-matrix for these erasures is singular")]
+    Singular,
+    #[error("output {0} of the group is needed to decode but missing")]
+    MissingOutput(usize),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }

@@ -1,11 +1,12 @@
 //! `coded-sidecar eval`'s result: available accuracy, degraded-mode accuracy
-//! of the trained parity model, and the untrained floor.
+//! of the trained parity models (per number of losses, up to r), and the
+//! untrained floor.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{Degraded, EVAL_BATCH, accuracy, degraded_accuracy, grouping};
-use crate::coding::{CodingError, EncoderKind, encoder};
+use super::{Degraded, EVAL_BATCH, Parity, accuracy, degraded_accuracy, grouping};
+use crate::coding::{CodingError, EncoderKind, LinearCode, parity_encoder};
 use crate::data::Split;
 use crate::model::{Arch, Model, Role};
 
@@ -25,6 +26,9 @@ pub struct EvalReport {
     pub parity: String,
     pub arch: Arch,
     pub k: usize,
+    /// Parities per group (reports from before r ≥ 2: 1).
+    #[serde(default = "one")]
+    pub r: usize,
     pub encoder: EncoderKind,
     pub test_images: usize,
     pub seed: u64,
@@ -34,12 +38,29 @@ pub struct EvalReport {
     pub degraded: Degraded,
     /// The same with the base model standing in as the parity model.
     pub floor: Degraded,
+    /// Per number of losses 1..=r: every pattern of that many erasures,
+    /// decoded from all r parities (one row, the above, for r = 1).
+    #[serde(default)]
+    pub by_losses: Vec<Losses>,
 }
 
-/// Scores `parity` against `base` on `test`, groups drawn with `seed`.
+/// Degraded accuracy under every pattern of `losses` erasures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Losses {
+    pub losses: usize,
+    pub degraded: Degraded,
+    pub floor: Degraded,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Scores the parity models of one code (`parities`: one card per parity
+/// index, in any order) against `base` on `test`, groups drawn with `seed`.
 pub fn evaluate(
     base: &Model,
-    parity: &Model,
+    parities: &[&Model],
     test: &Split,
     seed: u64,
 ) -> Result<EvalReport, EvalError> {
@@ -49,48 +70,116 @@ pub fn evaluate(
             base.card.name
         )));
     }
+    let Some(first) = parities.first() else {
+        return Err(EvalError::Mismatch(
+            "pass at least one --parity card".into(),
+        ));
+    };
     let Role::Parity {
         k,
         encoder: kind,
-        ref base_sha256,
+        r,
         ..
-    } = parity.card.role
+    } = first.card.role
     else {
         return Err(EvalError::Mismatch(format!(
             "--parity {} is a base model; pass a parity model's card",
-            parity.card.name
+            first.card.name
         )));
     };
-    if !base_sha256.eq_ignore_ascii_case(&base.card.weights.sha256) {
+    let code = LinearCode::new(k, r)?;
+    if parities.len() != r {
         return Err(EvalError::Mismatch(format!(
-            "parity model {} was trained for base weights {base_sha256}, not for {} ({})",
-            parity.card.name, base.card.name, base.card.weights.sha256
+            "{} is one of r = {r} parity models: pass all {r} (--parity, once per index), not {}",
+            first.card.name,
+            parities.len()
         )));
     }
-    let enc = encoder(kind, k, &base.network.input())?;
+    let mut by_index: Vec<Option<&Model>> = vec![None; r];
+    for parity in parities {
+        let Role::Parity {
+            index,
+            ref base_sha256,
+            ..
+        } = parity.card.role
+        else {
+            return Err(EvalError::Mismatch(format!(
+                "--parity {} is a base model; pass a parity model's card",
+                parity.card.name
+            )));
+        };
+        parity
+            .card
+            .check_parity(&code, kind, index.min(r - 1))
+            .map_err(EvalError::Mismatch)?;
+        if !base_sha256.eq_ignore_ascii_case(&base.card.weights.sha256) {
+            return Err(EvalError::Mismatch(format!(
+                "parity model {} was trained for base weights {base_sha256}, not for {} ({})",
+                parity.card.name, base.card.name, base.card.weights.sha256
+            )));
+        }
+        if by_index[index].replace(parity).is_some() {
+            return Err(EvalError::Mismatch(format!(
+                "two --parity cards are parity {index} of the code"
+            )));
+        }
+    }
+    let models: Vec<&Model> = by_index.into_iter().flatten().collect();
+    let input = base.network.input();
+    let encoders = (0..r)
+        .map(|l| parity_encoder(kind, &code, l, &input))
+        .collect::<Result<Vec<_>, _>>()?;
     let base_logits: Tensor = base.network.forward_batched(&test.images, EVAL_BATCH)?;
     let groups = grouping(test.len(), k, seed);
-    let score = |net| {
+    let score = |nets: &[&crate::model::Network], losses| {
+        let parities: Vec<Parity<'_>> = nets
+            .iter()
+            .zip(&encoders)
+            .enumerate()
+            .map(|(index, (network, encoder))| Parity {
+                index,
+                network,
+                encoder: encoder.as_ref(),
+            })
+            .collect();
         degraded_accuracy(
-            net,
-            enc.as_ref(),
+            &code,
+            &parities,
+            losses,
             &test.images,
             &base_logits,
             &test.labels,
             &groups,
         )
     };
+    let trained: Vec<&crate::model::Network> = models.iter().map(|m| &m.network).collect();
+    let floor_nets = vec![&base.network; r];
+    let by_losses = (1..=r)
+        .map(|losses| {
+            Ok(Losses {
+                losses,
+                degraded: score(&trained, losses)?,
+                floor: score(&floor_nets, losses)?,
+            })
+        })
+        .collect::<Result<Vec<_>, CodingError>>()?;
     Ok(EvalReport {
         base: base.card.name.clone(),
-        parity: parity.card.name.clone(),
+        parity: models
+            .iter()
+            .map(|m| m.card.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         arch: base.card.arch,
         k,
+        r,
         encoder: kind,
         test_images: test.len(),
         seed,
         available_accuracy: accuracy(&base_logits, &test.labels)?,
-        degraded: score(&parity.network)?,
-        floor: score(&base.network)?,
+        degraded: by_losses[0].degraded,
+        floor: by_losses[0].floor,
+        by_losses,
     })
 }
 
@@ -99,30 +188,59 @@ impl EvalReport {
     pub fn table(&self) -> String {
         let pct = |x: f64| format!("{:>6.2}%", x * 100.0);
         let mut s = format!(
-            "{} + {} ({} k={} {}, {} test images, {} groups)\n",
+            "{} + {} ({} k={}{} {}, {} test images, {} groups)\n",
             self.base,
             self.parity,
             self.arch,
             self.k,
+            if self.r > 1 {
+                format!(" r={}", self.r)
+            } else {
+                String::new()
+            },
             self.encoder,
             self.test_images,
             self.degraded.groups
         );
-        s += "                          overall   reconstruction\n";
-        s += &format!(
-            "available (no loss)       {}\n",
-            pct(self.available_accuracy)
-        );
-        s += &format!(
-            "degraded (parity model)   {}   {}\n",
-            pct(self.degraded.overall),
-            pct(self.degraded.reconstruction)
-        );
-        s += &format!(
-            "floor (base as parity)    {}   {}\n",
-            pct(self.floor.overall),
-            pct(self.floor.reconstruction)
-        );
+        let mut rows = vec![(
+            "available (no loss)".to_owned(),
+            self.available_accuracy,
+            None,
+        )];
+        if self.r == 1 {
+            rows.push((
+                "degraded (parity model)".into(),
+                self.degraded.overall,
+                Some(self.degraded.reconstruction),
+            ));
+            rows.push((
+                "floor (base as parity)".into(),
+                self.floor.overall,
+                Some(self.floor.reconstruction),
+            ));
+        }
+        for row in self.by_losses.iter().filter(|_| self.r > 1) {
+            let n = row.losses;
+            rows.push((
+                format!("degraded, {n} lost (parity models)"),
+                row.degraded.overall,
+                Some(row.degraded.reconstruction),
+            ));
+            rows.push((
+                format!("floor, {n} lost (base as parity)"),
+                row.floor.overall,
+                Some(row.floor.reconstruction),
+            ));
+        }
+        let width = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0) + 3;
+        s += &format!("{:width$}overall   reconstruction\n", "");
+        for (label, overall, recon) in rows {
+            s += &format!("{label:width$}{}", pct(overall));
+            if let Some(recon) = recon {
+                s += &format!("   {}", pct(recon));
+            }
+            s += "\n";
+        }
         s
     }
 }

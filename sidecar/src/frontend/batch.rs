@@ -1,7 +1,7 @@
 //! Runs one coding batch from start to last answer: the I/O around
 //! [`BatchState`], which decides. Slot j of every group goes to one model
-//! instance in one call, the encoded groups to a parity instance in one
-//! call (k + 1 calls for the whole batch); this driver picks the
+//! instance in one call, the groups encoded for parity l to an instance of
+//! parity l in one call (k + r calls for the whole batch); this driver picks the
 //! instances, makes the calls in their own tasks, sleeps until the state
 //! wants to be woken, sends the answers and counts the metrics.
 //!
@@ -25,7 +25,7 @@ use super::group::{Query, QueryError, RowAnswer};
 use super::instance::{CallError, Instance, Role};
 use super::metrics::Metrics;
 use super::trace::{BatchTrace, Tracer};
-use crate::coding::{CodingError, Decoder, Encoder};
+use crate::coding::{CodingError, Encoder, LinearCode};
 
 pub use super::batch_state::ReconstructPolicy;
 
@@ -35,8 +35,10 @@ pub struct BatchContext {
     pub item_shape: Vec<usize>,
     pub in_len: usize,
     pub out_len: usize,
-    pub encoder: Box<dyn Encoder>,
-    pub decoder: Decoder,
+    /// The code (k, r and its coefficients) the decoder solves with.
+    pub code: LinearCode,
+    /// One encoder per parity, parity l's at l.
+    pub encoders: Vec<Box<dyn Encoder>>,
     pub policy: ReconstructPolicy,
     pub timeout: Duration,
     pub pool: Arc<Pool>,
@@ -48,13 +50,18 @@ pub struct BatchContext {
 }
 
 impl BatchContext {
-    /// Parity queries `[groups, in_len]` for `rows` (zero-padded to whole groups).
-    fn encode(&self, rows: &[Vec<f32>], groups: usize) -> Result<Vec<f32>, CodingError> {
+    /// Parity l's queries `[groups, in_len]` for `rows` (zero-padded to
+    /// whole groups).
+    fn encode(&self, l: usize, rows: &[Vec<f32>], groups: usize) -> Result<Vec<f32>, CodingError> {
+        let encoder = self.encoders.get(l).ok_or(CodingError::Parities {
+            k: self.k,
+            r: l + 1,
+        })?;
         let mut flat = vec![0f32; groups * self.k * self.in_len];
         for (q, row) in rows.iter().enumerate() {
             flat[q * self.in_len..(q + 1) * self.in_len].copy_from_slice(row);
         }
-        self.encoder.encode_flat(flat, groups)
+        encoder.encode_flat(flat, groups)
     }
 
     /// The waits the watcher last concluded.
@@ -102,6 +109,7 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
     let running = Running::enter(&ctx.metrics);
     let layout = Layout {
         k: ctx.k,
+        r: ctx.code.r(),
         n: queries.len(),
         out_len: ctx.out_len,
     };
@@ -122,7 +130,7 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
     let mut state = BatchState::new(
         layout,
         ctx.policy,
-        ctx.decoder,
+        ctx.code.clone(),
         deadline.into_std(),
         started.into_std(),
     );
@@ -193,11 +201,11 @@ impl Drop for Running {
 
 impl Driver {
     /// Makes the batch's first calls: k distinct model instances picked
-    /// together, and the parity.
+    /// together, and one instance of each parity.
     fn start(&mut self, state: &mut BatchState) {
         self.learn_zero(state);
         let mut slots = Vec::new();
-        let mut parity = false;
+        let mut parities = Vec::new();
         for action in state.take_actions() {
             match action {
                 Action::Call(Call {
@@ -205,9 +213,9 @@ impl Driver {
                     ..
                 }) => slots.push(j),
                 Action::Call(Call {
-                    target: Target::Parity,
+                    target: Target::Parity(l),
                     ..
-                }) => parity = true,
+                }) => parities.push(l),
                 // A new batch answers nothing before its first poll.
                 Action::Answer { .. } | Action::LateDropped(_) => {}
             }
@@ -224,8 +232,8 @@ impl Driver {
                 None => state.failed(Target::Slot(j), NO_MODEL.to_owned()),
             }
         }
-        if parity {
-            self.send_parity(state, 0);
+        for l in parities {
+            self.send_parity(state, l, 0);
         }
     }
 
@@ -282,7 +290,7 @@ impl Driver {
                     None => state.failed(call.target, NO_OTHER_MODEL.to_owned()),
                 }
             }
-            Target::Parity => self.send_parity(state, call.attempt),
+            Target::Parity(l) => self.send_parity(state, l, call.attempt),
         }
     }
 
@@ -367,24 +375,23 @@ impl Driver {
         self.call(instance, Target::Slot(j), attempt, rows, data);
     }
 
-    /// Encodes the groups and sends them to a parity instance; without
-    /// either the batch runs unprotected.
-    fn send_parity(&mut self, state: &mut BatchState, attempt: usize) {
+    /// Encodes the groups for parity l and sends them to an instance of
+    /// parity l; without either the batch has one parity less.
+    fn send_parity(&mut self, state: &mut BatchState, l: usize, attempt: usize) {
         let groups = self.layout.groups();
-        match self.ctx.encode(&self.rows, groups) {
+        let target = Target::Parity(l);
+        match self.ctx.encode(l, &self.rows, groups) {
             Ok(parity_rows) => {
-                let picked = self.ctx.pool.pick(Role::Parity, 1, &[]);
+                let picked: Vec<_> = self.ctx.pool.pick_parity(l).into_iter().collect();
                 self.sample(Role::Parity, &picked, groups, &parity_rows);
                 match picked.into_iter().next() {
-                    Some(instance) => {
-                        self.call(instance, Target::Parity, attempt, groups, parity_rows)
-                    }
-                    None => state.failed(Target::Parity, NO_PARITY.to_owned()),
+                    Some(instance) => self.call(instance, target, attempt, groups, parity_rows),
+                    None => state.failed(target, format!("{NO_PARITY} {l}")),
                 }
             }
             Err(e) => {
-                tracing::warn!("cannot encode a coding batch, it runs unprotected: {e}");
-                state.failed(Target::Parity, format!("cannot encode the batch: {e}"));
+                tracing::warn!("cannot encode a coding batch for parity {l}: {e}");
+                state.failed(target, format!("cannot encode the batch: {e}"));
             }
         }
     }
@@ -453,7 +460,7 @@ fn count_late(late: &[AtomicU64], metrics: &Metrics, event: &Event) {
 const NO_MODEL: &str = "no model instance to send the query to";
 const NO_OTHER_MODEL: &str =
     "no model instance to send the query to but the one its call is still out at";
-const NO_PARITY: &str = "no parity instance to send the encoded groups to";
+const NO_PARITY: &str = "no instance to send the encoded groups to for parity";
 
 #[cfg(test)]
 mod tests {
@@ -501,8 +508,8 @@ mod tests {
             item_shape: vec![2],
             in_len: 2,
             out_len: 2,
-            encoder: encoder(EncoderKind::Sum, 2, &[2]).expect("encoder"),
-            decoder: Decoder::Subtract,
+            code: LinearCode::new(2, 1).expect("code"),
+            encoders: vec![encoder(EncoderKind::Sum, 2, &[2]).expect("encoder")],
             policy: ReconstructPolicy::Eager,
             timeout,
             pool: Arc::new(pool),

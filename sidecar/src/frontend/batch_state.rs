@@ -8,21 +8,21 @@
 //! `Instant` values, so tests drive it with a made-up clock.
 //!
 //! The rules: slot j of every group goes out in one call, the encoded
-//! groups in one parity call. A query is answered by its own output if that
-//! comes first, or rebuilt from the parity output and the other k − 1 of
-//! its group once its own call is late (`eager`: out twice as long as the
-//! rest of the batch took, and at least the typical median; `deadline`:
-//! the configured quantile), at once if its call failed. Padded group
-//! members count as F(0). A query that cannot be rebuilt is sent again to
+//! groups in one call per parity (r of them). A query is answered by its
+//! own output if that comes first, or rebuilt once the batch is decodable
+//! (no more slots missing than parity outputs in; with r = 1, the parity
+//! and the other k − 1 of its group) and its own call is late (`eager`:
+//! out twice as long as the rest of the batch took, and at least the
+//! typical median; `deadline`: the configured quantile), at once if its
+//! call failed. Padded group members count as F(0) (every parity encodes a
+//! zero query as zero). A query that cannot be rebuilt is sent again to
 //! another instance until the deadline, then answered with an error. A real
 //! answer that comes after its query was rebuilt is dropped and counted;
 //! nothing is answered twice.
 
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
-
-use crate::coding::{CodingError, Decoder};
+use crate::coding::LinearCode;
 
 /// When a decodable query is rebuilt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -41,11 +41,12 @@ pub enum ReconstructPolicy {
 /// with each send (5 ms to 320 ms), so dead instances are not hammered.
 pub const RETRY_GAP: Duration = Duration::from_millis(5);
 
-/// What a call carries: slot j of every group, or the encoded groups.
+/// What a call carries: slot j of every group, or the groups encoded for
+/// parity l.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
     Slot(usize),
-    Parity,
+    Parity(usize),
 }
 
 /// A call to make now. `attempt` counts the earlier sends of the same
@@ -92,10 +93,12 @@ pub struct Waits {
     pub retry_after: Duration,
 }
 
-/// The batch's shape: k queries a group, n queries, `out_len` values an output.
+/// The batch's shape: k queries and r parities a group, n queries,
+/// `out_len` values an output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub k: usize,
+    pub r: usize,
     pub n: usize,
     pub out_len: usize,
 }
@@ -140,14 +143,15 @@ struct Slot {
 pub struct BatchState {
     layout: Layout,
     policy: ReconstructPolicy,
-    decoder: Decoder,
+    code: LinearCode,
     /// F(0), the output of a zero query, for padded groups; learned once.
     zero: Option<Vec<f32>>,
     status: Vec<Status>,
     slots: Vec<Slot>,
-    parity: Option<Vec<f32>>,
-    parity_pending: bool,
-    /// When the parity and all but one slot were first in.
+    /// Each parity's output, once its call answered.
+    parity: Vec<Option<Vec<f32>>>,
+    /// When the batch first became decodable (with r = 1: the parity and
+    /// all but one slot in).
     decodable_at: Option<Instant>,
     deadline: Instant,
     last_error: Option<String>,
@@ -157,10 +161,11 @@ pub struct BatchState {
 impl BatchState {
     /// A batch started at `now`: its first calls (every slot with a query,
     /// and the parity) are the first actions.
+    /// `code` must have the layout's k and r.
     pub fn new(
         layout: Layout,
         policy: ReconstructPolicy,
-        decoder: Decoder,
+        code: LinearCode,
         deadline: Instant,
         now: Instant,
     ) -> Self {
@@ -176,12 +181,11 @@ impl BatchState {
         let mut state = BatchState {
             layout,
             policy,
-            decoder,
+            code,
             zero: None,
             status: vec![Status::Waiting; layout.n],
             slots,
-            parity: None,
-            parity_pending: false,
+            parity: vec![None; layout.r],
             decodable_at: None,
             deadline,
             last_error: None,
@@ -193,7 +197,9 @@ impl BatchState {
                     state.send(Target::Slot(j), now);
                 }
             }
-            state.send(Target::Parity, now);
+            for l in 0..layout.r {
+                state.send(Target::Parity(l), now);
+            }
         }
         state
     }
@@ -229,12 +235,11 @@ impl BatchState {
     pub fn answered(&mut self, target: Target, output: Vec<f32>) {
         let out_len = self.layout.out_len;
         match target {
-            Target::Parity => {
-                self.parity_pending = false;
+            Target::Parity(l) => {
                 if output.len() != self.layout.groups() * out_len {
-                    self.last_error = Some(wrong_length("the parity", output.len()));
-                } else if self.parity.is_none() {
-                    self.parity = Some(output);
+                    self.last_error = Some(wrong_length(&format!("parity {l}"), output.len()));
+                } else if let Some(p @ None) = self.parity.get_mut(l) {
+                    *p = Some(output);
                 }
             }
             Target::Slot(j) => {
@@ -275,13 +280,10 @@ impl BatchState {
 
     /// A call of `target` failed (or could not be made).
     pub fn failed(&mut self, target: Target, error: String) {
-        match target {
-            Target::Parity => self.parity_pending = false,
-            Target::Slot(j) => {
-                if let Some(slot) = self.slots.get_mut(j) {
-                    slot.pending = slot.pending.saturating_sub(1);
-                }
-            }
+        if let Target::Slot(j) = target
+            && let Some(slot) = self.slots.get_mut(j)
+        {
+            slot.pending = slot.pending.saturating_sub(1);
         }
         self.last_error = Some(error);
     }
@@ -320,18 +322,19 @@ impl BatchState {
         if self.is_done() {
             return None;
         }
-        let decodable = self.decodable_slot();
+        let decodable = self.decodable_slots();
         // A rebuild held up by an unknown F(0) is no reason to wake: once
         // due, it would wake the batch again and again until the call came
         // back (the slot's retries wake it meanwhile).
-        let rebuild = match (decodable, self.decodable_at) {
-            (Some(m), Some(at)) if self.slots[m].pending > 0 && self.can_rebuild(m) => {
-                Some(self.slots[m].last_sent + self.wait_before_rebuilding(m, at, waits))
-            }
-            _ => None,
-        };
+        let rebuild = self.decodable_at.and_then(|at| {
+            decodable
+                .iter()
+                .filter(|&&m| self.slots[m].pending > 0 && self.can_rebuild(m))
+                .map(|&m| self.slots[m].last_sent + self.wait_before_rebuilding(m, at, waits))
+                .min()
+        });
         let retries = (0..self.slots.len())
-            .filter(|&j| self.stuck(j, decodable))
+            .filter(|&j| self.stuck(j, &decodable))
             .map(|j| self.retry_at(j, waits));
         let soonest = rebuild.into_iter().chain(retries).min();
         Some(soonest.map_or(self.deadline, |t| t.min(self.deadline)))
@@ -339,10 +342,7 @@ impl BatchState {
 
     fn send(&mut self, target: Target, now: Instant) {
         let attempt = match target {
-            Target::Parity => {
-                self.parity_pending = true;
-                0
-            }
+            Target::Parity(_) => 0,
             Target::Slot(j) => {
                 let slot = &mut self.slots[j];
                 slot.pending += 1;
@@ -354,24 +354,30 @@ impl BatchState {
         self.actions.push(Action::Call(Call { target, attempt }));
     }
 
-    /// The one slot still missing an output, if the rest of every group is
-    /// in and some query of it still waits.
-    fn decodable_slot(&self) -> Option<usize> {
-        self.parity.as_ref()?;
-        let mut missing = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.output.is_none() && !s.members.is_empty());
-        let (m, _) = missing.next()?;
-        if missing.next().is_some() {
-            return None;
+    /// The parities whose output is in.
+    fn parities_in(&self) -> Vec<usize> {
+        (0..self.parity.len())
+            .filter(|&l| self.parity[l].is_some())
+            .collect()
+    }
+
+    /// The slots still missing an output, if there are no more of them
+    /// than parity outputs in (so every group decodes) and some query of
+    /// them still waits; empty otherwise.
+    fn decodable_slots(&self) -> Vec<usize> {
+        let missing: Vec<usize> = (0..self.slots.len())
+            .filter(|&j| self.slots[j].output.is_none() && !self.slots[j].members.is_empty())
+            .collect();
+        let waiting = missing.iter().any(|&m| {
+            self.slots[m]
+                .members
+                .iter()
+                .any(|&q| self.status[q] == Status::Waiting)
+        });
+        if missing.len() > self.parities_in().len() || !waiting {
+            return Vec::new();
         }
-        self.slots[m]
-            .members
-            .iter()
-            .any(|&q| self.status[q] == Status::Waiting)
-            .then_some(m)
+        missing
     }
 
     /// Whether a padded group needs F(0) to rebuild query q, and it is unknown.
@@ -388,77 +394,94 @@ impl BatchState {
             .any(|&q| self.status[q] == Status::Waiting && !self.needs_unknown_zero(q))
     }
 
-    /// Rebuilds the missing slot's waiting queries when the policy allows.
+    /// Rebuilds the waiting queries of missing slots whose wait is over,
+    /// solving each group for every missing slot at once.
     fn rebuild(&mut self, now: Instant, waits: &Waits) {
-        let Some(m) = self.decodable_slot() else {
+        let missing = self.decodable_slots();
+        if missing.is_empty() {
             return;
-        };
+        }
         let decodable_at = *self.decodable_at.get_or_insert(now);
-        let slot = &self.slots[m];
-        if slot.pending > 0
-            && now < slot.last_sent + self.wait_before_rebuilding(m, decodable_at, waits)
-        {
+        let due: Vec<usize> = missing
+            .iter()
+            .copied()
+            .filter(|&m| {
+                let slot = &self.slots[m];
+                slot.pending == 0
+                    || now >= slot.last_sent + self.wait_before_rebuilding(m, decodable_at, waits)
+            })
+            .collect();
+        if due.is_empty() {
             return;
         }
-        let Layout { k, n, out_len } = self.layout;
-        let Some(parity) = self.parity.as_ref() else {
-            return;
-        };
-        let mut targets = Vec::new();
-        let mut parity_rows = Vec::new();
-        let mut others = Vec::new();
-        'group: for &q in &slot.members {
-            if self.status[q] != Status::Waiting {
-                continue;
-            }
-            let g = q / k;
-            let mut row = Vec::with_capacity((k - 1) * out_len);
-            for (j, other) in self.slots.iter().enumerate() {
-                if j == m {
-                    continue;
-                }
-                let p = g * k + j;
-                if p < n {
-                    // Slot j has a member in every group up to its last, so
-                    // the member of group g is its g-th.
-                    match &other.output {
-                        Some(out) => row.extend_from_slice(&out[g * out_len..(g + 1) * out_len]),
-                        None => continue 'group,
-                    }
-                } else {
-                    match &self.zero {
-                        Some(z) => row.extend_from_slice(z),
-                        None => continue 'group,
-                    }
-                }
-            }
-            targets.push(q);
-            parity_rows.extend_from_slice(&parity[g * out_len..(g + 1) * out_len]);
-            others.extend(row);
-        }
-        if targets.is_empty() {
-            return;
-        }
-        match decode(
-            self.decoder,
-            self.layout,
-            parity_rows,
-            others,
-            targets.len(),
-        ) {
-            Ok(decoded) => {
-                for (i, q) in targets.into_iter().enumerate() {
-                    self.status[q] = Status::Rebuilt;
-                    self.actions.push(Action::Answer {
-                        query: q,
-                        answer: Answer::Rebuilt(decoded[i * out_len..(i + 1) * out_len].to_vec()),
-                    });
-                }
-            }
+        let parities = self.parities_in();
+        let weights = match self.code.weights(&missing, &parities) {
+            Ok(w) => w,
             Err(e) => {
                 tracing::warn!("decoding failed: {e}");
                 self.last_error = Some(format!("decoding failed: {e}"));
+                return;
             }
+        };
+        let Layout { k, n, out_len, .. } = self.layout;
+        let mut answers = Vec::new();
+        for g in 0..self.layout.groups() {
+            let targets: Vec<(usize, usize)> = due
+                .iter()
+                .map(|&m| (m, g * k + m))
+                .filter(|&(_, q)| q < n && self.status[q] == Status::Waiting)
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            let rows = g * out_len..(g + 1) * out_len;
+            let parity_rows: Vec<&[f32]> = parities
+                .iter()
+                .filter_map(|&l| self.parity[l].as_ref().map(|p| &p[rows.clone()]))
+                .collect();
+            // Known outputs: the real ones, F(0) for padding; the missing
+            // slots' are solved for.
+            let mut outputs: Vec<Option<&[f32]>> = Vec::with_capacity(k);
+            for (j, slot) in self.slots.iter().enumerate() {
+                if missing.contains(&j) {
+                    outputs.push(None);
+                } else if g * k + j < n {
+                    // Slot j has a member in every group up to its last,
+                    // so the member of group g is its g-th.
+                    outputs.push(slot.output.as_ref().map(|o| &o[rows.clone()]));
+                } else {
+                    outputs.push(self.zero.as_deref());
+                }
+            }
+            if outputs
+                .iter()
+                .enumerate()
+                .any(|(j, o)| o.is_none() && !missing.contains(&j))
+            {
+                // F(0) not known yet: this group waits.
+                continue;
+            }
+            match weights.apply(&parity_rows, &outputs, out_len) {
+                Ok(decoded) => {
+                    for (m, q) in targets {
+                        if let Some(e) = missing.iter().position(|&x| x == m) {
+                            answers.push((q, decoded[e].clone()));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("decoding failed: {e}");
+                    self.last_error = Some(format!("decoding failed: {e}"));
+                    return;
+                }
+            }
+        }
+        for (q, output) in answers {
+            self.status[q] = Status::Rebuilt;
+            self.actions.push(Action::Answer {
+                query: q,
+                answer: Answer::Rebuilt(output),
+            });
         }
     }
 
@@ -479,12 +502,12 @@ impl BatchState {
     /// Whether some query of slot j waits and only its own call can help:
     /// the slot is not decodable, or the query's group is padded and F(0)
     /// is not known yet.
-    fn stuck(&self, j: usize, decodable: Option<usize>) -> bool {
+    fn stuck(&self, j: usize, decodable: &[usize]) -> bool {
         let slot = &self.slots[j];
         slot.output.is_none()
             && slot.members.iter().any(|&q| {
                 self.status[q] == Status::Waiting
-                    && (decodable != Some(j) || self.needs_unknown_zero(q))
+                    && (!decodable.contains(&j) || self.needs_unknown_zero(q))
             })
     }
 
@@ -502,9 +525,9 @@ impl BatchState {
     }
 
     fn retry(&mut self, now: Instant, waits: &Waits) {
-        let decodable = self.decodable_slot();
+        let decodable = self.decodable_slots();
         for j in 0..self.slots.len() {
-            if self.stuck(j, decodable) && now >= self.retry_at(j, waits) {
+            if self.stuck(j, &decodable) && now >= self.retry_at(j, waits) {
                 self.send(Target::Slot(j), now);
             }
         }
@@ -529,24 +552,6 @@ impl BatchState {
 
 fn wrong_length(what: &str, got: usize) -> String {
     format!("{what} answered {got} values, not one output per query")
-}
-
-/// Rebuilds one output per group from parity outputs `[n, out]` and the
-/// k − 1 other outputs `[n, k − 1, out]`.
-fn decode(
-    decoder: Decoder,
-    layout: Layout,
-    parity: Vec<f32>,
-    others: Vec<f32>,
-    n: usize,
-) -> Result<Vec<f32>, CodingError> {
-    let out_len = layout.out_len;
-    let parity = Tensor::from_vec(parity, (n, out_len), &Device::Cpu)?;
-    let others = Tensor::from_vec(others, (n, layout.k - 1, out_len), &Device::Cpu)?;
-    Ok(decoder
-        .decode(&parity, &others)?
-        .flatten_all()?
-        .to_vec1::<f32>()?)
 }
 
 #[cfg(test)]

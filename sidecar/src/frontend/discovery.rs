@@ -139,6 +139,17 @@ pub fn url_of(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// The name parity `index` is served under, given parity 0's: `<name>`
+/// for parity 0 (so r = 1 is unchanged), `<name>-<index>` for the others,
+/// so that a call of one parity sent to another's instance is refused
+/// (404) rather than decoded wrongly.
+pub fn parity_model_name(parity_model: &str, index: usize) -> String {
+    match index {
+        0 => parity_model.to_owned(),
+        l => format!("{parity_model}-{l}"),
+    }
+}
+
 /// Makes instances: a v2 client each, an id never reused, and their
 /// metric series.
 pub struct Factory {
@@ -190,11 +201,14 @@ impl Factory {
         self
     }
 
-    /// An instance at `url`; with `verify_as`, its certificate must name
-    /// that host (see [`crate::protocol::client::Client::with_trust`]).
+    /// An instance of `role` at `url`; `parity` is the parity index a
+    /// parity instance serves (0 for models). With `verify_as`, its
+    /// certificate must name that host (see
+    /// [`crate::protocol::client::Client::with_trust`]).
     pub fn make(
         &self,
         role: Role,
+        parity: usize,
         url: &str,
         ready_until_probed: bool,
         verify_as: Option<&str>,
@@ -203,10 +217,11 @@ impl Factory {
         let spec = InstanceSpec {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             role,
+            parity,
             url: url.to_owned(),
             model: match role {
                 Role::Model => self.model.clone(),
-                Role::Parity => self.parity_model.clone(),
+                Role::Parity => parity_model_name(&self.parity_model, parity),
             },
             input_name: self.input_name.clone(),
             output_name: self.output_name.clone(),
@@ -251,11 +266,12 @@ pub fn plan(current: &[Arc<Instance>], found: &Found) -> Plan {
     plan
 }
 
-/// Applies a lookup to the pool's instances of `role` and returns the
-/// instances added and removed. Removed ones lose their metric series.
+/// Applies a lookup to the pool's instances of `role` (of parity index
+/// `parity` for parity instances) and returns the instances added and
+/// removed. Removed ones lose their metric series.
 pub fn apply(
     pool: &Pool,
-    role: Role,
+    (role, parity): (Role, usize),
     found: &Found,
     factory: &Factory,
 ) -> (Vec<Arc<Instance>>, Vec<Arc<Instance>>) {
@@ -263,20 +279,20 @@ pub fn apply(
         mut kept,
         added,
         removed,
-    } = plan(&pool.instances(role), found);
+    } = plan(&pool.instances_of(role, parity), found);
     if added.is_empty() && removed.is_empty() {
         return (Vec::new(), Vec::new());
     }
     let mut new = Vec::with_capacity(added.len());
     for url in &added {
         let verify_as = found.verify_as.get(url).map(String::as_str);
-        match factory.make(role, url, false, verify_as) {
+        match factory.make(role, parity, url, false, verify_as) {
             Ok(inst) => new.push(inst),
             Err(e) => tracing::warn!(role = role.as_str(), "cannot add {url}: {e:#}"),
         }
     }
     kept.extend(new.iter().cloned());
-    pool.set_instances(role, kept);
+    pool.set_instances_of(role, parity, kept);
     for inst in &new {
         tracing::info!(role = role.as_str(), instance = %inst.url, "instance appeared");
     }
@@ -297,7 +313,7 @@ pub fn apply(
 /// than at the next probe round. Returns what the lookup found.
 pub async fn refresh(
     pool: &Pool,
-    role: Role,
+    role: (Role, usize),
     source: &Source,
     resolver: &Resolver,
     factory: &Factory,
@@ -323,7 +339,7 @@ pub async fn refresh(
 /// Looks `source` up every `every` until the pool is dropped.
 pub async fn run(
     pool: std::sync::Weak<Pool>,
-    role: Role,
+    role: (Role, usize),
     source: Source,
     every: Duration,
     resolver: Resolver,
@@ -341,10 +357,10 @@ pub async fn run(
         drop(pool);
         match (&found.error, failing) {
             (Some(e), false) => tracing::warn!(
-                role = role.as_str(),
+                role = role.0.as_str(),
                 "cannot resolve instances (keeping those known, retrying every {every:?}): {e}"
             ),
-            (None, true) => tracing::info!(role = role.as_str(), "instances resolve again"),
+            (None, true) => tracing::info!(role = role.0.as_str(), "instances resolve again"),
             _ => {}
         }
         failing = found.error.is_some();
@@ -436,7 +452,7 @@ mod tests {
         // Not resolvable yet (pods starting): no instances, not fatal.
         let nothing = source.find(&resolver, every).await;
         assert!(!nothing.complete && nothing.error.is_some());
-        apply(&pool, Role::Model, &nothing, &f);
+        apply(&pool, (Role::Model, 0), &nothing, &f);
         assert_eq!(pool.models().len(), 0);
 
         let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
@@ -444,7 +460,12 @@ mod tests {
             "svc:8080".into(),
             vec![addr("10.0.0.1:8080"), addr("[fd00::2]:8080")],
         );
-        let (added, removed) = apply(&pool, Role::Model, &source.find(&resolver, every).await, &f);
+        let (added, removed) = apply(
+            &pool,
+            (Role::Model, 0),
+            &source.find(&resolver, every).await,
+            &f,
+        );
         assert_eq!(added.len(), 2);
         assert!(removed.is_empty());
         assert_eq!(
@@ -463,7 +484,12 @@ mod tests {
             "svc:8080".into(),
             vec![addr("[fd00::2]:8080"), addr("10.0.0.3:8080")],
         );
-        let (added, removed) = apply(&pool, Role::Model, &source.find(&resolver, every).await, &f);
+        let (added, removed) = apply(
+            &pool,
+            (Role::Model, 0),
+            &source.find(&resolver, every).await,
+            &f,
+        );
         assert_eq!(urls(&added), vec!["http://10.0.0.3:8080"]);
         assert_eq!(urls(&removed), vec!["http://10.0.0.1:8080"]);
         assert_eq!(
@@ -485,7 +511,12 @@ mod tests {
 
         // The name stops resolving: the known instances stay.
         table.lock().unwrap().clear();
-        apply(&pool, Role::Model, &source.find(&resolver, every).await, &f);
+        apply(
+            &pool,
+            (Role::Model, 0),
+            &source.find(&resolver, every).await,
+            &f,
+        );
         assert_eq!(pool.models().len(), 2);
     }
 
@@ -501,7 +532,7 @@ mod tests {
         };
         for round in 0..50u16 {
             let url = format!("http://10.0.{}.{}:8080", round / 200, round % 200 + 1);
-            let inst = apply(&pool, Role::Model, &found(&[url.as_str()], true), &f).0;
+            let inst = apply(&pool, (Role::Model, 0), &found(&[url.as_str()], true), &f).0;
             assert_eq!(inst.len(), 1);
         }
         assert_eq!(pool.models().len(), 1);

@@ -156,6 +156,28 @@ impl Pool {
         self.instances(Role::Parity)
     }
 
+    /// The instances of `role` serving parity `parity` (models: 0).
+    pub fn instances_of(&self, role: Role, parity: usize) -> Vec<Arc<Instance>> {
+        self.instances(role)
+            .iter()
+            .filter(|i| i.parity == parity)
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces the instances of `role` serving parity `parity`, keeping
+    /// those of the other parities.
+    pub fn set_instances_of(&self, role: Role, parity: usize, instances: Vec<Arc<Instance>>) {
+        let mut all: Vec<Arc<Instance>> = self
+            .instances(role)
+            .iter()
+            .filter(|i| i.parity != parity)
+            .cloned()
+            .collect();
+        all.extend(instances);
+        self.set_instances(role, all);
+    }
+
     /// Replaces the instances of `role`; new picks see only these.
     pub fn set_instances(&self, role: Role, instances: Vec<Arc<Instance>>) {
         let limit = self.snapshot().late_after;
@@ -194,6 +216,17 @@ impl Pool {
     /// not in `avoid` (instances a retried slot already tried).
     pub fn pick(&self, role: Role, n: usize, avoid: &[usize]) -> Vec<Arc<Instance>> {
         self.pick_except(role, n, avoid, &[])
+    }
+
+    /// The best instance of parity l for one batch.
+    pub fn pick_parity(&self, l: usize) -> Option<Arc<Instance>> {
+        let others: Vec<usize> = self
+            .parities()
+            .iter()
+            .filter(|i| i.parity != l)
+            .map(|i| i.id)
+            .collect();
+        self.pick_except(Role::Parity, 1, &[], &others).pop()
     }
 
     /// An instance for a retried slot: preferring one not in `tried`, and
@@ -281,10 +314,12 @@ impl Pool {
         timeout: Duration,
     ) -> usize {
         let now = Instant::now();
+        // Parity l's encoded groups go to instances of parity l only.
+        let parity = picked.first().map_or(0, |p| p.parity);
         let due: Vec<Arc<Instance>> = self
             .instances(role)
             .iter()
-            .filter(|i| !picked.iter().any(|p| p.id == i.id))
+            .filter(|i| i.parity == parity && !picked.iter().any(|p| p.id == i.id))
             .filter(|i| !i.is_down(now) && i.probe_ok() && i.claim_sample(now))
             .cloned()
             .collect();
@@ -316,12 +351,58 @@ impl Pool {
             .filter(|m| !m.is_down(now) && m.probe_ok())
             .count()
     }
+
+    /// How many of the parities 0..r have an instance up.
+    pub fn parities_up(&self, r: usize) -> usize {
+        let now = Instant::now();
+        let parities = self.parities();
+        (0..r)
+            .filter(|&l| {
+                parities
+                    .iter()
+                    .any(|p| p.parity == l && !p.is_down(now) && p.probe_ok())
+            })
+            .count()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::frontend::instance::test_instance as instance;
+
+    /// Each parity's calls go to its own instances; replacing one
+    /// parity's instances (discovery) keeps the other's.
+    #[test]
+    fn parities_are_picked_and_replaced_per_index() {
+        use crate::frontend::instance::test_parity_at;
+        let p = |id: usize, l: usize| {
+            test_parity_at(
+                id,
+                Role::Parity,
+                l,
+                format!("http://127.0.0.1:{}", 1 + id),
+                "p",
+            )
+        };
+        let pool = Pool::new(
+            vec![instance(0, Role::Model)],
+            vec![p(1, 0), p(2, 1), p(3, 1)],
+        );
+        for _ in 0..4 {
+            assert_eq!(pool.pick_parity(0).map(|i| i.id), Some(1));
+            let one = pool.pick_parity(1).expect("parity 1").id;
+            assert!(one == 2 || one == 3, "{one}");
+        }
+        assert_eq!(pool.pick_parity(2).map(|i| i.id), None);
+        assert_eq!(pool.parities_up(2), 2);
+        pool.set_instances_of(Role::Parity, 1, vec![p(4, 1)]);
+        let ids: Vec<usize> = pool.parities().iter().map(|i| i.id).collect();
+        assert_eq!(ids, vec![1, 4]);
+        pool.set_instances_of(Role::Parity, 0, Vec::new());
+        assert_eq!(pool.parities_up(2), 1);
+        assert_eq!(pool.pick_parity(0).map(|i| i.id), None);
+    }
 
     fn pool(models: usize) -> Pool {
         Pool::new(

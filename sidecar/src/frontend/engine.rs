@@ -23,7 +23,7 @@ use super::options::FrontendOptions;
 use super::prometheus::{PromConfig, PromSource};
 use super::trace::Tracer;
 use super::watcher::{self, WatchConfig};
-use crate::coding::encoder;
+use crate::coding::{LinearCode, parity_encoder};
 use crate::http::{Answer, Engine, EngineError};
 use crate::protocol::client::Client;
 use crate::protocol::v2::{Datatype, TensorMetadata};
@@ -67,12 +67,7 @@ impl Frontend {
         options: &FrontendOptions,
         resolver: Resolver,
     ) -> anyhow::Result<Started> {
-        if options.r != 1 {
-            bail!(
-                "--r {} is not supported yet: parity models are trained for one parity per group (r = 1)",
-                options.r
-            );
-        }
+        let code = LinearCode::new(options.k, options.r)?;
         let (models, parities) = options.sources()?;
         if models.is_empty() {
             bail!(
@@ -80,9 +75,15 @@ impl Frontend {
             );
         }
         let coded = options.dispatch == DispatchMode::Coded;
-        if coded && parities.is_empty() {
+        if coded && parities.iter().all(Source::is_empty) {
             bail!(
                 "give the parity instances: --parity-endpoints URL,... or --parity-service HOST:PORT (or choose a --dispatch baseline)"
+            );
+        }
+        if let Some(l) = parities.iter().position(Source::is_empty).filter(|_| coded) {
+            bail!(
+                "--r {} needs instances of every parity, and none serve parity {l}: give them as {l}=URL in --parity-endpoints or {l}=HOST:PORT in --parity-service",
+                options.r
             );
         }
         let timeout = options.timeout();
@@ -102,8 +103,11 @@ impl Frontend {
             .parity_model
             .clone()
             .unwrap_or_else(|| format!("{name}-parity"));
-        let code = encoder(options.encoder, options.k, &info.input.shape)
-            .context("setting up the encoder")?;
+        let encoders = (0..options.r)
+            .map(|l| parity_encoder(options.encoder, &code, l, &info.input.shape))
+            .collect::<Result<Vec<_>, _>>()
+            .context("setting up the encoders")?;
+        check_parity_cards(options).await?;
         if coded && !models.is_service() && options.model_endpoints.len() < options.k {
             tracing::warn!(
                 models = options.model_endpoints.len(),
@@ -128,16 +132,27 @@ impl Frontend {
         );
         // Listed instances get calls at once, as before; discovered ones
         // after their first probe (discovery::run probes them as they come).
-        let fixed = |role: Role, urls: &[String]| {
+        let fixed = |role: Role, urls: &[(usize, String)]| {
             urls.iter()
-                .map(|url| factory.make(role, url, true, None))
+                .map(|(l, url)| factory.make(role, *l, url, true, None))
                 .collect::<anyhow::Result<Vec<_>>>()
         };
+        let model_urls: Vec<(usize, String)> = options
+            .model_endpoints
+            .iter()
+            .map(|u| (0, u.clone()))
+            .collect();
         let pool = Arc::new(Pool::new(
-            fixed(Role::Model, &options.model_endpoints)?,
-            fixed(Role::Parity, &options.parity_endpoints)?,
+            fixed(Role::Model, &model_urls)?,
+            fixed(Role::Parity, &options.parity_urls()?)?,
         ));
-        for (role, source) in [(Role::Model, &models), (Role::Parity, &parities)] {
+        let sources = std::iter::once(((Role::Model, 0), &models)).chain(
+            parities
+                .iter()
+                .enumerate()
+                .map(|(l, s)| ((Role::Parity, l), s)),
+        );
+        for (role, source) in sources {
             if source.is_service() {
                 // The first lookup before serving; not fatal if it finds
                 // nothing (pods starting): readiness waits for instances.
@@ -161,8 +176,8 @@ impl Frontend {
             item_shape: info.input.shape.clone(),
             in_len: info.input.row_len(),
             out_len: info.output.row_len(),
-            encoder: code,
-            decoder: options.decoder,
+            code,
+            encoders,
             policy: options.reconstruct_policy,
             timeout,
             pool: pool.clone(),
@@ -221,7 +236,10 @@ impl Frontend {
             Source::Service(_) => need,
         };
         let (need_models, need_parities) = if coded {
-            (clamp(options.k, &models), clamp(options.r, &parities))
+            (
+                clamp(options.k, &models),
+                parities.iter().filter(|s| clamp(1, s) > 0).count(),
+            )
         } else {
             (1, 0)
         };
@@ -254,7 +272,7 @@ impl Engine for Frontend {
         let ready = readiness(
             was,
             (pool.up(Role::Model), self.need_models),
-            (pool.up(Role::Parity), self.need_parities),
+            (pool.parities_up(self.need_parities), self.need_parities),
         );
         if ready && !was {
             self.was_ready.store(true, Ordering::Relaxed);
@@ -479,6 +497,36 @@ async fn model_info(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Reads each `--parity-card` and checks that it is that parity of the
+/// code the flags give.
+async fn check_parity_cards(options: &FrontendOptions) -> anyhow::Result<()> {
+    if options.parity_card.is_empty() {
+        return Ok(());
+    }
+    let code = LinearCode::new(options.k, options.r)?;
+    if options.parity_card.len() != options.r {
+        bail!(
+            "--parity-card names {} cards but --r {} needs one per parity, parity 0 first",
+            options.parity_card.len(),
+            options.r
+        );
+    }
+    for (l, uri) in options.parity_card.iter().enumerate() {
+        let card = crate::model::fetch::card(uri)
+            .await
+            .with_context(|| format!("reading the parity card {uri}"))?;
+        card.check_parity(&code, options.encoder, l).map_err(|e| {
+            anyhow::anyhow!(
+                "--parity-card {uri}: {e} (flags: --k {} --r {} --encoder {})",
+                options.k,
+                options.r,
+                options.encoder
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Asks model instances for F(0) until one answers; padded groups need it.

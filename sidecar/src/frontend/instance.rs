@@ -65,6 +65,8 @@ pub struct Instance {
     /// name instances by it while discovery adds and removes them.
     pub id: usize,
     pub role: Role,
+    /// Which parity of the code a parity instance serves (0 for models).
+    pub parity: usize,
     pub url: String,
     /// Name of the model at this instance.
     pub model: String,
@@ -153,6 +155,8 @@ pub struct InstanceStats {
 pub struct InstanceSpec {
     pub id: usize,
     pub role: Role,
+    /// The parity index a parity instance serves (0 for models).
+    pub parity: usize,
     pub url: String,
     pub model: String,
     pub input_name: String,
@@ -178,6 +182,7 @@ impl Instance {
             client,
             id: spec.id,
             role: spec.role,
+            parity: spec.parity,
             url: spec.url,
             model: spec.model,
             input_name: spec.input_name,
@@ -477,12 +482,25 @@ pub(crate) fn test_instance(id: usize, role: Role) -> std::sync::Arc<Instance> {
 
 #[cfg(test)]
 pub(crate) fn test_instance_at(id: usize, role: Role, url: String) -> std::sync::Arc<Instance> {
+    test_parity_at(id, role, 0, url, "m")
+}
+
+/// An instance of parity `parity` (or a model, index 0) calling `model`.
+#[cfg(test)]
+pub(crate) fn test_parity_at(
+    id: usize,
+    role: Role,
+    parity: usize,
+    url: String,
+    model: &str,
+) -> std::sync::Arc<Instance> {
     use prometheus::{HistogramOpts, IntCounter};
     let spec = InstanceSpec {
         id,
         role,
+        parity,
         url,
-        model: "m".into(),
+        model: model.into(),
         input_name: "input".into(),
         output_name: "logits".into(),
         duration: Histogram::with_opts(HistogramOpts::new("d", "d")).expect("histogram"),

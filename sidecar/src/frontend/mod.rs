@@ -3,8 +3,9 @@
 //!
 //! A request's rows become queries ([`engine`]); queries form coding groups
 //! of k ([`group`]); each coding batch sends slot j of every group to one
-//! model instance and the encoded groups to a parity instance, and answers
-//! every query with its real output or a decoded one ([`batch`], around
+//! model instance and the groups encoded for each of the r parities to an
+//! instance of that parity, and answers every query with its real output
+//! or a decoded one ([`batch`], around
 //! [`batch_state`], which decides without I/O). Which
 //! instances get calls is [`dispatch`]'s choice, informed by what each
 //! [`instance`]'s calls showed and by the [`watcher`]'s conclusions, which
@@ -28,6 +29,7 @@ pub mod watcher;
 
 pub use baseline::DispatchMode;
 pub use batch_state::ReconstructPolicy;
+pub use discovery::parity_model_name;
 pub use engine::{Frontend, Started};
 pub use options::FrontendOptions;
 

@@ -33,7 +33,8 @@ pub struct FrontendOptions {
     )]
     pub model_endpoints: Vec<String>,
     /// Base URLs of the parity-model instances, comma-separated (needed by
-    /// `--dispatch coded`, or use --parity-service).
+    /// `--dispatch coded`, or use --parity-service); with --r ≥ 2 each as
+    /// `l=URL`, l the parity it serves (`0=http://p0:8080,1=http://p1:8080`).
     #[arg(long, value_delimiter = ',', conflicts_with = "parity_service")]
     pub parity_endpoints: Vec<String>,
     /// The model instances as a name to resolve, HOST:PORT (a Kubernetes
@@ -46,7 +47,8 @@ pub struct FrontendOptions {
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
     pub model_service: Vec<String>,
     /// The parity-model instances as a name to resolve, like
-    /// --model-service.
+    /// --model-service; with --r ≥ 2 one name per parity, each as
+    /// `l=HOST:PORT`.
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
     pub parity_service: Vec<String>,
     /// How often --model-service and --parity-service names are resolved
@@ -69,10 +71,19 @@ pub struct FrontendOptions {
     /// Queries per coding group.
     #[arg(long, default_value_t = 2)]
     pub k: usize,
-    /// Parity models per group; r = 1 (one loss per group rebuilt) is what
-    /// the parity models are trained for today.
+    /// Parities per group: up to r lost queries of a group are rebuilt.
+    /// Parity l is served by the instances given as `l=URL` in
+    /// --parity-endpoints (or `l=HOST:PORT` in --parity-service; entries
+    /// without `l=` are parity 0) under the name --parity-model for l = 0
+    /// and `<parity-model>-<l>` for the others.
     #[arg(long, default_value_t = 1)]
     pub r: usize,
+    /// The parity models' cards (paths or URIs, comma-separated, parity 0
+    /// first): checked at start against --k, --r and --encoder, so that a
+    /// parity model trained for another code is refused with one clear
+    /// error rather than decoded into wrong answers.
+    #[arg(long, value_delimiter = ',')]
+    pub parity_card: Vec<String>,
     /// How a group is encoded; must match the parity model's training.
     #[arg(long, value_enum, default_value_t = EncoderKind::Sum)]
     pub encoder: EncoderKind,
@@ -172,9 +183,10 @@ impl FrontendOptions {
         Duration::from_millis(self.resolve_interval_ms)
     }
 
-    /// Where the model instances, then the parity instances, come from: a
-    /// fixed list or names to resolve, not both.
-    pub fn sources(&self) -> anyhow::Result<(Source, Source)> {
+    /// Where the model instances, then each parity's instances (r of them,
+    /// parity l's at l), come from: a fixed list or names to resolve, not
+    /// both.
+    pub fn sources(&self) -> anyhow::Result<(Source, Vec<Source>)> {
         let pick = |role: &str, urls: &[String], names: &[String]| {
             let names: Vec<String> = names
                 .iter()
@@ -194,10 +206,57 @@ impl FrontendOptions {
             }
             Ok(Source::Service(names))
         };
-        Ok((
-            pick("model", &self.model_endpoints, &self.model_service)?,
-            pick("parity", &self.parity_endpoints, &self.parity_service)?,
-        ))
+        let models = pick("model", &self.model_endpoints, &self.model_service)?;
+        let urls = by_parity(&self.parity_endpoints, self.r, "--parity-endpoints")?;
+        let names = by_parity(&self.parity_service, self.r, "--parity-service")?;
+        let parities = urls
+            .iter()
+            .zip(&names)
+            .map(|(urls, names)| pick("parity", urls, names))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((models, parities))
+    }
+}
+
+/// Splits `l=VALUE` entries into r lists, parity l's at l; an entry without
+/// `l=` is parity 0's (r = 1 needs no prefix).
+pub fn by_parity(entries: &[String], r: usize, flag: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut lists = vec![Vec::new(); r.max(1)];
+    for entry in entries {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let (l, value) = match entry.split_once('=') {
+            Some((l, value)) if !l.contains(':') && !l.contains('/') => {
+                let l: usize = l.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("{flag} {entry:?}: the parity before `=` must be a number")
+                })?;
+                (l, value.trim())
+            }
+            _ => (0, entry),
+        };
+        let Some(list) = lists.get_mut(l) else {
+            bail!(
+                "{flag} {entry:?} names parity {l}, but --r {r} has parities 0..{}",
+                r.max(1) - 1
+            );
+        };
+        list.push(value.to_owned());
+    }
+    Ok(lists)
+}
+
+impl FrontendOptions {
+    /// The parity instances named on the command line, as (parity, URL).
+    pub fn parity_urls(&self) -> anyhow::Result<Vec<(usize, String)>> {
+        Ok(
+            by_parity(&self.parity_endpoints, self.r, "--parity-endpoints")?
+                .into_iter()
+                .enumerate()
+                .flat_map(|(l, urls)| urls.into_iter().map(move |u| (l, u)))
+                .collect(),
+        )
     }
 }
 
@@ -257,7 +316,7 @@ mod tests {
         .expect("services");
         let (models, parities) = o.sources().expect("sources");
         assert!(matches!(models, Source::Service(n) if n == ["m.ns.svc:8080"]));
-        assert!(matches!(parities, Source::Service(n) if n == ["p:8080"]));
+        assert!(matches!(&parities[..], [Source::Service(n)] if n[..] == ["p:8080"]));
         assert_eq!(o.resolve_interval(), Duration::from_secs(1));
         // Mixed per role is fine.
         let o = FrontendOptions::parse([
@@ -267,7 +326,10 @@ mod tests {
             "http://p:1",
         ])
         .expect("mixed");
-        assert!(matches!(o.sources().expect("sources").1, Source::Fixed(_)));
+        assert!(matches!(
+            o.sources().expect("sources").1[..],
+            [Source::Fixed(_)]
+        ));
 
         let err = FrontendOptions::parse([
             "--model-service",
@@ -296,5 +358,65 @@ mod tests {
         o.model_service = vec!["m:8080".into()];
         let err = o.sources().expect_err("both refused").to_string();
         assert!(err.contains("alternatives"), "{err}");
+    }
+
+    #[test]
+    fn parity_instances_are_given_per_parity() {
+        let o = FrontendOptions::parse([
+            "--model-endpoints",
+            "http://m:1",
+            "--r",
+            "2",
+            "--parity-endpoints",
+            "0=http://p0:1,1=http://p1:1,http://p0b:1",
+        ])
+        .expect("parses");
+        let (_, parities) = o.sources().expect("sources");
+        assert!(matches!(&parities[..], [Source::Fixed(a), Source::Fixed(b)]
+            if a[..] == ["http://p0:1", "http://p0b:1"] && b[..] == ["http://p1:1"]));
+        assert_eq!(
+            o.parity_urls().expect("urls"),
+            vec![
+                (0, "http://p0:1".to_owned()),
+                (0, "http://p0b:1".to_owned()),
+                (1, "http://p1:1".to_owned())
+            ]
+        );
+        let o = FrontendOptions::parse([
+            "--model-endpoints",
+            "http://m:1",
+            "--r",
+            "2",
+            "--parity-service",
+            "0=p0.ns.svc:8080,1=p1.ns.svc:8080",
+        ])
+        .expect("parses");
+        let (_, parities) = o.sources().expect("sources");
+        assert!(
+            matches!(&parities[..], [Source::Service(a), Source::Service(b)]
+            if a[..] == ["p0.ns.svc:8080"] && b[..] == ["p1.ns.svc:8080"])
+        );
+        // A parity beyond r, or not a number, is refused with a reason.
+        let o = FrontendOptions::parse([
+            "--model-endpoints",
+            "http://m:1",
+            "--parity-endpoints",
+            "1=http://p:1",
+        ])
+        .expect("parses");
+        let err = o.sources().expect_err("refused").to_string();
+        assert!(
+            err.contains("names parity 1, but --r 1 has parities 0..0"),
+            "{err}"
+        );
+        let o = FrontendOptions::parse([
+            "--model-endpoints",
+            "http://m:1",
+            "--parity-endpoints",
+            "x=http://p:1",
+        ])
+        .expect("parses");
+        let err = o.sources().expect_err("refused").to_string();
+        assert!(err.contains("must be a number"), "{err}");
     }
 }

@@ -147,7 +147,9 @@ enum Event {
 fn target(t: Target) -> String {
     match t {
         Target::Slot(j) => format!("slot {j}"),
-        Target::Parity => "parity".into(),
+        // Parity 0 keeps the name it had with one parity.
+        Target::Parity(0) => "parity".into(),
+        Target::Parity(l) => format!("parity {l}"),
     }
 }
 
@@ -201,9 +203,9 @@ mod tests {
         for _ in 0..8 {
             if let Some(mut t) = tracer.begin(2, 2, 1_000) {
                 t.call(Target::Slot(0), "http://a", 0);
-                t.call(Target::Parity, "http://p", 0);
+                t.call(Target::Parity(0), "http://p", 0);
                 t.result(Target::Slot(0), Some("timed out".into()));
-                t.result(Target::Parity, None);
+                t.result(Target::Parity(0), None);
                 t.answer(0, "rebuilt", None);
                 t.answer(1, "failed", Some("no instance".into()));
                 tracer.finish(t);

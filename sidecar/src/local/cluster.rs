@@ -175,13 +175,26 @@ impl Cluster {
             model_urls.push(child.url.clone());
             children.push(child);
         }
-        let parity_name = format!("{name}-parity");
+        // Parity worker i serves parity i mod r, under the name the
+        // frontend calls that parity by (`frontend --parity-model`).
+        let r = dirs.parity.len().max(1);
         let mut parity_urls = Vec::new();
+        let mut parity_entries = Vec::new();
         for i in 0..spec.parities {
-            let args = worker(&dirs.parity, &parity_name, 0, spec.models + i);
+            let l = i % r;
+            let Some(dir) = dirs.parity.get(l) else {
+                anyhow::bail!("no parity model to serve");
+            };
+            let served = crate::frontend::parity_model_name(&format!("{name}-parity"), l);
+            let args = worker(dir, &served, 0, spec.models + i);
             workers.push((format!("parity-{i}"), args.clone()));
             let child = spawn(spec.models + i, format!("parity-{i}"), args).await?;
             parity_urls.push(child.url.clone());
+            parity_entries.push(if r > 1 {
+                format!("{l}={}", child.url)
+            } else {
+                child.url.clone()
+            });
             children.push(child);
         }
         let policy = match spec.policy {
@@ -210,6 +223,8 @@ impl Cluster {
             dispatch,
             "--k",
             &spec.k.to_string(),
+            "--r",
+            &r.to_string(),
             "--encoder",
             &spec.encoder.to_string(),
             "--reconstruct-policy",
@@ -217,8 +232,14 @@ impl Cluster {
         ]
         .map(String::from)
         .to_vec();
-        if !parity_urls.is_empty() {
-            args.extend(["--parity-endpoints".to_owned(), parity_urls.join(",")]);
+        if !parity_entries.is_empty() {
+            args.extend(["--parity-endpoints".to_owned(), parity_entries.join(",")]);
+            let cards: Vec<String> = dirs
+                .parity
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            args.extend(["--parity-card".to_owned(), cards.join(",")]);
         }
         let mut targets = Vec::new();
         for (role, urls) in [("model", &model_urls), ("parity", &parity_urls)] {

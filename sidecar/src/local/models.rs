@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use candle_core::Device;
 
-use crate::coding::EncoderKind;
+use crate::coding::{EncoderKind, LinearCode};
 use crate::data::FashionMnist;
 use crate::model::card::Role;
 use crate::model::{Arch, Model, Placement};
@@ -16,6 +16,8 @@ use crate::train::{TrainOptions, parity::default_groups_per_batch, train_base, t
 pub struct ModelPlan {
     pub arch: Arch,
     pub k: usize,
+    /// Parities per group: one parity model each.
+    pub r: usize,
     pub encoder: EncoderKind,
     pub base_epochs: usize,
     pub parity_epochs: usize,
@@ -25,10 +27,11 @@ pub struct ModelPlan {
     pub device: Device,
 }
 
-/// Where the base and parity model directories live.
+/// Where the base and parity model directories live: one parity model
+/// per parity index.
 pub struct ModelDirs {
     pub base: PathBuf,
-    pub parity: PathBuf,
+    pub parity: Vec<PathBuf>,
 }
 
 /// `$XDG_CACHE_HOME/coded-serving/models`, or under `~/.cache`.
@@ -43,18 +46,25 @@ pub fn default_cache_dir() -> PathBuf {
 impl ModelPlan {
     pub fn dirs(&self) -> ModelDirs {
         let base = format!("{}-e{}-s{}", self.arch, self.base_epochs, self.seed);
-        let parity = format!(
-            "{base}-parity-k{}-{}-e{}",
-            self.k, self.encoder, self.parity_epochs
-        );
+        // r = 1 keeps the directory it always had.
+        let parity = |l: usize| match self.r {
+            1 => format!(
+                "{base}-parity-k{}-{}-e{}",
+                self.k, self.encoder, self.parity_epochs
+            ),
+            r => format!(
+                "{base}-parity-k{}-{}-r{r}-{l}-e{}",
+                self.k, self.encoder, self.parity_epochs
+            ),
+        };
         ModelDirs {
+            parity: (0..self.r).map(|l| self.cache.join(parity(l))).collect(),
             base: self.cache.join(base),
-            parity: self.cache.join(parity),
         }
     }
 
-    /// Loads both models from the cache, training whichever is missing or
-    /// does not verify (progress bars while training). `load` reads the
+    /// Loads the base and parity models from the cache, training whichever
+    /// is missing or does not verify (progress bars while training). `load` reads the
     /// dataset, only if something needs training.
     pub fn ensure(
         &self,
@@ -91,28 +101,34 @@ impl ModelPlan {
                     .context("loading the trained base model")?
             }
         };
-        if let Some(parity) = cached(&dirs.parity, &placement)
-            && matches!(&parity.card.role, Role::Parity { base_sha256, .. } if *base_sha256 == base.card.weights.sha256)
-        {
-            return Ok(dirs);
+        let code = LinearCode::new(self.k, self.r)?;
+        for (l, dir) in dirs.parity.iter().enumerate() {
+            if let Some(parity) = cached(dir, &placement)
+                && matches!(&parity.card.role, Role::Parity { base_sha256, .. } if *base_sha256 == base.card.weights.sha256)
+                && parity.card.check_parity(&code, self.encoder, l).is_ok()
+            {
+                continue;
+            }
+            eprintln!(
+                "training parity model {l} (k = {}, r = {}, {}, {} epochs) into {}",
+                self.k,
+                self.r,
+                self.encoder,
+                self.parity_epochs,
+                dir.display()
+            );
+            train_parity(
+                dataset(&mut data, load, &self.device)?,
+                &base,
+                &code,
+                l,
+                self.encoder,
+                default_groups_per_batch(self.k),
+                &opts(self.parity_epochs),
+                dir,
+            )
+            .with_context(|| format!("training parity model {l}"))?;
         }
-        eprintln!(
-            "training the parity model (k = {}, {}, {} epochs) into {}",
-            self.k,
-            self.encoder,
-            self.parity_epochs,
-            dirs.parity.display()
-        );
-        train_parity(
-            dataset(&mut data, load, &self.device)?,
-            &base,
-            self.k,
-            self.encoder,
-            default_groups_per_batch(self.k),
-            &opts(self.parity_epochs),
-            &dirs.parity,
-        )
-        .context("training the parity model")?;
         Ok(dirs)
     }
 }

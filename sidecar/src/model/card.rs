@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Arch;
-use crate::coding::EncoderKind;
+use crate::coding::{EncoderKind, LinearCode};
 
 /// Version tag of the card format.
 pub const CARD_FORMAT: &str = "coded-serving/model-card/v1";
@@ -40,7 +40,21 @@ pub enum Role {
         /// Which base model's outputs it learned to sum (its weights' sha256).
         base_sha256: String,
         base_name: String,
+        /// Parities of the code (cards from before r ≥ 2 say nothing: 1).
+        #[serde(default = "one")]
+        r: usize,
+        /// Which parity of the code this model is, 0..r.
+        #[serde(default)]
+        index: usize,
+        /// Row `index` of the code: it learned Σ_j c_j F(X_j) (empty on
+        /// older cards: all ones, the sum).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        coefficients: Vec<f64>,
     },
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Shape (without the batch dimension) and KServe v2 datatype of a tensor.
@@ -91,5 +105,47 @@ impl ModelCard {
 
     pub fn is_parity(&self) -> bool {
         matches!(self.role, Role::Parity { .. })
+    }
+
+    /// Checks that this is parity `index` of `code` with `encoder`: one
+    /// line saying what differs, for the frontend, `local` and `eval`.
+    pub fn check_parity(
+        &self,
+        code: &LinearCode,
+        encoder: EncoderKind,
+        index: usize,
+    ) -> Result<(), String> {
+        let Role::Parity {
+            k,
+            encoder: trained,
+            r,
+            index: card_index,
+            ref coefficients,
+            ..
+        } = self.role
+        else {
+            return Err(format!("{} is a base model, not a parity model", self.name));
+        };
+        let (want_k, want_r) = (code.k(), code.r());
+        if (k, r, trained, card_index) != (want_k, want_r, encoder, index) {
+            return Err(format!(
+                "parity model {} is parity {card_index} of k = {k}, r = {r}, {trained}, but parity {index} of k = {want_k}, r = {want_r}, {encoder} is needed",
+                self.name
+            ));
+        }
+        let ones = vec![1.0; k];
+        let coefficients = if coefficients.is_empty() {
+            &ones
+        } else {
+            coefficients
+        };
+        if !code.matches_row(index, coefficients) {
+            return Err(format!(
+                "parity model {} was trained with coefficients {coefficients:?}, not this code's {:?}",
+                self.name,
+                code.row(index)
+            ));
+        }
+        Ok(())
     }
 }

@@ -142,10 +142,15 @@ pub fn parse_card(text: &[u8], origin: &Path) -> Result<ModelCard, ModelError> {
             card.classes.len()
         )));
     }
-    if let super::Role::Parity { k, .. } = card.role
-        && k < crate::coding::MIN_K
-    {
-        return Err(invalid(format!("parity model for k = {k}; k must be ≥ 2")));
+    if let super::Role::Parity { k, r, index, .. } = card.role {
+        if k < crate::coding::MIN_K {
+            return Err(invalid(format!("parity model for k = {k}; k must be ≥ 2")));
+        }
+        if r == 0 || index >= r {
+            return Err(invalid(format!(
+                "parity index {index} of r = {r} parities: the index must be below r"
+            )));
+        }
     }
     Ok(card)
 }
@@ -386,10 +391,19 @@ mod tests {
             encoder: crate::coding::EncoderKind::Sum,
             base_sha256: String::new(),
             base_name: String::new(),
+            r: 1,
+            index: 0,
+            coefficients: Vec::new(),
         };
         std::fs::write(&card_path, serde_json::to_string(&card).unwrap()).unwrap();
         let err = load(dir.path(), &cpu()).err().unwrap().to_string();
         assert!(err.contains("k must be ≥ 2"), "{err}");
+        if let Role::Parity { k, index, r, .. } = &mut card.role {
+            (*k, *index, *r) = (2, 2, 2);
+        }
+        std::fs::write(&card_path, serde_json::to_string(&card).unwrap()).unwrap();
+        let err = load(dir.path(), &cpu()).err().unwrap().to_string();
+        assert!(err.contains("the index must be below r"), "{err}");
 
         let err = load(&dir.path().join("nope.json"), &cpu())
             .err()

@@ -1,6 +1,7 @@
 //! Training a parity model: the base architecture, freshly initialised,
 //! regressed (MSE) onto the sum of the base model's logits over the k
-//! queries of each group, fed the encoded group.
+//! queries of each group, fed the encoded group. Parity l of an r-parity
+//! code learns the weighted sum Σ_j c_lj F(X_j) from P_l = Σ_j c_lj X_j.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,9 +10,9 @@ use candle_core::Tensor;
 use candle_nn::loss::mse;
 
 use super::{Progress, Snapshot, TrainError, TrainOptions, adam, optimiser_step, shuffled};
-use crate::coding::{EncoderKind, encoder};
+use crate::coding::{EncoderKind, LinearCode, parity_encoder};
 use crate::data::FashionMnist;
-use crate::eval::{EVAL_BATCH, degraded_accuracy, grouping};
+use crate::eval::{EVAL_BATCH, Parity, degraded_accuracy, grouping};
 use crate::model::card::Training;
 use crate::model::{Model, ModelCard, Network, Role};
 
@@ -30,10 +31,23 @@ pub struct ParityOutcome {
     pub card: ModelCard,
 }
 
+/// The card name of parity `index` of `code` for `base`: r = 1 keeps the
+/// name it always had.
+pub fn parity_name(base: &str, code: &LinearCode, kind: EncoderKind, index: usize) -> String {
+    let k = code.k();
+    match code.r() {
+        1 => format!("{base}-parity-k{k}-{kind}"),
+        r => format!("{base}-parity-k{k}-{kind}-r{r}-{index}"),
+    }
+}
+
+/// Trains parity `index` of `code` for `base`.
+#[allow(clippy::too_many_arguments)]
 pub fn train_parity(
     data: &FashionMnist,
     base: &Model,
-    k: usize,
+    code: &LinearCode,
+    index: usize,
     kind: EncoderKind,
     groups_per_batch: usize,
     opts: &TrainOptions,
@@ -50,8 +64,10 @@ pub fn train_parity(
             "epochs and groups per batch must be at least 1".into(),
         ));
     }
+    let k = code.k();
     let input = base.network.input();
-    let enc = encoder(kind, k, &input)?;
+    let enc = parity_encoder(kind, code, index, &input)?;
+    let row: Vec<f32> = code.row(index).iter().map(|&c| c as f32).collect();
     let train = match opts.limit {
         Some(n) => data.train.take(n)?,
         None => data.train.clone(),
@@ -75,6 +91,7 @@ pub fn train_parity(
     let net = Network::new(base.card.arch, input, classes, opts.seed, &device)?;
     let vars = net.varmap().all_vars();
     let mut opt = adam(vars.clone())?;
+    let weights = Tensor::from_vec(row, (1, k, 1), &device)?;
     let groups_per_epoch = train.len() / k;
     let steps_per_epoch = groups_per_epoch.div_ceil(groups_per_batch);
     let progress = Progress::new((steps_per_epoch * opts.epochs) as u64, opts.quiet);
@@ -97,15 +114,23 @@ pub fn train_parity(
             let target = train_logits
                 .index_select(&idx, 0)?
                 .reshape((g, k, classes))?
+                .broadcast_mul(&weights)?
                 .sum(1)?;
             let loss = mse(&net.forward_train(&enc.encode(&queries)?)?, &target)?;
             let l = optimiser_step(&mut opt, &loss)?;
             loss_sum += l as f64;
             progress.step(l);
         }
+        // Every single erasure, rebuilt from this parity alone.
+        let parity = Parity {
+            index,
+            network: &net,
+            encoder: enc.as_ref(),
+        };
         let val = degraded_accuracy(
-            &net,
-            enc.as_ref(),
+            code,
+            &[parity],
+            1,
             &data.validation.images,
             &val_logits,
             &data.validation.labels,
@@ -115,8 +140,13 @@ pub fn train_parity(
         if improved {
             best = (epoch, val.reconstruction, Snapshot::take(&vars)?);
         }
+        let which = if code.r() > 1 {
+            format!("parity {index}/{}  ", code.r())
+        } else {
+            String::new()
+        };
         progress.line(format!(
-            "epoch {epoch:>3}/{}  loss {:.4}  validation degraded accuracy {:.2}% (reconstruction {:.2}%){}",
+            "{which}epoch {epoch:>3}/{}  loss {:.4}  validation degraded accuracy {:.2}% (reconstruction {:.2}%){}",
             opts.epochs,
             loss_sum / steps_per_epoch as f64,
             val.overall * 100.0,
@@ -128,12 +158,15 @@ pub fn train_parity(
     let wall = started.elapsed().as_secs_f64();
     best.2.restore()?;
     let mut card = base.card.clone();
-    card.name = format!("{}-parity-k{k}-{kind}", base.card.name);
+    card.name = parity_name(&base.card.name, code, kind, index);
     card.role = Role::Parity {
         k,
         encoder: kind,
         base_sha256: base.card.weights.sha256.clone(),
         base_name: base.card.name.clone(),
+        r: code.r(),
+        index,
+        coefficients: code.row(index).to_vec(),
     };
     card.training = Some(Training {
         dataset: "fashion-mnist".into(),

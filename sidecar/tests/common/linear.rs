@@ -43,12 +43,15 @@ pub struct Linear {
     /// F(0) for 0 in a padded group, or mixed up a model and its parity
     /// model (given k times the bias), gives wrong answers.
     pub bias: f32,
+    /// The name it is served under [default: `linear`] (parity l ≥ 1 of a
+    /// code is called as `<parity model>-<l>`).
+    pub name: Option<String>,
 }
 
 impl Backend for Linear {
     fn metadata(&self) -> ModelInfo {
         ModelInfo {
-            name: "linear".into(),
+            name: self.name.clone().unwrap_or_else(|| "linear".into()),
             versions: vec!["1".into()],
             platform: "test-linear".into(),
             input: TensorSpec::fp32("input", vec![INPUTS]),

@@ -1,7 +1,7 @@
 //! The batch's decisions driven by a made-up clock and fake models where
-//! the model F, the parity model F_P and F(0) all differ: F(x) = A·x + b
-//! with b ≠ 0, F_P(x) = A·x + k·b, which is what the sum code needs
-//! (F_P(Σ xᵢ) = Σ F(xᵢ)). A slot's output given as the parity's, a parity
+//! the model F, each parity model F_P,l and F(0) all differ: F(x) = A·x + b
+//! with b ≠ 0, F_P,l(x) = A·x + (Σ_j c_lj)·b, which is what the code needs
+//! (F_P,l(Σ_j c_lj x_j) = Σ_j c_lj F(x_j); with r = 1, F_P(x) = A·x + k·b). A slot's output given as the parity's, a parity
 //! output given to a slot, or F(0) taken as 0 for a padded group all give
 //! wrong answers here.
 
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
+
+mod parities;
 
 const D_IN: usize = 3;
 const OUT: usize = 2;
@@ -26,11 +28,12 @@ fn affine(x: &[f32], bias: f32) -> Vec<f32> {
 /// The queries of one batch and what the fakes answer for them.
 struct Fakes {
     layout: Layout,
+    code: LinearCode,
     rows: Vec<Vec<f32>>,
 }
 
 impl Fakes {
-    fn new(k: usize, n: usize) -> Self {
+    fn new(k: usize, r: usize, n: usize) -> Self {
         let rows = (0..n)
             .map(|q| {
                 let q = q as f32;
@@ -38,7 +41,13 @@ impl Fakes {
             })
             .collect();
         Fakes {
-            layout: Layout { k, n, out_len: OUT },
+            layout: Layout {
+                k,
+                r,
+                n,
+                out_len: OUT,
+            },
+            code: LinearCode::new(k, r).expect("a code"),
             rows,
         }
     }
@@ -62,16 +71,17 @@ impl Fakes {
                 .into_iter()
                 .flat_map(|q| self.expected(q))
                 .collect(),
-            // The encoded group is the sum of its queries, padding zero.
-            Target::Parity => (0..self.layout.groups())
+            // Parity l's encoded group is Σ_j c_lj x_j, padding zero.
+            Target::Parity(l) => (0..self.layout.groups())
                 .flat_map(|g| {
+                    let c = self.code.row(l);
                     let mut p = [0f32; D_IN];
                     for q in (g * k..(g + 1) * k).filter(|&q| q < n) {
                         for (p, x) in p.iter_mut().zip(&self.rows[q]) {
-                            *p += x;
+                            *p += c[q - g * k] as f32 * x;
                         }
                     }
-                    affine(&p, k as f32)
+                    affine(&p, c.iter().sum::<f64>() as f32)
                 })
                 .collect(),
         }
@@ -136,6 +146,17 @@ impl Sim {
         Sim::build(k, n, policy, Some(0), fate)
     }
 
+    /// A batch of a code with r parities.
+    fn with_r(
+        k: usize,
+        r: usize,
+        n: usize,
+        policy: ReconstructPolicy,
+        fate: impl FnMut(Call) -> Fate + 'static,
+    ) -> Self {
+        Sim::build_code(k, r, n, policy, Some(0), fate)
+    }
+
     /// A batch that learns F(0) `zero_after` ms after its start (0: before
     /// its first poll; None: never).
     fn build(
@@ -145,10 +166,22 @@ impl Sim {
         zero_after: Option<u64>,
         fate: impl FnMut(Call) -> Fate + 'static,
     ) -> Self {
+        Sim::build_code(k, 1, n, policy, zero_after, fate)
+    }
+
+    fn build_code(
+        k: usize,
+        r: usize,
+        n: usize,
+        policy: ReconstructPolicy,
+        zero_after: Option<u64>,
+        fate: impl FnMut(Call) -> Fate + 'static,
+    ) -> Self {
         let t0 = Instant::now();
         let deadline = t0 + ms(DEADLINE_MS);
-        let fakes = Fakes::new(k, n);
-        let mut state = BatchState::new(fakes.layout, policy, Decoder::Subtract, deadline, t0);
+        let fakes = Fakes::new(k, r, n);
+        let code = fakes.code.clone();
+        let mut state = BatchState::new(fakes.layout, policy, code, deadline, t0);
         if zero_after == Some(0) {
             state.learn_zero(&Fakes::zero());
         }
@@ -330,8 +363,8 @@ fn every_erasure_pattern_is_answered_right() {
                 let sim = Sim::new(k, n, ReconstructPolicy::Eager, move |call| {
                     match (call.target, call.attempt) {
                         (_, a) if a > 0 => Fate::Answer(1),
-                        (Target::Parity, _) if parity_lost => Fate::Hang,
-                        (Target::Parity, _) => Fate::Answer(2),
+                        (Target::Parity(_), _) if parity_lost => Fate::Hang,
+                        (Target::Parity(_), _) => Fate::Answer(2),
                         (Target::Slot(j), _) if slot_lost(j) => Fate::Hang,
                         (Target::Slot(j), _) => Fate::Answer(1 + j as u64),
                     }
@@ -370,7 +403,7 @@ fn every_erasure_pattern_is_answered_right() {
                         assert_eq!(*at, WAITS.retry_after, "{case}");
                         match c.target {
                             Target::Slot(j) => j,
-                            Target::Parity => panic!("{case}: the parity is never sent again"),
+                            Target::Parity(_) => panic!("{case}: the parity is never sent again"),
                         }
                     })
                     .collect();
@@ -412,7 +445,7 @@ fn a_failed_call_is_rebuilt_as_soon_as_the_rest_is_in() {
                 Target::Slot(2) if call.attempt == 0 => fate,
                 Target::Slot(2) => Fate::Hang,
                 Target::Slot(j) => Fate::Answer(4 + j as u64),
-                Target::Parity => Fate::Answer(3),
+                Target::Parity(_) => Fate::Answer(3),
             });
             // Waits far beyond the calls: only the failure explains a rebuild.
             sim.waits.eager_after = ms(100);
@@ -429,7 +462,7 @@ fn eager_waits_twice_the_rest_and_deadline_its_quantile() {
     let fate = |call: Call| match call.target {
         Target::Slot(0) => Fate::Answer(5),
         Target::Slot(_) => Fate::Answer(20),
-        Target::Parity => Fate::Answer(6),
+        Target::Parity(_) => Fate::Answer(6),
     };
     let eager = Sim::new(2, 2, ReconstructPolicy::Eager, fate).run();
     assert_eq!(eager.check(1), (true, ms(12)));
@@ -458,7 +491,7 @@ fn eager_waits_twice_the_rest_and_deadline_its_quantile() {
 fn two_losses_in_a_group_are_retried_then_answered_with_an_error_at_the_deadline() {
     // Calls out and silent: sent again every retry wait.
     let sim = Sim::new(2, 2, ReconstructPolicy::Eager, |call| match call.target {
-        Target::Parity => Fate::Answer(1),
+        Target::Parity(_) => Fate::Answer(1),
         Target::Slot(_) => Fate::Hang,
     })
     .run();
@@ -478,7 +511,7 @@ fn two_losses_in_a_group_are_retried_then_answered_with_an_error_at_the_deadline
 
     // Calls that fail: sent again after a gap that doubles with each send.
     let sim = Sim::new(2, 2, ReconstructPolicy::Eager, |call| match call.target {
-        Target::Parity => Fate::Answer(1),
+        Target::Parity(_) => Fate::Answer(1),
         Target::Slot(_) => Fate::Fail(1),
     })
     .run();
@@ -525,7 +558,7 @@ fn padded_groups_are_rebuilt_with_f_of_zero() {
 fn a_batch_smaller_than_a_group_uses_only_the_slots_it_needs() {
     let sim = Sim::new(4, 1, ReconstructPolicy::Eager, |call| match call.target {
         Target::Slot(_) => Fate::Hang,
-        Target::Parity => Fate::Answer(1),
+        Target::Parity(_) => Fate::Answer(1),
     })
     .run();
     let first: Vec<Target> = sim
@@ -534,7 +567,7 @@ fn a_batch_smaller_than_a_group_uses_only_the_slots_it_needs() {
         .filter(|(_, c)| c.attempt == 0)
         .map(|(_, c)| c.target)
         .collect();
-    assert_eq!(first, vec![Target::Slot(0), Target::Parity]);
+    assert_eq!(first, vec![Target::Slot(0), Target::Parity(0)]);
     // With three pads, F_P(x₀) − 3 F(0) is F(x₀).
     assert_eq!(sim.check(0), (true, ms(2)));
 }
@@ -545,11 +578,12 @@ fn an_empty_batch_is_done_at_once() {
     let mut state = BatchState::new(
         Layout {
             k: 2,
+            r: 1,
             n: 0,
             out_len: OUT,
         },
         ReconstructPolicy::Eager,
-        Decoder::Subtract,
+        LinearCode::new(2, 1).expect("a code"),
         t0 + ms(10),
         t0,
     );
@@ -578,6 +612,7 @@ proptest! {
     #[test]
     fn every_query_gets_exactly_one_answer(
         k in 2usize..=4,
+        r in 1usize..=2,
         groups in 1usize..=3,
         short in 0usize..4,
         deadline_policy in any::<bool>(),
@@ -591,7 +626,7 @@ proptest! {
         let n = (groups * k).saturating_sub(short).max(1);
         let policy = if deadline_policy { ReconstructPolicy::Deadline } else { ReconstructPolicy::Eager };
         let mut fates = fates.into_iter();
-        let mut sim = Sim::build(k, n, policy, zero_after, move |_| fates.next().unwrap_or(Fate::Hang));
+        let mut sim = Sim::build_code(k, r, n, policy, zero_after, move |_| fates.next().unwrap_or(Fate::Hang));
         sim.waits = Waits {
             eager_after: ms(eager_after),
             reconstruct_after: ms(reconstruct_after),
