@@ -465,7 +465,7 @@ impl CodedInferenceServiceSpec {
 /// The frontend Service has one port per protocol.
 const PORTS_DIFFER: &str = "frontend.port and frontend.grpcPort must differ: the frontend Service has one port for HTTP and one for gRPC";
 
-const R_NOT_SERVED: &str = "coding.r > 1 is not served yet: the frontend rebuilds one lost prediction per coding group; set coding.r to 1";
+const R_NOT_SERVED: &str = "coding.r > 1 is not run by the operator yet (coded-sidecar local and frontend serve it with --r); set coding.r to 1";
 
 /// Where `crdgen --write` puts the CRD, relative to the repository root: the
 /// copy for `kubectl apply` and the chart's (Helm cannot reach outside a chart).

@@ -404,7 +404,7 @@ fn r_above_one_is_refused_until_it_is_served() {
         spec.check()
             .unwrap_err()
             .0
-            .starts_with("coding.r > 1 is not served yet")
+            .starts_with("coding.r > 1 is not run by the operator yet")
     );
 }
 

@@ -242,10 +242,13 @@ fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
 }
 
 /// The security context of every container the operator writes: no root,
-/// no privilege escalation, no capabilities, the runtime's seccomp profile.
+/// no privilege escalation, no capabilities, the runtime's seccomp profile,
+/// and a read-only root filesystem (the sidecar writes only to the model
+/// cache, an emptyDir, and to paths a user mounts).
 pub fn hardened() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
         run_as_non_root: Some(true),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".to_string()]),
@@ -553,5 +556,6 @@ mod tests {
         let sc = c.security_context.expect("hardened");
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
     }
 }
