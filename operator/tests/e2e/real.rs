@@ -156,6 +156,12 @@ pub fn assert_running_on(pod: &Pod, node: &str) {
 /// `http://CLUSTER-IP:PORT` of the frontend Service: reached from this host
 /// through kube-proxy's rules, as any client on a node reaches a Service.
 pub async fn service_url(cluster: &Cluster, ns: &str, name: &str) -> String {
+    format!("http://{}", service_addr(cluster, ns, name, "http").await)
+}
+
+/// `CLUSTER-IP:PORT` of the frontend Service's port named `port_name`
+/// (`http` or `grpc`).
+pub async fn service_addr(cluster: &Cluster, ns: &str, name: &str, port_name: &str) -> String {
     let api: Api<Service> = Api::namespaced(cluster.client.clone(), ns);
     let svc = api
         .get(&format!("{name}-frontend"))
@@ -163,8 +169,13 @@ pub async fn service_url(cluster: &Cluster, ns: &str, name: &str) -> String {
         .expect("frontend Service");
     let spec = svc.spec.expect("spec");
     let ip = spec.cluster_ip.expect("a ClusterIP");
-    let port = spec.ports.expect("ports")[0].port;
-    format!("http://{ip}:{port}")
+    let ports = spec.ports.expect("ports");
+    let port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some(port_name))
+        .unwrap_or_else(|| panic!("the frontend Service has no port named {port_name}: {ports:?}"))
+        .port;
+    format!("{ip}:{port}")
 }
 
 /// The containerd task id of a pod's first container.
@@ -328,9 +339,15 @@ pub async fn until_answered(progress: &AtomicUsize, n: usize) {
     panic!("the load never reached {n} answers");
 }
 
-/// Runs the stock `tritonclient[http]` check (tritonclient_check.py) with
-/// the virtualenv `scripts/client-tests.sh` made; returns its JSON line.
-pub fn tritonclient_check(frontend: &str, worker: &str, model: &str) -> Value {
+/// Runs the stock `tritonclient` check (tritonclient_check.py: HTTP and
+/// gRPC) with the virtualenv `scripts/client-tests.sh` made, against the
+/// frontend Service's two ports and a model pod's; returns its JSON line.
+pub fn tritonclient_check(
+    frontend_http: &str,
+    frontend_grpc: &str,
+    worker_ip: &str,
+    model: &str,
+) -> Value {
     let venv = std::env::var("CODED_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
@@ -340,14 +357,15 @@ pub fn tritonclient_check(frontend: &str, worker: &str, model: &str) -> Value {
     let python = venv.join("bin/python");
     assert!(
         python.exists(),
-        "{} is missing: scripts/client-tests.sh installs tritonclient[http] there",
+        "{} is missing: scripts/client-tests.sh installs tritonclient[http,grpc] there",
         python.display()
     );
     let script = repo().join("operator/tests/e2e/tritonclient_check.py");
-    let strip = |u: &str| u.trim_start_matches("http://").to_string();
     let out = run(Command::new(python).arg(script).args([
-        strip(frontend),
-        strip(worker),
+        frontend_http.trim_start_matches("http://").to_string(),
+        frontend_grpc.to_string(),
+        format!("{worker_ip}:8080"),
+        format!("{worker_ip}:8001"),
         model.to_string(),
         "16".to_string(),
     ]));

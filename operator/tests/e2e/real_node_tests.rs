@@ -108,18 +108,24 @@ async fn real_pods_serve_through_the_service_and_lose_no_query_to_kills_pauses_a
     assert_eq!(cell(row, "MODEL READY"), "2", "{table}");
     assert_eq!(cell(row, "PARITY READY"), "1", "{table}");
 
-    // The stock client through the Service (ClusterIP, kube-proxy) gives the
-    // answers a model pod gives directly.
+    // The stock client through the Service (ClusterIP, kube-proxy), over HTTP
+    // and over gRPC, gives the answers a model pod gives directly.
     let url = real::service_url(&cluster, &ns.name, "fashion-mlp").await;
+    let grpc = real::service_addr(&cluster, &ns.name, "fashion-mlp", "grpc").await;
     let model_pods = real::pods(&cluster, &ns.name, "fashion-mlp", "model").await;
     let worker_ip = model_pods[0]
         .status
         .as_ref()
         .and_then(|s| s.pod_ip.clone())
         .expect("pod IP");
-    let check = real::tritonclient_check(&url, &format!("{worker_ip}:8080"), "fashion-mlp");
-    assert_eq!(check["queries"], 16, "{check}");
-    assert!(check["equal"].as_u64().unwrap_or(0) >= 8, "{check}");
+    let check = real::tritonclient_check(&url, &grpc, &worker_ip, "fashion-mlp");
+    for protocol in ["http", "grpc"] {
+        assert_eq!(check[protocol]["queries"], 16, "{check}");
+        assert!(
+            check[protocol]["equal"].as_u64().unwrap_or(0) >= 8,
+            "{check}"
+        );
+    }
 
     // 1. A model pod killed (no grace) under load.
     let progress = Arc::new(AtomicUsize::new(0));
