@@ -85,6 +85,7 @@ mod tests {
             model_ready: m,
             parity_ready: p,
             frontend_ready: f,
+            parities_down: 0,
         };
         compute(
             &cis("demo"),

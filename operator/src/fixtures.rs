@@ -44,14 +44,54 @@ pub enum Call {
     ApplyFails { path: String, code: u16 },
     /// Discovery of `monitoring.coreos.com/v1`.
     Discovery { served: bool },
+    /// A metadata-only list at `path` (after `/apis/`) with this label
+    /// selector; answered with `items`' metadata.
+    ListMetadata {
+        path: String,
+        selector: String,
+        items: Vec<Value>,
+    },
+    /// A delete at `path` (after `/api(s)/`), in the background.
+    Delete { path: String },
     /// The status patch, checked by the closure.
     Status(StatusCheck),
     /// An Event with this reason.
     Event(&'static str),
 }
 
-/// The calls of one successful pass over the children of `ns1/demo`.
+/// The calls of one successful pass over the children of `ns1/demo` with r = 1.
 pub fn apply_children(observed: Observed, service_monitor: bool) -> Vec<Call> {
+    let pools = Pools {
+        model: observed.model_ready,
+        parities: vec![observed.parity_ready],
+        frontend: observed.frontend_ready,
+        listed: vec![],
+    };
+    apply_pools(pools, service_monitor)
+}
+
+/// What the fake API server reports of the pools of `ns1/demo`.
+pub struct Pools {
+    /// Ready instances of the model's pool, of parity l's (r of them), of the frontend.
+    pub model: i32,
+    pub parities: Vec<i32>,
+    pub frontend: i32,
+    /// The parity StatefulSets the pruning list finds, as `(name, index)`.
+    pub listed: Vec<(String, i32)>,
+}
+
+/// The parity pool names of `demo`: `demo-parity`, `demo-parity-<l>`.
+fn parity_name(l: usize) -> String {
+    match l {
+        0 => "demo-parity".to_string(),
+        l => format!("demo-parity-{l}"),
+    }
+}
+
+/// The calls of one successful pass over the children of `ns1/demo`, as
+/// many parity pools as `pools.parities` has, then the pruning list; the
+/// deletes it leads to are the caller's to add.
+pub fn apply_pools(pools: Pools, service_monitor: bool) -> Vec<Call> {
     let apply = |path: &str, ready: Option<i32>| Call::Apply {
         path: path.to_string(),
         ready,
@@ -60,26 +100,38 @@ pub fn apply_children(observed: Observed, service_monitor: bool) -> Vec<Call> {
         apply("v1/namespaces/ns1/services/demo-model", None),
         apply(
             "apps/v1/namespaces/ns1/statefulsets/demo-model",
-            Some(observed.model_ready),
+            Some(pools.model),
         ),
-        apply("v1/namespaces/ns1/services/demo-parity", None),
-        apply(
-            "apps/v1/namespaces/ns1/statefulsets/demo-parity",
-            Some(observed.parity_ready),
-        ),
+    ];
+    for (l, ready) in pools.parities.iter().enumerate() {
+        let name = parity_name(l);
+        calls.push(apply(&format!("v1/namespaces/ns1/services/{name}"), None));
+        calls.push(apply(
+            &format!("apps/v1/namespaces/ns1/statefulsets/{name}"),
+            Some(*ready),
+        ));
+    }
+    calls.extend([
         apply("v1/namespaces/ns1/services/demo-frontend", None),
         apply(
             "apps/v1/namespaces/ns1/deployments/demo-frontend",
-            Some(observed.frontend_ready),
+            Some(pools.frontend),
         ),
         apply(
             "policy/v1/namespaces/ns1/poddisruptionbudgets/demo-model",
             None,
         ),
-        apply(
-            "policy/v1/namespaces/ns1/poddisruptionbudgets/demo-parity",
+    ]);
+    for l in 0..pools.parities.len() {
+        calls.push(apply(
+            &format!(
+                "policy/v1/namespaces/ns1/poddisruptionbudgets/{}",
+                parity_name(l)
+            ),
             None,
-        ),
+        ));
+    }
+    calls.extend([
         apply(
             "policy/v1/namespaces/ns1/poddisruptionbudgets/demo-frontend",
             None,
@@ -92,10 +144,19 @@ pub fn apply_children(observed: Observed, service_monitor: bool) -> Vec<Call> {
             "networking.k8s.io/v1/namespaces/ns1/networkpolicies/demo-frontend",
             None,
         ),
+        Call::ListMetadata {
+            path: "apps/v1/namespaces/ns1/statefulsets".into(),
+            selector: "coded.dev/service=demo,coded.dev/parity-index".into(),
+            items: pools
+                .listed
+                .iter()
+                .map(|(name, l)| parity_set_metadata(name, *l, "uid-demo"))
+                .collect(),
+        },
         Call::Discovery {
             served: service_monitor,
         },
-    ];
+    ]);
     if service_monitor {
         calls.push(apply(
             "monitoring.coreos.com/v1/namespaces/ns1/servicemonitors/demo",
@@ -103,6 +164,43 @@ pub fn apply_children(observed: Observed, service_monitor: bool) -> Vec<Call> {
         ));
     }
     calls
+}
+
+/// A parity StatefulSet's metadata as a list returns it, owned by `owner_uid`.
+pub fn parity_set_metadata(name: &str, index: i32, owner_uid: &str) -> Value {
+    json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadata",
+        "metadata": {
+            "name": name,
+            "namespace": "ns1",
+            "labels": {
+                "coded.dev/service": "demo",
+                "coded.dev/parity-index": index.to_string(),
+            },
+            "ownerReferences": [{
+                "apiVersion": "coded.dev/v1alpha1",
+                "kind": "CodedInferenceService",
+                "name": "demo",
+                "uid": owner_uid,
+                "controller": true,
+            }],
+        },
+    })
+}
+
+/// The deletes of parity pool `name`'s children, in the order the pruning makes them.
+pub fn delete_pool(name: &str) -> Vec<Call> {
+    [
+        "policy/v1/namespaces/ns1/poddisruptionbudgets",
+        "v1/namespaces/ns1/services",
+        "apps/v1/namespaces/ns1/statefulsets",
+    ]
+    .into_iter()
+    .map(|kind| Call::Delete {
+        path: format!("{kind}/{name}"),
+    })
+    .collect()
 }
 
 type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -184,6 +282,46 @@ impl ApiServerVerifier {
                     (StatusCode::NOT_FOUND, b"404 page not found\n".to_vec())
                 }
             }
+            Call::ListMetadata {
+                path,
+                selector,
+                items,
+            } => {
+                assert_eq!(method, Method::GET);
+                assert_eq!(uri.path(), format!("/apis/{path}"));
+                let query = percent_decode(uri.query().unwrap_or_default());
+                assert!(
+                    query.contains(&format!("labelSelector={selector}")),
+                    "{query}"
+                );
+                (
+                    StatusCode::OK,
+                    to_json(json!({
+                        "apiVersion": "meta.k8s.io/v1",
+                        "kind": "PartialObjectMetadataList",
+                        "metadata": {"resourceVersion": "1"},
+                        "items": items,
+                    })),
+                )
+            }
+            Call::Delete { path } => {
+                assert_eq!(method, Method::DELETE, "delete of {path}");
+                let prefix = if path.starts_with("v1/") {
+                    "/api/"
+                } else {
+                    "/apis/"
+                };
+                assert_eq!(uri.path(), format!("{prefix}{path}"));
+                let body = json();
+                assert_eq!(body["propagationPolicy"], "Background", "{path}");
+                (
+                    StatusCode::OK,
+                    to_json(json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Success",
+                    })),
+                )
+            }
             Call::Status(check) => {
                 assert_eq!(method, Method::PATCH);
                 assert_eq!(
@@ -216,6 +354,30 @@ impl ApiServerVerifier {
                 .expect("response"),
         );
     }
+}
+
+/// A query string with its `%XX` escapes decoded.
+fn percent_decode(query: &str) -> String {
+    let bytes = query.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("UTF-8 query")
 }
 
 fn assert_apply(method: &Method, uri: &http::Uri, path: &str) {

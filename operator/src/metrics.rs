@@ -252,6 +252,7 @@ mod tests {
             model_ready: 2,
             parity_ready: 0,
             frontend_ready: 1,
+            parities_down: 0,
         };
         let now = k8s_openapi::jiff::Timestamp::UNIX_EPOCH;
         cis.spec.slo = Some(crate::crd::SloSpec {

@@ -16,10 +16,12 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 /// ways): list and watch the resources and their children (the
 /// controller's watches), create and patch the children (server-side
 /// apply creates what is missing), patch the status, create and patch
-/// Events. No get, update or delete: children go with their owner through
-/// garbage collection.
+/// Events. No get or update; children go with their owner through garbage
+/// collection, but for the pools of parities a lowered `coding.r` left
+/// (`reconcile::prune`): delete on StatefulSets, Services and PDBs only.
 pub fn cluster_rules() -> Vec<PolicyRule> {
     let children = ["list", "watch", "create", "patch"];
+    let pools = ["list", "watch", "create", "patch", "delete"];
     vec![
         rule("coded.dev", &["codedinferenceservices"], &["list", "watch"]),
         rule("coded.dev", &["codedinferenceservices/status"], &["patch"]),
@@ -30,9 +32,10 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["codedinferenceservices/finalizers"],
             &["update"],
         ),
-        rule("apps", &["statefulsets", "deployments"], &children),
-        rule("", &["services"], &children),
-        rule("policy", &["poddisruptionbudgets"], &children),
+        rule("apps", &["statefulsets"], &pools),
+        rule("apps", &["deployments"], &children),
+        rule("", &["services"], &pools),
+        rule("policy", &["poddisruptionbudgets"], &pools),
         rule("networking.k8s.io", &["networkpolicies"], &children),
         // Applied where the Prometheus operator's CRD is served; not watched.
         rule(
@@ -103,6 +106,15 @@ mod tests {
         for (group, plural) in &watched_children {
             add(group, plural, &["list", "watch", "create", "patch"]);
         }
+        // A parity's pool, removed when r is lowered (reconcile::prune).
+        let pool = &c.parities[0];
+        for (group, plural) in [
+            group_plural(&pool.stateful_set),
+            group_plural(&pool.service),
+            group_plural(&c.pdbs[1]),
+        ] {
+            add(&group, &plural, &["delete"]);
+        }
         // Applied only: the ServiceMonitor.
         let sm = service_monitor::api_resource();
         add(&sm.group, &sm.plural, &["create", "patch"]);
@@ -127,11 +139,22 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_deleted_by_hand() {
+    fn only_parity_pools_are_deleted_by_hand() {
         let all = [cluster_rules(), leader_election_rules()].concat();
-        assert!(
-            all.iter()
-                .all(|r| !r.verbs.iter().any(|v| v == "delete" || v == "*"))
+        assert!(all.iter().all(|r| !r.verbs.iter().any(|v| v == "*")));
+        let deletable: BTreeSet<(String, String)> = granted(&all)
+            .into_iter()
+            .filter(|(_, _, verb)| verb == "delete")
+            .map(|(group, resource, _)| (group, resource))
+            .collect();
+        let pool = |g: &str, r: &str| (g.to_string(), r.to_string());
+        assert_eq!(
+            deletable,
+            BTreeSet::from([
+                pool("apps", "statefulsets"),
+                pool("", "services"),
+                pool("policy", "poddisruptionbudgets"),
+            ])
         );
     }
 }

@@ -27,8 +27,12 @@ pub const INVALID_SPEC: &str = "InvalidSpec";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Observed {
     pub model_ready: i32,
+    /// Of every parity's pool together.
     pub parity_ready: i32,
     pub frontend_ready: i32,
+    /// Parities (r ≥ 2) none of whose instances is ready: the frontend
+    /// cannot use them, however many instances the others have.
+    pub parities_down: i32,
 }
 
 /// The status for what was observed.
@@ -44,6 +48,7 @@ pub fn compute(
         model_ready: m,
         parity_ready: p,
         frontend_ready: f,
+        parities_down,
     } = observed;
     let counts = format!(
         "{m}/{} model, {p}/{} parity and {f}/{} frontend instances ready",
@@ -60,8 +65,15 @@ pub fn compute(
         _ if f < 1 => (false, "FrontendUnavailable"),
         _ => (false, "TooFewInstances"),
     };
-    let degraded = serving && (m < k || p < r);
-    let (degraded_reason, degraded_message) = if degraded {
+    let degraded = serving && (m < k || p < r || parities_down > 0);
+    let (degraded_reason, degraded_message) = if degraded && parities_down > 0 && p >= r {
+        (
+            "ReducedRedundancy",
+            format!(
+                "{parities_down} of {r} parities have no ready instance: some lost predictions cannot be rebuilt"
+            ),
+        )
+    } else if degraded {
         (
             "ReducedRedundancy",
             format!(
@@ -319,6 +331,7 @@ mod tests {
             model_ready: m,
             parity_ready: p,
             frontend_ready: f,
+            parities_down: 0,
         }
     }
 
@@ -350,6 +363,35 @@ mod tests {
         let s = compute(&cis, observed(2, 0, 1), "e".into(), at(0));
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, DEGRADED).status, "True");
+    }
+
+    #[test]
+    fn with_r_two_a_parity_without_ready_instances_degrades() {
+        let mut cis = cis("demo");
+        cis.spec.coding.k = 4;
+        cis.spec.coding.r = 2;
+        cis.spec.parity_model.replicas = Some(4);
+        let s = compute(&cis, observed(4, 4, 1), "e".into(), at(0));
+        assert_eq!(cond(&s, READY).reason, "AllInstancesReady");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert!(cond(&s, DEGRADED).message.contains("any 2 losses"));
+        // Parity 1's two instances lost: 2 ready parity instances = r, yet
+        // only parity 0 can be used.
+        let down = Observed {
+            parities_down: 1,
+            ..observed(4, 2, 1)
+        };
+        let s = compute(&cis, down, "e".into(), at(0));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+        assert!(
+            cond(&s, DEGRADED)
+                .message
+                .starts_with("1 of 2 parities have no ready instance"),
+            "{}",
+            cond(&s, DEGRADED).message
+        );
+        assert!(cond(&s, READY).message.contains("2/4 parity"));
     }
 
     #[test]

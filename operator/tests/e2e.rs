@@ -14,6 +14,8 @@ mod cluster;
 mod fixtures;
 #[path = "e2e/operator.rs"]
 mod operator;
+#[path = "e2e/parities.rs"]
+mod parities;
 #[path = "e2e/real.rs"]
 mod real;
 #[path = "e2e/real_node_tests.rs"]
@@ -371,7 +373,7 @@ async fn deleting_the_resource_garbage_collects_every_child() {
     assert_eq!(before.network_policies, 2, "workers and frontend");
     assert!(before.replica_sets >= 1 && before.pods >= 4, "{before:?}");
 
-    // The operator may not delete anything (its RBAC has no delete verb);
+    // The operator deletes nothing but the pools of parities beyond r;
     // stop it anyway, so that only the garbage collector is at work.
     let exit = op.terminate();
     assert!(exit.success(), "{exit}");

@@ -213,6 +213,7 @@ async fn operator_metrics() -> u16 {
         model_ready: 2,
         parity_ready: 1,
         frontend_ready: 1,
+        parities_down: 0,
     };
     let mut s = status::compute(&cis, observed, "e".into(), now);
     status::set_slo(

@@ -30,6 +30,15 @@ pub const VERSION: &str = "v1alpha1";
 /// pods' `controller-revision-hash` label fits in 63.
 pub const MAX_NAME_LEN: usize = 45;
 
+/// Longest name with `coding.r` ≥ 2: `<name>-parity-<l>` is two characters
+/// longer. Only those resources are held to it, so no existing r = 1
+/// resource becomes invalid.
+pub const MAX_NAME_LEN_R: usize = MAX_NAME_LEN - 2;
+
+/// Most parities per group: the frontend's decoding (the sidecar's
+/// `coding::linear::MAX_R`) grows ill-conditioned beyond.
+pub const MAX_R: i32 = 4;
+
 /// Largest group size the operator accepts; bigger groups make every
 /// reconstruction wait for more outputs and are outside what ParM measured.
 pub const MAX_K: i32 = 16;
@@ -58,6 +67,8 @@ pub const MAX_K: i32 = 16;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 45")
         .message("metadata.name must be a DNS label of at most 45 characters that starts with a letter: it prefixes the names of the Services and StatefulSets created for it"),
+    validation = Rule::new("!has(self.spec.coding) || !has(self.spec.coding.r) || self.spec.coding.r <= 1 || size(self.metadata.name) <= 43")
+        .message("metadata.name must be at most 43 characters when coding.r is 2 or more: parity l gets the StatefulSet <name>-parity-<l>"),
 )]
 #[x_kube(
     validation = Rule::new("!has(self.model.replicas) || self.model.replicas >= self.coding.k")
@@ -103,8 +114,9 @@ pub struct TlsSpec {
     /// `tls.key` and `ca.crt` (the CA the frontends trust for the workers;
     /// cert-manager writes it). The certificate must name
     /// `NAME-frontend.NAMESPACE.svc`, `NAME-model.NAMESPACE.svc` and
-    /// `NAME-parity.NAMESPACE.svc`: frontends check the workers' certificate
-    /// against their Service's name.
+    /// `NAME-parity.NAMESPACE.svc` (with `coding.r` ≥ 2, also
+    /// `NAME-parity-<l>.NAMESPACE.svc` for l = 1..r-1): frontends check the
+    /// workers' certificate against their Service's name.
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
 }
@@ -143,7 +155,9 @@ pub struct ModelSpec {
     #[schemars(length(min = 1, max = 2048), regex(pattern = URI_PATTERN))]
     pub uri: String,
     /// Number of instances; defaults to `coding.k` for the model and
-    /// `coding.r` for the parity model.
+    /// `coding.r` for the parity model. With `coding.r` ≥ 2 the parity
+    /// instances are shared out among the r parity models, parity 0 first
+    /// (5 with r = 2: 3 serve parity 0, 2 parity 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub replicas: Option<i32>,
@@ -165,14 +179,19 @@ pub struct ModelSpec {
         .message("coding.k must be between 2 and 16: a coding group holds k queries"),
     validation = Rule::new("self.r >= 1 && self.r <= self.k")
         .message("coding.r must be between 1 and coding.k: each group has r parity queries"),
-    validation = Rule::new("self.r <= 1").message(R_NOT_SERVED),
+    validation = Rule::new("self.r <= 4").message(R_AT_MOST_4),
+    validation = Rule::new("self.r <= 1 || !has(self.encoder) || self.encoder != 'concat'")
+        .message(CONCAT_ONE_PARITY),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CodingSpec {
     /// Queries per coding group.
     #[serde(default = "default_k")]
     pub k: i32,
-    /// Parity queries per coding group: any r lost predictions of a group can be rebuilt.
+    /// Parity queries per coding group, at most 4: any r lost predictions
+    /// of a group can be rebuilt. Parity l has a model of its own: with
+    /// r ≥ 2 it is served from `<parityModel.uri>/<l>` (the layout of
+    /// `coded-sidecar train parity --r R --out DIR`).
     #[serde(default = "default_r")]
     pub r: i32,
     /// How the k queries of a group are combined into a parity query.
@@ -400,9 +419,17 @@ impl CodedInferenceServiceSpec {
         self.model.replicas.unwrap_or(self.coding.k)
     }
 
-    /// Parity instances to run.
+    /// Parity instances to run, all parities together.
     pub fn parity_replicas(&self) -> i32 {
         self.parity_model.replicas.unwrap_or(self.coding.r)
+    }
+
+    /// Instances of parity `l`'s model: [`Self::parity_replicas`] shared out
+    /// among the r parities, lower indexes first, so every parity has at
+    /// least one when the schema's rules hold.
+    pub fn parity_replicas_of(&self, l: i32) -> i32 {
+        let (total, r) = (self.parity_replicas(), self.coding.r.max(1));
+        total / r + i32::from(l < total % r)
     }
 
     /// The schema's rules, in Rust, with the same messages. Patterns on
@@ -440,7 +467,8 @@ impl CodedInferenceServiceSpec {
                     .is_none_or(|s| s.quantile > 0.0 && s.quantile < 1.0),
                 "slo.quantile must be strictly between 0 and 1, for example 0.99",
             ),
-            (c.r <= 1, R_NOT_SERVED),
+            (c.r <= MAX_R, R_AT_MOST_4),
+            (c.r <= 1 || c.encoder != Encoder::Concat, CONCAT_ONE_PARITY),
             (self.frontend.port != self.frontend.grpc_port, PORTS_DIFFER),
             (
                 [&self.model.pod, &self.parity_model.pod, &self.frontend.pod]
@@ -465,7 +493,12 @@ impl CodedInferenceServiceSpec {
 /// The frontend Service has one port per protocol.
 const PORTS_DIFFER: &str = "frontend.port and frontend.grpcPort must differ: the frontend Service has one port for HTTP and one for gRPC";
 
-const R_NOT_SERVED: &str = "coding.r > 1 is not run by the operator yet (coded-sidecar local and frontend serve it with --r); set coding.r to 1";
+const R_AT_MOST_4: &str =
+    "coding.r must be at most 4: decoding more parities per group is ill-conditioned";
+
+/// The data plane refuses concat with r > 1 (`CodingError::ConcatParities`).
+const CONCAT_ONE_PARITY: &str =
+    "coding.encoder concat has one parity per group: set coding.r to 1 or use the sum encoder";
 
 /// Where `crdgen --write` puts the CRD, relative to the repository root: the
 /// copy for `kubectl apply` and the chart's (Helm cannot reach outside a chart).

@@ -391,21 +391,117 @@ fn model_sources_and_their_paths_in_the_pod() {
     assert_eq!(ModelSource::parse("pvc:///a"), None);
 }
 
-#[test]
-fn r_above_one_is_refused_until_it_is_served() {
-    let s = schema();
-    let coding = &s["properties"]["spec"]["properties"]["coding"];
-    assert!(rules_at(coding).contains(&"self.r <= 1".to_string()));
+/// The CEL rules' messages for a whole resource, as the API server would
+/// report them (kube's client-side evaluator of the same rules).
+fn cel_errors(name: &str, spec: &CodedInferenceServiceSpec) -> Vec<String> {
+    let object = serde_json::json!({
+        "apiVersion": "coded.dev/v1alpha1",
+        "kind": "CodedInferenceService",
+        "metadata": {"name": name},
+        "spec": spec,
+    });
+    match kube::core::cel::Validator::new().validate(&schema(), &object, None) {
+        Ok(()) => vec![],
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn with_code(k: i32, r: i32) -> CodedInferenceServiceSpec {
     let mut spec = minimal();
-    spec.coding.k = 4;
-    spec.coding.r = 2;
-    spec.parity_model.replicas = Some(2);
+    spec.coding.k = k;
+    spec.coding.r = r;
+    spec
+}
+
+#[test]
+fn r_from_one_to_four_and_at_most_k_is_served() {
+    for (k, r) in [(2, 1), (2, 2), (4, 2), (4, 4), (16, 4)] {
+        let spec = with_code(k, r);
+        assert_eq!(spec.check(), Ok(()), "k {k} r {r}");
+        assert_eq!(
+            cel_errors("demo", &spec),
+            Vec::<String>::new(),
+            "k {k} r {r}"
+        );
+    }
+    // Above k: the schema and check give the same message.
+    let spec = with_code(2, 3);
+    let refused = spec.check().unwrap_err().0;
+    assert!(refused.starts_with("coding.r must be between 1 and coding.k"));
     assert!(
-        spec.check()
-            .unwrap_err()
-            .0
-            .starts_with("coding.r > 1 is not run by the operator yet")
+        cel_errors("demo", &spec)
+            .iter()
+            .any(|e| e.contains(&refused))
     );
+    // Above 4, even with k larger.
+    let spec = with_code(8, 5);
+    let refused = spec.check().unwrap_err().0;
+    assert!(
+        refused.starts_with("coding.r must be at most 4"),
+        "{refused}"
+    );
+    let errors = cel_errors("demo", &spec);
+    assert!(errors.iter().any(|e| e.contains(&refused)), "{errors:?}");
+    assert!(
+        !errors.iter().any(|e| e.contains("between 1 and coding.k")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn concat_has_one_parity_only() {
+    let mut spec = with_code(4, 2);
+    spec.coding.encoder = Encoder::Concat;
+    let refused = spec.check().unwrap_err().0;
+    assert!(refused.starts_with("coding.encoder concat has one parity"));
+    assert!(
+        cel_errors("demo", &spec)
+            .iter()
+            .any(|e| e.contains(&refused))
+    );
+    spec.coding.r = 1;
+    assert_eq!(spec.check(), Ok(()));
+    assert_eq!(cel_errors("demo", &spec), Vec::<String>::new());
+}
+
+#[test]
+fn names_are_two_characters_shorter_with_r_two_or_more() {
+    let long = "a".repeat(MAX_NAME_LEN);
+    let shorter = "a".repeat(MAX_NAME_LEN_R);
+    // r = 1 keeps the old limit: no existing resource becomes invalid.
+    assert_eq!(cel_errors(&long, &with_code(4, 1)), Vec::<String>::new());
+    let errors = cel_errors(&long, &with_code(4, 2));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("metadata.name must be at most 43 characters when coding.r")),
+        "{errors:?}"
+    );
+    assert_eq!(cel_errors(&shorter, &with_code(4, 4)), Vec::<String>::new());
+    // `<name>-parity-<l>` then leaves the revision hash label its 63.
+    assert_eq!(format!("{shorter}-parity-3").len(), 52);
+}
+
+#[test]
+fn parity_instances_are_shared_out_among_the_parities() {
+    let mut spec = with_code(4, 2);
+    assert_eq!(spec.parity_replicas(), 2, "defaults to r");
+    assert_eq!(
+        (spec.parity_replicas_of(0), spec.parity_replicas_of(1)),
+        (1, 1)
+    );
+    spec.parity_model.replicas = Some(5);
+    assert_eq!(
+        (spec.parity_replicas_of(0), spec.parity_replicas_of(1)),
+        (3, 2)
+    );
+    let spec = with_code(4, 3);
+    let each: Vec<i32> = (0..3).map(|l| spec.parity_replicas_of(l)).collect();
+    assert_eq!(each, [1, 1, 1]);
+    // r = 1: the one parity pool has them all, as before.
+    let mut spec = minimal();
+    spec.parity_model.replicas = Some(3);
+    assert_eq!(spec.parity_replicas_of(0), 3);
 }
 
 #[test]

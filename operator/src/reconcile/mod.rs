@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod backoff;
 pub mod children;
+pub mod prune;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,9 +128,12 @@ async fn reconcile_inner(cis: &CodedInferenceService, ctx: &Context) -> Result<A
     let c = Children::build(&owner, &ctx.settings);
     let Applied {
         model,
-        parity,
+        parities,
         frontend,
     } = apply_children(client, ns, &c).await?;
+    // After the apply, so that with r lowered the frontends are already
+    // rolling to the parities that stay (old ones see the others as down).
+    prune::stale_parities(client, &owner).await?;
     if ctx.service_monitor_served().await? {
         apply::apply_dynamic(
             client,
@@ -142,12 +146,18 @@ async fn reconcile_inner(cis: &CodedInferenceService, ctx: &Context) -> Result<A
 
     let observed = Observed {
         model_ready: ready_replicas(&model),
-        parity_ready: ready_replicas(&parity),
+        parity_ready: parities.iter().map(ready_replicas).sum(),
         frontend_ready: frontend
             .status
             .as_ref()
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0),
+        // r = 1: a lost parity is already fewer than r parity instances.
+        parities_down: if parities.len() > 1 {
+            parities.iter().filter(|p| ready_replicas(p) == 0).count() as i32
+        } else {
+            0
+        },
     };
     debug!(?observed, "children applied");
     let mut status = status::compute(cis, observed, owner.endpoint(), Timestamp::now());
@@ -181,7 +191,8 @@ async fn reconcile_inner(cis: &CodedInferenceService, ctx: &Context) -> Result<A
 /// The workloads as the API server stored them, status included.
 pub struct Applied {
     pub model: StatefulSet,
-    pub parity: StatefulSet,
+    /// Parity l's StatefulSet at l.
+    pub parities: Vec<StatefulSet>,
     pub frontend: Deployment,
 }
 
@@ -192,8 +203,11 @@ pub async fn apply_children(client: &Client, ns: &str, c: &Children) -> Result<A
     // Services first, so DNS names exist when the first pods ask for them.
     apply::apply(client, ns, &c.model_service).await?;
     let model = apply::apply(client, ns, &c.model).await?;
-    apply::apply(client, ns, &c.parity_service).await?;
-    let parity = apply::apply(client, ns, &c.parity).await?;
+    let mut parities = Vec::with_capacity(c.parities.len());
+    for p in &c.parities {
+        apply::apply(client, ns, &p.service).await?;
+        parities.push(apply::apply(client, ns, &p.stateful_set).await?);
+    }
     apply::apply(client, ns, &c.frontend_service).await?;
     let frontend = apply::apply(client, ns, &c.frontend).await?;
     for pdb in &c.pdbs {
@@ -203,7 +217,7 @@ pub async fn apply_children(client: &Client, ns: &str, c: &Children) -> Result<A
     apply::apply(client, ns, &c.frontend_network_policy).await?;
     Ok(Applied {
         model,
-        parity,
+        parities,
         frontend,
     })
 }

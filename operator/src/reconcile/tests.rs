@@ -8,7 +8,10 @@ use kube::runtime::controller::Action;
 use super::{Context, error_policy, reconcile};
 use crate::Error;
 use crate::crd::CodedInferenceServiceStatus;
-use crate::fixtures::{Call, apply_children, cis, timeout_after_1s};
+use crate::fixtures::{
+    Call, Pools, apply_children, apply_pools, cis, delete_pool, parity_set_metadata,
+    timeout_after_1s,
+};
 use crate::status::{self, Observed};
 
 fn observed(m: i32, p: i32, f: i32) -> Observed {
@@ -16,6 +19,7 @@ fn observed(m: i32, p: i32, f: i32) -> Observed {
         model_ready: m,
         parity_ready: p,
         frontend_ready: f,
+        parities_down: 0,
     }
 }
 
@@ -232,4 +236,124 @@ async fn resource_without_namespace_fails_without_calls() {
         .expect_err("no namespace");
     timeout_after_1s(server).await;
     assert!(matches!(err, Error::MissingField("namespace")));
+}
+
+fn demo_r(r: i32) -> crate::crd::CodedInferenceService {
+    let mut demo = cis("demo");
+    demo.spec.coding.k = 4;
+    demo.spec.coding.r = r;
+    demo
+}
+
+#[tokio::test]
+async fn r_two_applies_a_pool_per_parity_and_counts_them_all() {
+    let (ctx, server) = Context::test();
+    let pools = Pools {
+        model: 4,
+        parities: vec![1, 1],
+        frontend: 1,
+        // Both parities' sets are found, neither is beyond r.
+        listed: vec![("demo-parity".into(), 0), ("demo-parity-1".into(), 1)],
+    };
+    let script = with(
+        apply_pools(pools, false),
+        [
+            Call::Status(Box::new(|s| {
+                assert_eq!(
+                    condition(s, "Ready"),
+                    ("True".into(), "AllInstancesReady".into())
+                );
+                assert_eq!(condition(s, "Degraded").0, "False");
+                assert_eq!((s.model_ready, s.parity_ready, s.frontend_ready), (4, 2, 1));
+            })),
+            Call::Event("Ready"),
+        ],
+    );
+    let server = server.run(script);
+    reconcile(Arc::new(demo_r(2)), ctx)
+        .await
+        .expect("reconcile");
+    timeout_after_1s(server).await;
+}
+
+#[tokio::test]
+async fn a_parity_pool_with_no_ready_instance_is_reduced_redundancy() {
+    let (ctx, server) = Context::test();
+    let mut demo = demo_r(2);
+    demo.spec.parity_model.replicas = Some(4);
+    let pools = Pools {
+        model: 4,
+        parities: vec![2, 0],
+        frontend: 1,
+        listed: vec![],
+    };
+    let script = with(
+        apply_pools(pools, false),
+        [
+            Call::Status(Box::new(|s| {
+                assert_eq!(condition(s, "Ready").0, "True");
+                assert_eq!(
+                    condition(s, "Degraded"),
+                    ("True".into(), "ReducedRedundancy".into())
+                );
+                assert_eq!(s.parity_ready, 2);
+            })),
+            Call::Event("Ready"),
+            Call::Event("Degraded"),
+        ],
+    );
+    let server = server.run(script);
+    reconcile(Arc::new(demo), ctx).await.expect("reconcile");
+    timeout_after_1s(server).await;
+}
+
+#[tokio::test]
+async fn lowering_r_deletes_the_pools_of_the_parities_beyond_it() {
+    let (ctx, server) = Context::test();
+    // Was r = 3, now r = 1: parity 0's pool is applied as for r = 1, then
+    // the list finds the three sets, and parities 1 and 2 go: PDB, Service,
+    // StatefulSet each.
+    let pools = Pools {
+        model: 4,
+        parities: vec![1],
+        frontend: 1,
+        listed: vec![
+            ("demo-parity".into(), 0),
+            ("demo-parity-1".into(), 1),
+            ("demo-parity-2".into(), 2),
+        ],
+    };
+    let mut script = apply_pools(pools, false);
+    let discovery = script.pop().expect("discovery last");
+    script.extend(delete_pool("demo-parity-1"));
+    script.extend(delete_pool("demo-parity-2"));
+    script.push(discovery);
+    script.push(Call::Status(Box::new(|s| {
+        assert_eq!(condition(s, "Ready").0, "True");
+        assert_eq!(s.parity_ready, 1);
+    })));
+    script.push(Call::Event("Ready"));
+    let server = server.run(script);
+    reconcile(Arc::new(demo_r(1)), ctx)
+        .await
+        .expect("reconcile");
+    timeout_after_1s(server).await;
+}
+
+#[tokio::test]
+async fn pruning_leaves_sets_another_resource_controls() {
+    let (ctx, server) = Context::test();
+    let mut script = apply_children(observed(2, 1, 1), false);
+    // A set with our labels but another owner (say, a resource of the same
+    // name deleted and made again) is left alone.
+    let Some(Call::ListMetadata { items, .. }) = script.get_mut(11) else {
+        panic!("the list comes after the 11 applies");
+    };
+    items.push(parity_set_metadata("demo-parity-1", 1, "uid-someone-else"));
+    script.extend([Call::Status(Box::new(|_| {})), Call::Event("Ready")]);
+    let server = server.run(script);
+    reconcile(Arc::new(cis("demo")), ctx)
+        .await
+        .expect("reconcile");
+    timeout_after_1s(server).await;
 }

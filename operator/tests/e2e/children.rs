@@ -88,6 +88,34 @@ impl<'a> Expected<'a> {
     fn service(&self, role: &str) -> String {
         format!("{}-{role}.{}.svc:8080", self.name, self.namespace)
     }
+
+    /// The role label of parity l's pool: `parity`, then `parity-<l>`.
+    fn parity_role(l: i32) -> String {
+        match l {
+            0 => "parity".to_string(),
+            l => format!("parity-{l}"),
+        }
+    }
+
+    /// Role labels of the worker pools: `model`, then one per parity.
+    pub fn worker_roles(&self) -> Vec<String> {
+        let mut roles = vec!["model".to_string()];
+        roles.extend((0..self.cis.spec.coding.r).map(Self::parity_role));
+        roles
+    }
+
+    /// What `--parity-service` should be: the one Service with r = 1,
+    /// `l=` each Service with r ≥ 2.
+    fn parity_services(&self) -> String {
+        let r = self.cis.spec.coding.r;
+        if r == 1 {
+            return self.service("parity");
+        }
+        (0..r)
+            .map(|l| format!("{l}={}", self.service(&Self::parity_role(l))))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// The value after `flag` in a container's arguments.
@@ -137,21 +165,29 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
     let spec = &want.cis.spec;
     let scheduling = spec.scheduling.clone().unwrap_or_default();
     let sets: Api<StatefulSet> = get(cluster, ns);
-    for (role, model, replicas, served) in [
-        (
-            "model",
-            &spec.model,
-            spec.model_replicas(),
-            want.name.clone(),
-        ),
-        (
-            "parity",
-            &spec.parity_model,
-            spec.parity_replicas(),
-            format!("{}-parity", want.name),
-        ),
-    ] {
+    let r = spec.coding.r;
+    let mut pools = vec![(
+        "model".to_string(),
+        spec.model.clone(),
+        spec.model_replicas(),
+    )];
+    for l in 0..r {
+        // With r ≥ 2, parity l's model is at `<uri>/<l>`.
+        let mut model = spec.parity_model.clone();
+        if r > 1 {
+            model.uri = format!("{}/{l}", model.uri.trim_end_matches('/'));
+        }
+        pools.push((Expected::parity_role(l), model, spec.parity_replicas_of(l)));
+    }
+    for (role, model, replicas) in &pools {
+        let (model, replicas) = (model, *replicas);
         let name = format!("{}-{role}", want.name);
+        // Workers serve under their pool's name, the model's under the resource's.
+        let served = if role == "model" {
+            want.name.clone()
+        } else {
+            name.clone()
+        };
         let sts = sets
             .get(&name)
             .await
@@ -265,7 +301,7 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
         ("--decoder", json_str(&coding.decoder)),
         ("--reconstruct-policy", json_str(&coding.reconstruct_policy)),
         ("--model-service", want.service("model")),
-        ("--parity-service", want.service("parity")),
+        ("--parity-service", want.parity_services()),
     ];
     for (f, value) in expected_args {
         assert_eq!(flag(c, f), Some(value.as_str()), "{name} {f}");
@@ -302,8 +338,11 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
         }
     }
 
+    let mut roles = want.worker_roles();
+    roles.push("frontend".to_string());
     let services: Api<Service> = get(cluster, ns);
-    for role in ["model", "parity", "frontend"] {
+    for role in &roles {
+        let role = role.as_str();
         let name = format!("{}-{role}", want.name);
         let svc = services
             .get(&name)
@@ -335,7 +374,7 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
     }
 
     let pdbs: Api<PodDisruptionBudget> = get(cluster, ns);
-    for role in ["model", "parity", "frontend"] {
+    for role in &roles {
         let name = format!("{}-{role}", want.name);
         let pdb = pdbs
             .get(&name)
@@ -359,10 +398,10 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
     owned_by(&np.metadata, want.cis);
     let np = np.spec.expect("spec");
     let fenced = np.pod_selector.expect("pod selector");
-    let roles = fenced.match_expressions.expect("role expression");
+    let fenced_roles = fenced.match_expressions.expect("role expression");
     assert_eq!(
-        roles[0].values.as_deref(),
-        Some(&["model".to_string(), "parity".to_string()][..]),
+        fenced_roles[0].values.as_deref(),
+        Some(&want.worker_roles()[..]),
         "{name}"
     );
     let from = np.ingress.expect("ingress")[0].from.clone().expect("from");
@@ -413,13 +452,33 @@ pub async fn check(cluster: &Cluster, want: &Expected<'_>) {
             .count() as i32
     };
     assert_eq!(
-        (count("model"), count("parity"), count("frontend")),
-        (
-            spec.model_replicas(),
-            spec.parity_replicas(),
-            spec.frontend.replicas
-        ),
+        (count("model"), count("frontend")),
+        (spec.model_replicas(), spec.frontend.replicas),
         "pods of {}",
+        want.name
+    );
+    for l in 0..r {
+        let role = Expected::parity_role(l);
+        assert_eq!(
+            count(&role),
+            spec.parity_replicas_of(l),
+            "{role} pods of {}",
+            want.name
+        );
+    }
+    let parity_pods = running
+        .iter()
+        .filter(|p| {
+            p.labels()
+                .get("app.kubernetes.io/component")
+                .map(String::as_str)
+                == Some("parity")
+        })
+        .count() as i32;
+    assert_eq!(
+        parity_pods,
+        spec.parity_replicas(),
+        "parity pods of {}",
         want.name
     );
 }

@@ -10,12 +10,13 @@ use super::cluster::{self, Cluster, Namespace, kubectl_stdin};
 use super::operator::{Deployed, Operator};
 
 /// The good examples a user applies first.
-pub const EXAMPLES: [&str; 5] = [
+pub const EXAMPLES: [&str; 6] = [
     "deploy/examples/minimal.yaml",
     "deploy/examples/mlp-k2-cpu.yaml",
     "deploy/examples/mlp-k2-concat.yaml",
     "deploy/examples/mlp-k2-http.yaml",
     "deploy/examples/resnet-k4-gpu.yaml",
+    "deploy/examples/mlp-k4-r2.yaml",
 ];
 
 /// The toleration every pod needs to land on kwok's fake nodes.

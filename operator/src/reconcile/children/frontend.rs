@@ -10,7 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    METRICS_PORT_NAME, Owner, PodParts, Role, Settings, drain_args, pod_template, sidecar_container,
+    METRICS_PORT_NAME, Owner, PodParts, Pool, Role, Settings, drain_args, pod_template,
+    sidecar_container,
 };
 use crate::crd::SchedulingSpec;
 use crate::{FRONTEND_METRICS_PORT, SIDECAR_GRPC_PORT, SIDECAR_PORT};
@@ -21,14 +22,23 @@ pub fn args(owner: &Owner<'_>, settings: &Settings) -> Vec<String> {
     let coding = &spec.coding;
     // The pools' headless Services (worker::headless_service): each pod's
     // address is an instance.
-    let service = |role: Role| {
+    let service = |pool: Pool| {
         format!(
             "{}.{}.svc:{SIDECAR_PORT}",
-            owner.child_name(role),
+            owner.pool_name(pool),
             owner.namespace
         )
     };
-    let (model_service, parity_service) = (service(Role::Model), service(Role::Parity));
+    let model_service = service(Pool::Model);
+    // With r ≥ 2 each parity's Service as `l=HOST:PORT`; r = 1 as it always was.
+    let parity_service = if coding.r > 1 {
+        (0..coding.r)
+            .map(|l| format!("{l}={}", service(Pool::Parity(l))))
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        service(Pool::Parity(0))
+    };
     let mut args: Vec<String> = [
         "frontend",
         "--host",
@@ -211,11 +221,11 @@ mod tests {
         assert_eq!(before, after);
         // The names are those of the headless Services the workers sit behind.
         let owner = Owner::new(&cis).expect("owner");
-        for (role, flag) in [
-            (Role::Model, "--model-service"),
-            (Role::Parity, "--parity-service"),
+        for (pool, flag) in [
+            (Pool::Model, "--model-service"),
+            (Pool::Parity(0), "--parity-service"),
         ] {
-            let svc = super::super::worker::headless_service(&owner, role);
+            let svc = super::super::worker::headless_service(&owner, pool);
             let name = svc.metadata.name.expect("name");
             let ns = svc.metadata.namespace.expect("namespace");
             let port = svc.spec.and_then(|s| s.ports).expect("ports")[0].port;
@@ -224,6 +234,31 @@ mod tests {
                 Some(format!("{name}.{ns}.svc:{port}").as_str())
             );
         }
+    }
+
+    #[test]
+    fn with_r_two_each_parity_is_named_with_its_index() {
+        let mut cis = cis("demo");
+        cis.spec.coding.k = 4;
+        cis.spec.coding.r = 2;
+        let owner = Owner::new(&cis).expect("owner");
+        let args = args(&owner, &Settings::default());
+        assert_eq!(arg_after(&args, "--r"), Some("2"));
+        assert_eq!(
+            arg_after(&args, "--parity-service"),
+            Some("0=demo-parity.ns1.svc:8080,1=demo-parity-1.ns1.svc:8080")
+        );
+        // Each entry is the headless Service of that parity's pool.
+        let entries = arg_after(&args, "--parity-service").unwrap_or_default();
+        for (l, entry) in entries.split(',').enumerate() {
+            let svc = super::super::worker::headless_service(&owner, Pool::Parity(l as i32));
+            let name = svc.metadata.name.expect("name");
+            assert_eq!(entry, format!("{l}={name}.ns1.svc:8080"));
+        }
+        assert_eq!(
+            arg_after(&args, "--model-service"),
+            Some("demo-model.ns1.svc:8080")
+        );
     }
 
     #[test]

@@ -31,8 +31,12 @@ use crate::{Error, Result, SIDECAR_GRPC_PORT, SIDECAR_PORT};
 
 /// Label naming the `CodedInferenceService` an object belongs to.
 pub const SERVICE_LABEL: &str = "coded.dev/service";
-/// Label naming the role of a pod: `model`, `parity` or `frontend`.
+/// Label naming the role of a pod: `model`, `parity` (parity 0; `parity-<l>`
+/// for parity l ≥ 1, see [`Pool`]) or `frontend`.
 pub const ROLE_LABEL: &str = "coded.dev/role";
+/// Label carrying `l` on the pods and children of parity l, set when
+/// `coding.r` ≥ 2 (and how stale parity pools are found: [`super::prune`]).
+pub const PARITY_INDEX_LABEL: &str = "coded.dev/parity-index";
 /// Label the operator's watches filter children by.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Name of the container port every sidecar serves on.
@@ -57,6 +61,42 @@ impl Role {
             Role::Parity => "parity",
             Role::Frontend => "frontend",
         }
+    }
+}
+
+/// A pool of workers: the model's, or the one of parity l (0..r).
+///
+/// Parity 0 keeps the names and selector it has with r = 1 (StatefulSet
+/// selectors are immutable). Parity l ≥ 1 gets `<name>-parity-<l>` and the
+/// role label `parity-<l>`: selectors only match labels equal to a value,
+/// so a distinct role is what keeps parity 0's selector `role=parity`
+/// (and its Service and PDB) from matching parity l's pods. All parity
+/// pods share `app.kubernetes.io/component: parity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    Model,
+    Parity(i32),
+}
+
+impl Pool {
+    pub fn role(self) -> Role {
+        match self {
+            Pool::Model => Role::Model,
+            Pool::Parity(_) => Role::Parity,
+        }
+    }
+
+    /// The value of [`ROLE_LABEL`] on its pods: `model`, `parity`, `parity-<l>`.
+    pub fn role_value(self) -> String {
+        match self {
+            Pool::Parity(l) if l > 0 => format!("{}-{l}", Role::Parity.as_str()),
+            _ => self.role().as_str().to_string(),
+        }
+    }
+
+    /// Every worker pool of a resource: the model's, then parity 0..r.
+    pub fn all(r: i32) -> impl Iterator<Item = Pool> {
+        std::iter::once(Pool::Model).chain((0..r.max(1)).map(Pool::Parity))
     }
 }
 
@@ -154,6 +194,38 @@ impl<'a> Owner<'a> {
             role.as_str().to_string(),
         );
         labels
+    }
+
+    /// Name of a worker pool's StatefulSet, headless Service and PDB:
+    /// `<name>-model`, `<name>-parity`, `<name>-parity-<l>`.
+    pub fn pool_name(&self, pool: Pool) -> String {
+        format!("{}-{}", self.name, pool.role_value())
+    }
+
+    /// Labels selecting a pool's pods (its StatefulSet, Service and PDB).
+    pub fn pool_selector_labels(&self, pool: Pool) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (SERVICE_LABEL.to_string(), self.name.clone()),
+            (ROLE_LABEL.to_string(), pool.role_value()),
+        ])
+    }
+
+    /// Labels of a pool's pods and children: for the model and, with
+    /// r = 1, the parity exactly [`Self::labels`] of its role.
+    pub fn pool_labels(&self, pool: Pool) -> BTreeMap<String, String> {
+        let mut labels = self.labels(pool.role());
+        labels.extend(self.pool_selector_labels(pool));
+        if let Pool::Parity(l) = pool
+            && self.cis.spec.coding.r > 1
+        {
+            labels.insert(PARITY_INDEX_LABEL.to_string(), l.to_string());
+        }
+        labels
+    }
+
+    /// Metadata of a worker pool's children.
+    pub fn pool_meta(&self, pool: Pool) -> ObjectMeta {
+        self.meta_with(self.pool_name(pool), self.pool_labels(pool))
     }
 
     /// Metadata of a child of one role: name, namespace, labels and the
@@ -376,12 +448,18 @@ pub fn service_ports(http: i32, grpc: i32) -> Vec<ServicePort> {
         .to_vec()
 }
 
+/// A parity's StatefulSet and headless Service.
+pub struct ParityPool {
+    pub stateful_set: StatefulSet,
+    pub service: Service,
+}
+
 /// Everything one `CodedInferenceService` owns.
 pub struct Children {
     pub model: StatefulSet,
     pub model_service: Service,
-    pub parity: StatefulSet,
-    pub parity_service: Service,
+    /// Parity l's pool at l, r of them.
+    pub parities: Vec<ParityPool>,
     pub frontend: Deployment,
     pub frontend_service: Service,
     pub pdbs: Vec<PodDisruptionBudget>,
@@ -394,29 +472,40 @@ pub struct Children {
 impl Children {
     pub fn build(owner: &Owner<'_>, settings: &Settings) -> Children {
         let spec = &owner.cis.spec;
+        let r = spec.coding.r.max(1);
+        let parities = (0..r)
+            .map(|l| {
+                let pool = Pool::Parity(l);
+                ParityPool {
+                    stateful_set: worker::stateful_set(
+                        owner,
+                        pool,
+                        &worker::parity_model(spec, l),
+                        spec.parity_replicas_of(l),
+                        settings,
+                    ),
+                    service: worker::headless_service(owner, pool),
+                }
+            })
+            .collect();
+        // Model, parity 0..r, frontend: with r = 1 the order it always had.
+        let mut pdbs: Vec<PodDisruptionBudget> = Pool::all(r)
+            .map(|pool| pdb::pod_disruption_budget(owner, pool))
+            .collect();
+        pdbs.push(pdb::frontend_pod_disruption_budget(owner));
         Children {
             model: worker::stateful_set(
                 owner,
-                Role::Model,
+                Pool::Model,
                 &spec.model,
                 spec.model_replicas(),
                 settings,
             ),
-            model_service: worker::headless_service(owner, Role::Model),
-            parity: worker::stateful_set(
-                owner,
-                Role::Parity,
-                &spec.parity_model,
-                spec.parity_replicas(),
-                settings,
-            ),
-            parity_service: worker::headless_service(owner, Role::Parity),
+            model_service: worker::headless_service(owner, Pool::Model),
+            parities,
             frontend: frontend::deployment(owner, settings),
             frontend_service: frontend::service(owner),
-            pdbs: [Role::Model, Role::Parity, Role::Frontend]
-                .into_iter()
-                .map(|role| pdb::pod_disruption_budget(owner, role))
-                .collect(),
+            pdbs,
             network_policy: network_policy::network_policy(owner, settings),
             frontend_network_policy: network_policy::frontend_network_policy(owner, settings),
             service_monitor: service_monitor::service_monitor(owner),
@@ -425,137 +514,4 @@ impl Children {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fixtures::cis;
-
-    #[test]
-    fn every_child_is_owned_by_the_resource_as_controller() {
-        let cis = cis("demo");
-        let owner = Owner::new(&cis).expect("owner");
-        let c = Children::build(&owner, &Settings::default());
-        let metas = [
-            &c.model.metadata,
-            &c.model_service.metadata,
-            &c.parity.metadata,
-            &c.parity_service.metadata,
-            &c.frontend.metadata,
-            &c.frontend_service.metadata,
-            &c.pdbs[0].metadata,
-            &c.pdbs[1].metadata,
-            &c.pdbs[2].metadata,
-            &c.network_policy.metadata,
-            &c.frontend_network_policy.metadata,
-            &c.service_monitor.metadata,
-        ];
-        for meta in metas {
-            let refs = meta.owner_references.as_ref().expect("owner refs");
-            assert_eq!(refs.len(), 1);
-            let r = &refs[0];
-            assert_eq!(r.kind, "CodedInferenceService");
-            assert_eq!(r.api_version, "coded.dev/v1alpha1");
-            assert_eq!(r.name, "demo");
-            assert_eq!(r.uid, "uid-demo");
-            assert_eq!(r.controller, Some(true));
-            assert_eq!(meta.namespace.as_deref(), Some("ns1"));
-            let labels = meta.labels.as_ref().expect("labels");
-            assert_eq!(labels[SERVICE_LABEL], "demo");
-            assert_eq!(labels[MANAGED_BY_LABEL], "coded-operator");
-        }
-    }
-
-    #[test]
-    fn longest_allowed_name_gives_valid_child_names() {
-        let name = "a".repeat(crate::crd::MAX_NAME_LEN);
-        let cis = cis(&name);
-        let owner = Owner::new(&cis).expect("owner");
-        // StatefulSet pods carry `controller-revision-hash: <sts>-<10 chars>`, a 63-character label value.
-        for role in [Role::Model, Role::Parity] {
-            assert!(owner.child_name(role).len() <= 52, "{role:?}");
-        }
-        // Service names are DNS labels.
-        for role in [Role::Model, Role::Parity, Role::Frontend] {
-            assert!(owner.child_name(role).len() <= 63, "{role:?}");
-        }
-        // The frontend needs resolvable per-instance names too.
-        let host = worker::endpoints(&owner, Role::Parity, 10)[9].clone();
-        let first_label = host
-            .trim_start_matches("http://")
-            .split('.')
-            .next()
-            .unwrap_or_default();
-        assert!(first_label.len() <= 63);
-    }
-
-    #[test]
-    fn owner_needs_a_namespace() {
-        let mut cis = cis("demo");
-        cis.metadata.namespace = None;
-        assert!(matches!(
-            Owner::new(&cis),
-            Err(Error::MissingField("namespace"))
-        ));
-    }
-
-    #[test]
-    fn endpoint_names_the_frontend_service_and_port() {
-        let mut cis = cis("demo");
-        assert_eq!(
-            Owner::new(&cis).expect("owner").endpoint(),
-            "http://demo-frontend.ns1.svc:8080"
-        );
-        cis.spec.frontend.port = 80;
-        assert_eq!(
-            Owner::new(&cis).expect("owner").endpoint(),
-            "http://demo-frontend.ns1.svc:80"
-        );
-    }
-
-    #[test]
-    fn user_env_replaces_the_operators_of_the_same_name() {
-        let var = |name: &str, value: &str| EnvVar {
-            name: name.to_string(),
-            value: Some(value.to_string()),
-            ..EnvVar::default()
-        };
-        let merged = merge_env(
-            vec![var("CODED_THREADS", "op"), var("KEEP", "op")],
-            &[var("A", "user"), var("CODED_THREADS", "user")],
-        );
-        assert_eq!(
-            merged,
-            [
-                var("KEEP", "op"),
-                var("A", "user"),
-                var("CODED_THREADS", "user")
-            ]
-        );
-        assert_eq!(merge_env(vec![var("X", "op")], &[]), [var("X", "op")]);
-    }
-
-    #[test]
-    fn sidecar_probes_use_the_v2_health_endpoints() {
-        let c = sidecar_container("img", vec![], None, &PodOverrides::default());
-        let path = |p: &Option<Probe>| {
-            p.as_ref()
-                .and_then(|p| p.http_get.as_ref())
-                .and_then(|h| h.path.clone())
-        };
-        assert_eq!(
-            path(&c.readiness_probe).as_deref(),
-            Some("/v2/health/ready")
-        );
-        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/v2/health/live"));
-        let ports = c.ports.as_ref().expect("ports");
-        assert_eq!(ports[0].container_port, 8080);
-        assert_eq!(ports[0].name.as_deref(), Some("http"));
-        // The probes stay on HTTP; gRPC has a port of its own.
-        assert_eq!(ports[1].container_port, 8001);
-        assert_eq!(ports[1].name.as_deref(), Some("grpc"));
-        assert_eq!(c.command, Some(vec!["coded-sidecar".to_string()]));
-        let sc = c.security_context.expect("hardened");
-        assert_eq!(sc.run_as_non_root, Some(true));
-        assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.read_only_root_filesystem, Some(true));
-    }
-}
+mod tests;

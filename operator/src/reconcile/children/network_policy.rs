@@ -16,14 +16,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    GRPC_PORT_NAME, METRICS_PORT_NAME, Owner, PORT_NAME, ROLE_LABEL, Role, SERVICE_LABEL, Settings,
+    GRPC_PORT_NAME, METRICS_PORT_NAME, Owner, PORT_NAME, Pool, ROLE_LABEL, Role, SERVICE_LABEL,
+    Settings,
 };
 
 /// The namespace label every namespace carries with its own name.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-/// `<name>-workers`: model and parity pods, reached only by the frontend
-/// and the monitoring namespace.
+/// `<name>-workers`: model and parity pods (every parity's), reached only
+/// by the frontend and the monitoring namespace.
 pub fn network_policy(owner: &Owner<'_>, settings: &Settings) -> NetworkPolicy {
     let mut ingress = vec![NetworkPolicyIngressRule {
         from: Some(vec![NetworkPolicyPeer {
@@ -46,13 +47,15 @@ pub fn network_policy(owner: &Owner<'_>, settings: &Settings) -> NetworkPolicy {
                     SERVICE_LABEL.to_string(),
                     owner.name.clone(),
                 )])),
+                // Every worker pool's role: model, parity, parity-<l>.
                 match_expressions: Some(vec![LabelSelectorRequirement {
                     key: ROLE_LABEL.to_string(),
                     operator: "In".to_string(),
-                    values: Some(vec![
-                        Role::Model.as_str().to_string(),
-                        Role::Parity.as_str().to_string(),
-                    ]),
+                    values: Some(
+                        Pool::all(owner.cis.spec.coding.r)
+                            .map(Pool::role_value)
+                            .collect(),
+                    ),
                 }]),
             }),
             policy_types: Some(vec!["Ingress".to_string()]),
@@ -145,7 +148,7 @@ mod tests {
     fn pod_labels(c: &Children, role: Role) -> BTreeMap<String, String> {
         let template = match role {
             Role::Model => &c.model.spec.as_ref().unwrap().template,
-            Role::Parity => &c.parity.spec.as_ref().unwrap().template,
+            Role::Parity => &c.parities[0].stateful_set.spec.as_ref().unwrap().template,
             Role::Frontend => &c.frontend.spec.as_ref().unwrap().template,
         };
         template.metadata.as_ref().unwrap().labels.clone().unwrap()
@@ -210,6 +213,46 @@ mod tests {
             assert_eq!(ports[0].port, Some(IntOrString::String(PORT_NAME.into())));
             assert_eq!(served.as_deref(), Some(PORT_NAME));
         }
+    }
+
+    #[test]
+    fn with_r_two_every_parity_is_fenced_and_reached_by_the_frontend() {
+        let mut cis = cis("demo");
+        cis.spec.coding.k = 4;
+        cis.spec.coding.r = 2;
+        let owner = Owner::new(&cis).expect("owner");
+        let settings = Settings::default();
+        let c = Children::build(&owner, &settings);
+        let spec = network_policy(&owner, &settings).spec.expect("spec");
+        let fenced = spec.pod_selector.expect("pod selector");
+        assert!(matches(&fenced, &pod_labels(&c, Role::Model)));
+        for p in &c.parities {
+            let labels = p
+                .stateful_set
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref();
+            let labels = labels.unwrap().labels.clone().unwrap();
+            assert!(matches(&fenced, &labels), "{labels:?}");
+        }
+        assert!(!matches(&fenced, &pod_labels(&c, Role::Frontend)));
+        // The frontend's own policy does not take parity 1's pods.
+        let front = frontend_network_policy(&owner, &settings)
+            .spec
+            .expect("spec");
+        let labels = c.parities[1]
+            .stateful_set
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref();
+        let labels = labels.unwrap().labels.clone().unwrap();
+        assert!(!matches(&front.pod_selector.expect("selector"), &labels));
     }
 
     #[test]

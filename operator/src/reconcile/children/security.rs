@@ -121,7 +121,16 @@ mod tests {
         };
         vec![
             ("model", spec(c.model.spec.as_ref().map(|s| &s.template))),
-            ("parity", spec(c.parity.spec.as_ref().map(|s| &s.template))),
+            (
+                "parity",
+                spec(
+                    c.parities[0]
+                        .stateful_set
+                        .spec
+                        .as_ref()
+                        .map(|s| &s.template),
+                ),
+            ),
             (
                 "frontend",
                 spec(c.frontend.spec.as_ref().map(|s| &s.template)),

@@ -93,7 +93,11 @@ mod tests {
         assert_eq!(endpoints.as_array().map(Vec::len), Some(2));
         // The label it selects on is on every Service the operator makes.
         let c = super::super::Children::build(&owner, &Default::default());
-        for svc in [&c.model_service, &c.parity_service, &c.frontend_service] {
+        for svc in [
+            &c.model_service,
+            &c.parities[0].service,
+            &c.frontend_service,
+        ] {
             assert_eq!(
                 svc.metadata.labels.as_ref().expect("labels")[SERVICE_LABEL],
                 "demo"
