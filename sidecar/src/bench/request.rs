@@ -100,7 +100,8 @@ pub struct Refusal {
 /// `max_inflight_bytes`, `queue_full`, or `other`).
 pub fn refusal_kind(e: &anyhow::Error) -> Option<&'static str> {
     let message = if let Some(r) = e.downcast_ref::<Refusal>() {
-        if !(r.status == 503 && r.retry_after) && !r.message.contains("retry later") {
+        let shed = r.retry_after || r.message.contains("retry later");
+        if r.status != 503 || !shed {
             return None;
         }
         r.message.as_str()

@@ -56,8 +56,11 @@ pub struct OverloadArgs {
     #[arg(long, value_name = "N|off")]
     pub max_inflight_requests: Option<Limit>,
     /// RSS counts as flat when it ends at most this many MiB above where
-    /// it started...
-    #[arg(long, default_value_t = 16.0)]
+    /// it started (a bounded step: on 2 cores the frontend's RSS steps up
+    /// ~30 MiB to a plateau within ~10 s of overload, even with 4 requests
+    /// in flight at most: the connections and buffers of the refused
+    /// traffic, not held requests)...
+    #[arg(long, default_value_t = 64.0)]
     pub rss_slack_mib: f64,
     /// ...and its least-squares trend over the second half of the
     /// overload grows it by at most this many MiB.
