@@ -15,7 +15,9 @@
 //! minimum above base + `target` means every request of the window
 //! queued: a standing queue, not a burst (whose first requests are fast)
 //! nor a straggler (one slow answer among fast ones), so bursts and
-//! stragglers are not shed. On a standing queue the cap is cut, like
+//! stragglers are not shed; with no more than [`MIN_LIMIT`] in flight
+//! nothing queued, and a slow window means a slower server (its latency
+//! becomes the base within [`BASE_WINDOW`]). On a standing queue the cap is cut, like
 //! Envoy's and Netflix's gradient limiters, to in-flight × (base +
 //! target) / minimum: by Little's law the same throughput at the target
 //! latency. Without one, a cap that was reached grows by √cap per window
