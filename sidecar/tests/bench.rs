@@ -320,6 +320,110 @@ fn loads_are_shares_of_the_measured_capacity_of_emulated_accelerators() {
 }
 
 #[test]
+fn a_tiny_overload_run_reports_every_phase_and_a_verdict_per_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path(), &[2]);
+    let out = dir.path().join("overload.json");
+    let table = run(&[
+        "bench",
+        "overload",
+        "--duration",
+        "2",
+        "--unloaded-seconds",
+        "1",
+        "--capacity-seconds",
+        "1",
+        "--seed",
+        "5",
+        "--base-epochs",
+        "1",
+        "--parity-epochs",
+        "1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        table.contains("| run | offered req/s | offered | answered | refused |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| unloaded |") && table.contains("| overload |"),
+        "{table}"
+    );
+    assert!(table.contains("RSS every second (MiB):"), "{table}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["seed"], 5);
+    assert_eq!(report["factor"], 4.0);
+    assert!(report["machine"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        report["topology"]
+            .as_str()
+            .unwrap()
+            .contains("5 ms, lognormal σ 0.1"),
+        "{report}"
+    );
+    let capacity = report["capacity_rps"].as_f64().unwrap();
+    assert!(capacity > 0.0);
+    for (phase, share) in [("unloaded", 0.3), ("overload", 4.0)] {
+        let p = &report[phase];
+        assert!(
+            (p["rate"].as_f64().unwrap() - share * capacity).abs() < 1e-6,
+            "{p}"
+        );
+        let offered = p["offered"].as_u64().unwrap();
+        let parts: u64 = ["answered", "refused_total", "errors", "timeouts"]
+            .iter()
+            .map(|k| p[k].as_u64().unwrap())
+            .sum();
+        assert_eq!(offered, parts, "{phase}: every request accounted for");
+        let by_kind: u64 = p["refused"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(by_kind, p["refused_total"].as_u64().unwrap());
+        let l = &p["latency"];
+        assert_eq!(l["count"], p["answered"]);
+        let q: Vec<u64> = ["p50_us", "p99_us", "p999_us", "max_us"]
+            .iter()
+            .map(|k| l[k].as_u64().unwrap())
+            .collect();
+        assert!(q.windows(2).all(|w| w[0] <= w[1]), "{q:?}");
+    }
+    assert!(report["p99_ratio"].as_f64().unwrap().is_finite());
+    let rss = &report["rss"];
+    assert!(rss["start_kb"].as_u64().unwrap() > 0);
+    assert!(rss["peak_kb"].as_u64().unwrap() >= rss["end_kb"].as_u64().unwrap());
+    assert!(!rss["samples"].as_array().unwrap().is_empty());
+    let targets: Vec<&str> = report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            assert!(v["holds"].is_boolean(), "{v}");
+            v["target"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(targets.len(), 3, "{targets:?}");
+    assert!(targets[0].contains("2 × unloaded p99"));
+    assert!(targets[1].starts_with("RSS flat"));
+    for v in report["verdicts"].as_array().unwrap() {
+        let word = if v["holds"].as_bool().unwrap() {
+            "HOLDS"
+        } else {
+            "FAILS"
+        };
+        assert!(
+            table.contains(&format!("{word}: {}", v["target"].as_str().unwrap())),
+            "{table}"
+        );
+    }
+}
+
+#[test]
 fn bad_bench_input_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.json");
@@ -344,6 +448,14 @@ fn bad_bench_input_gets_a_clear_error() {
         (
             vec!["bench", "stragglers", "--loads", "0.5,3"],
             "--loads must be shares of capacity in (0, 2]",
+        ),
+        (
+            vec!["bench", "overload", "--factor", "0"],
+            "--factor must be a positive number",
+        ),
+        (
+            vec!["bench", "overload", "--unloaded-share", "1.5"],
+            "--unloaded-share must be a share of capacity",
         ),
         (
             vec!["bench", "stragglers", "--service-time-ms=-1"],

@@ -488,7 +488,9 @@ async fn send_checked(
                 // was certainly early there (1 ms for timer rounding).
                 early: took + Duration::from_millis(1) < deadline,
             },
-            503 if message.contains("too many queries") => Outcome::Error {
+            // Load shed (a full queue, an admission cap, or the learnt
+            // one of --shed-queue-delay-ms): refused at once by design.
+            503 if message.contains("retry later") => Outcome::Error {
                 kind: "overloaded".into(),
                 early: false,
             },
@@ -665,7 +667,7 @@ async fn batches_running(http: &reqwest::Client, url: &str) -> Option<i64> {
 }
 
 /// A process's resident memory (VmRSS), in kB.
-fn rss_kb(pid: i32) -> Option<u64> {
+pub(crate) fn rss_kb(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

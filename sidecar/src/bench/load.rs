@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::latency::Recorder;
-use super::request::{Call, Caller, send_infer};
+use super::request::{Call, Caller, refusal_kind, send_infer};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LoadPlan {
@@ -42,7 +42,13 @@ pub fn arrivals(plan: &LoadPlan) -> Vec<Duration> {
 pub struct LoadResult {
     pub latency: Recorder,
     pub sent: u64,
+    /// Every request without an answer: refusals and timeouts included.
     pub errors: u64,
+    /// Of the errors, load shed (503 + Retry-After), by the limit that
+    /// shed it ([`refusal_kind`]).
+    pub refused: std::collections::BTreeMap<String, u64>,
+    /// Of the errors, no answer within the client's timeout.
+    pub timeouts: u64,
     pub reconstructed: u64,
     /// Reconstructed answers whose class is known from the base model, and
     /// those of them that agree with it.
@@ -98,7 +104,17 @@ pub async fn run(
                         }
                     }
                 }
-                Err(_) => r.errors += 1,
+                Err(e) => {
+                    r.errors += 1;
+                    if let Some(kind) = refusal_kind(&e) {
+                        *r.refused.entry(kind.to_owned()).or_default() += 1;
+                    } else if e
+                        .downcast_ref::<reqwest::Error>()
+                        .is_some_and(reqwest::Error::is_timeout)
+                    {
+                        r.timeouts += 1;
+                    }
+                }
             }
             bar.inc(1);
         });
@@ -110,8 +126,10 @@ pub async fn run(
     r
 }
 
-/// Requests per second that `concurrency` closed-loop clients get, and how
-/// many they sent.
+/// Requests per second that `concurrency` closed-loop clients get answered,
+/// and how many. A request refused as load shed ([`refusal_kind`]) is not
+/// counted, and its client waits a millisecond before the next (rather
+/// than spin); any other error ends the run.
 pub async fn closed_loop(
     http: &reqwest::Client,
     call: &Caller,
@@ -126,8 +144,15 @@ pub async fn closed_loop(
             let (http, call, done) = (http.clone(), call.clone(), done.clone());
             tokio::spawn(async move {
                 while Instant::now() < end {
-                    call.send(&http).await?;
-                    done.fetch_add(1, Ordering::Relaxed);
+                    match call.send(&http).await {
+                        Ok(()) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if refusal_kind(&e).is_some() => {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 anyhow::Ok(())
             })

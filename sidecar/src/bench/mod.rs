@@ -8,6 +8,7 @@ pub mod latency;
 pub mod load;
 pub mod netns;
 pub mod overhead;
+pub mod overload;
 pub mod plot;
 pub mod request;
 pub mod slowdown;

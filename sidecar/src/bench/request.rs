@@ -82,6 +82,50 @@ impl GrpcCall {
     }
 }
 
+/// A non-2xx answer: what the load generators count it as.
+#[derive(Debug, thiserror::Error)]
+#[error("{url} answered {status}: {message}")]
+pub struct Refusal {
+    pub url: String,
+    pub status: u16,
+    /// It came with `Retry-After`: load shed, not a failure.
+    pub retry_after: bool,
+    /// The `error` of the JSON body (or the body).
+    pub message: String,
+}
+
+/// Whether an error is load shed (a 503 with Retry-After, gRPC
+/// RESOURCE_EXHAUSTED), and by which limit (named by its flag in the
+/// message: `shed_queue_delay`, `max_inflight_requests`,
+/// `max_inflight_bytes`, `queue_full`, or `other`).
+pub fn refusal_kind(e: &anyhow::Error) -> Option<&'static str> {
+    let message = if let Some(r) = e.downcast_ref::<Refusal>() {
+        let shed = r.retry_after || r.message.contains("retry later");
+        if r.status != 503 || !shed {
+            return None;
+        }
+        r.message.as_str()
+    } else if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        if s.code() != tonic::Code::ResourceExhausted {
+            return None;
+        }
+        s.message()
+    } else {
+        return None;
+    };
+    Some(
+        [
+            ("--shed-queue-delay-ms", "shed_queue_delay"),
+            ("--max-inflight-requests", "max_inflight_requests"),
+            ("--max-inflight-bytes", "max_inflight_bytes"),
+            ("too many queries", "queue_full"),
+        ]
+        .into_iter()
+        .find(|(flag, _)| message.contains(flag))
+        .map_or("other", |(_, kind)| kind),
+    )
+}
+
 /// Sends `c` and checks the status; returns the body and its JSON length.
 async fn post(http: &reqwest::Client, c: &Call) -> anyhow::Result<(bytes::Bytes, Option<Vec<u8>>)> {
     let mut r = http.post(&c.url).body(c.body.clone());
@@ -94,8 +138,23 @@ async fn post(http: &reqwest::Client, c: &Call) -> anyhow::Result<(bytes::Bytes,
         .headers()
         .get(binary::HEADER_LENGTH)
         .map(|v| v.as_bytes().to_vec());
+    let retry_after = response
+        .headers()
+        .contains_key(reqwest::header::RETRY_AFTER);
     let body = response.bytes().await?;
-    anyhow::ensure!(status.is_success(), "{} answered {status}", c.url);
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(Refusal {
+            url: c.url.clone(),
+            status: status.as_u16(),
+            retry_after,
+            message,
+        }
+        .into());
+    }
     Ok((body, header_length))
 }
 

@@ -49,6 +49,19 @@ pub enum BenchCommand {
     /// its memory does not grow). Prints a table, writes JSON, and exits
     /// non-zero naming each invariant that failed.
     Chaos(ChaosArgs),
+    /// Does the frontend survive an overload? On the `local` topology
+    /// (k model + 1 parity workers as emulated accelerators, so that they,
+    /// not this machine's cores, saturate), measures the frontend's
+    /// capacity (closed-loop clients), its unloaded latency (Poisson load
+    /// at --unloaded-share of capacity), then offers open-loop Poisson load
+    /// at --factor × capacity for --duration seconds. Reports offered,
+    /// answered, refused (503 + Retry-After, by the limit that refused)
+    /// and failed requests, the admitted requests' p50/p99/p99.9 against
+    /// the unloaded p99, and the frontend's RSS every second; then a
+    /// verdict per target: admitted p99 ≤ 2 × unloaded p99, RSS flat
+    /// (--rss-slack-mib, --rss-trend-mib), every admitted request
+    /// answered. Prints tables and writes JSON (--out).
+    Overload(Box<super::overload::OverloadArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +285,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             .block_on(echo::serve((args.host, args.port).into()))
             .context("echo server"),
         BenchCommand::Chaos(args) => run_chaos(args),
+        BenchCommand::Overload(args) => super::overload::run(*args),
     }
 }
 
@@ -392,7 +406,7 @@ fn reference_outputs(
 }
 
 /// The models `local` serves for group size `k` (trained once, cached).
-fn models(
+pub(super) fn models(
     cache: Option<PathBuf>,
     data: &DataArgs,
     k: usize,
@@ -416,14 +430,17 @@ fn models(
     Ok((dirs, card))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?)
 }
 
-fn write_json(out: &std::path::Path, report: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(super) fn write_json(
+    out: &std::path::Path,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

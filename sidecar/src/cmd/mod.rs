@@ -5,6 +5,7 @@ pub mod eval;
 pub mod fetch;
 pub mod frontend;
 pub mod local;
+pub mod overload;
 pub mod plot;
 pub mod train;
 pub mod worker;

@@ -55,11 +55,15 @@ pub async fn bind_with(
         .map(BearerToken::from_file)
         .transpose()?;
     let started = Frontend::start_with(options, resolver).await?;
+    let http = crate::http::HttpOptions {
+        shed: options.shed(),
+        ..options.http.clone()
+    };
     let server = V2Server::bind(
         started.engine,
         started.metrics.request.clone(),
         started.metrics.registry.clone(),
-        &options.http,
+        &http,
         axum::Router::new(),
         auth,
     )

@@ -8,7 +8,8 @@ use super::baseline::DispatchMode;
 use super::batch_state::ReconstructPolicy;
 use super::discovery::Source;
 use crate::coding::{Decoder, EncoderKind};
-use crate::http::HttpOptions;
+use crate::http::shedding::{DEFAULT_TARGET_MS, ShedConfig};
+use crate::http::{HttpOptions, Limit};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FrontendOptions {
@@ -125,6 +126,17 @@ pub struct FrontendOptions {
     /// again may wait in the backlog that orders them by `priority`).
     #[arg(long, default_value_t = 65_536)]
     pub max_queued: usize,
+    /// Shed load by queueing delay (CoDel's signal): when every request
+    /// answered for 100 ms took this many ms more than the fastest answers
+    /// of the last 10 s (a standing queue, not a burst or a straggler), the
+    /// cap on requests in flight is cut to what answers them within it
+    /// (Little's law); it grows back by √cap per 100 ms while answers are
+    /// fast. Requests over it get a 503 with Retry-After (gRPC:
+    /// RESOURCE_EXHAUSTED) before their body is read, so the admitted are
+    /// answered about as fast as when idle. Never above
+    /// --max-inflight-requests. 0 or `off`: only the fixed caps.
+    #[arg(long, env = "CODED_SHED_QUEUE_DELAY_MS", default_value_t = Limit::of(DEFAULT_TARGET_MS), value_name = "MS|off")]
+    pub shed_queue_delay_ms: Limit,
     /// Prometheus whose query API tells the watcher each worker's latency
     /// across every frontend (`histogram_quantile` over
     /// `coded_worker_request_duration_seconds`); that view then marks
@@ -177,6 +189,13 @@ pub struct FrontendOptions {
 impl FrontendOptions {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// What `--shed-queue-delay-ms` sheds at, unless off.
+    pub fn shed(&self) -> Option<ShedConfig> {
+        self.shed_queue_delay_ms
+            .0
+            .map(|ms| ShedConfig::with_target(Duration::from_millis(ms)))
     }
 
     pub fn resolve_interval(&self) -> Duration {

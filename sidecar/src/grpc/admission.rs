@@ -53,6 +53,14 @@ pub async fn admit(State(gate): State<Gate>, request: Request, next: Next) -> Re
     let response = next
         .run(Request::from_parts(parts, Body::from(message)))
         .await;
+    // An answer's status comes in the trailers; an error's in the headers.
+    if response
+        .headers()
+        .get("grpc-status")
+        .is_none_or(|s| s == "0")
+    {
+        ticket.answered();
+    }
     drop(ticket);
     response
 }
@@ -145,7 +153,7 @@ mod tests {
     fn ticket() -> (Arc<Admission>, Ticket) {
         let refused =
             prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap();
-        let a = Admission::new(Limit::OFF, Limit::of(10_000), refused);
+        let a = Admission::new(Limit::OFF, Limit::of(10_000), None, refused);
         let t = a.admit(0).unwrap();
         (a, t)
     }

@@ -8,20 +8,28 @@
 //! 503 is what load balancers and the frontend's own client already treat
 //! as "try another instance". Health, metadata and metrics are never
 //! refused, so probes keep answering under overload.
+//!
+//! With a [`Shedder`] (the frontend's `--shed-queue-delay-ms`), the cap on
+//! requests is also learnt from their latency, so that those admitted are
+//! answered without a standing queue (see [`super::shedding`]).
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use axum::http::StatusCode;
 use prometheus::IntCounterVec;
 
 use super::engine::EngineError;
+use super::shedding::{ShedConfig, Shedder};
 
 /// `reason` of a request refused by `--max-inflight-requests`.
 pub const INFLIGHT_REQUESTS: &str = "inflight_requests";
 /// `reason` of a request refused by `--max-inflight-bytes`.
 pub const INFLIGHT_BYTES: &str = "inflight_bytes";
+/// `reason` of a request refused by the learnt cap (`--shed-queue-delay-ms`).
+pub const QUEUE_DELAY: &str = "queue_delay";
 /// What `Retry-After` says, in seconds (the header's unit).
 pub const RETRY_AFTER_SECS: u64 = 1;
 
@@ -65,6 +73,7 @@ pub struct Admission {
     max_bytes: Option<usize>,
     requests: AtomicUsize,
     bytes: AtomicUsize,
+    shedder: Option<Shedder>,
     refused: IntCounterVec,
 }
 
@@ -72,18 +81,35 @@ pub struct Admission {
 pub struct Ticket {
     admission: Arc<Admission>,
     bytes: AtomicUsize,
+    admitted: Instant,
+    /// Answered (not refused or failed): its latency teaches the shedder.
+    answered: AtomicBool,
 }
 
 impl Admission {
-    pub fn new(max_requests: Limit, max_bytes: Limit, refused: IntCounterVec) -> Arc<Self> {
+    /// The caps; with `shed`, the cap on requests is also learnt (at most
+    /// `max_requests`).
+    pub fn new(
+        max_requests: Limit,
+        max_bytes: Limit,
+        shed: Option<ShedConfig>,
+        refused: IntCounterVec,
+    ) -> Arc<Self> {
         let size = |l: Limit| l.0.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let max = size(max_requests);
         Arc::new(Admission {
-            max_requests: size(max_requests),
+            max_requests: max,
             max_bytes: size(max_bytes),
             requests: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
+            shedder: shed.map(|c| Shedder::new(c, max.unwrap_or(usize::MAX), Instant::now())),
             refused,
         })
+    }
+
+    /// The learnt cap, when shedding.
+    pub fn shedder(&self) -> Option<&Shedder> {
+        self.shedder.as_ref()
     }
 
     /// Admits one more request holding `bytes` (its announced size, or 0
@@ -94,9 +120,15 @@ impl Admission {
             self.requests.fetch_sub(1, Ordering::SeqCst);
             return Err(self.refuse(INFLIGHT_REQUESTS));
         }
+        if self.shedder.as_ref().is_some_and(|s| !s.admits(held)) {
+            self.requests.fetch_sub(1, Ordering::SeqCst);
+            return Err(self.refuse(QUEUE_DELAY));
+        }
         let ticket = Ticket {
             admission: self.clone(),
             bytes: AtomicUsize::new(0),
+            admitted: Instant::now(),
+            answered: AtomicBool::new(false),
         };
         ticket.hold(bytes)?;
         Ok(ticket)
@@ -119,6 +151,15 @@ impl Admission {
                 "the server is answering its limit of {} requests (--max-inflight-requests); retry later",
                 self.max_requests.unwrap_or_default()
             ),
+            QUEUE_DELAY => {
+                let (target, limit) = self
+                    .shedder
+                    .as_ref()
+                    .map_or((0, 0), |s| (s.config().target.as_millis(), s.limit()));
+                format!(
+                    "the server is shedding load: its requests queued over {target} ms (--shed-queue-delay-ms), so it answers {limit} at a time for now; retry later"
+                )
+            }
             _ => format!(
                 "the requests in flight hold the server's limit of {} bytes (--max-inflight-bytes); retry later",
                 self.max_bytes.unwrap_or_default()
@@ -153,6 +194,12 @@ impl Ticket {
     pub fn held(&self) -> usize {
         self.bytes.load(Ordering::SeqCst)
     }
+
+    /// The request was answered: its latency counts (failures' do not, so
+    /// that fast refusals and errors cannot hide a queue).
+    pub fn answered(&self) {
+        self.answered.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Ticket {
@@ -160,13 +207,19 @@ impl Drop for Ticket {
         let a = &self.admission;
         a.bytes
             .fetch_sub(self.bytes.load(Ordering::SeqCst), Ordering::SeqCst);
-        a.requests.fetch_sub(1, Ordering::SeqCst);
+        let held = a.requests.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        if let Some(s) = &a.shedder
+            && self.answered.load(Ordering::Relaxed)
+        {
+            let now = Instant::now();
+            s.answered(now.saturating_duration_since(self.admitted), held, now);
+        }
     }
 }
 
 /// Whether an error is an admission refusal (gRPC: RESOURCE_EXHAUSTED).
 pub fn is_refusal(reason: &str) -> bool {
-    reason == INFLIGHT_REQUESTS || reason == INFLIGHT_BYTES
+    reason == INFLIGHT_REQUESTS || reason == INFLIGHT_BYTES || reason == QUEUE_DELAY
 }
 
 #[cfg(test)]
@@ -176,7 +229,7 @@ mod tests {
 
     fn admission(requests: Limit, bytes: Limit) -> Arc<Admission> {
         let refused = IntCounterVec::new(Opts::new("refused", "r"), &["reason"]).unwrap();
-        Admission::new(requests, bytes, refused)
+        Admission::new(requests, bytes, None, refused)
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod metrics;
 pub mod repository;
 pub mod server;
+pub mod shedding;
 pub mod shutdown;
 pub mod stats;
 mod stats_route;

@@ -27,6 +27,7 @@ use super::auth::{self, BearerToken};
 use super::decode::off_io_thread;
 use super::engine::{self, Engine, InferError};
 use super::metrics::{RequestMetrics, render};
+use super::shedding::ShedConfig;
 use crate::grpc::{GrpcError, GrpcPort, GrpcServer, InferenceService};
 use crate::protocol::InferRequest;
 use crate::protocol::binary::{self, EncodedBody, HEADER_LENGTH};
@@ -86,6 +87,11 @@ pub struct HttpOptions {
     /// --max-body-bytes. 0 or `off`: no limit.
     #[arg(long, env = "CODED_MAX_INFLIGHT_BYTES", default_value_t = Limit::of(DEFAULT_MAX_INFLIGHT_BYTES), value_name = "BYTES|off")]
     pub max_inflight_bytes: Limit,
+    /// Shed by queueing delay: a cap on requests learnt below
+    /// --max-inflight-requests (the frontend's --shed-queue-delay-ms; the
+    /// worker's own queue is the frontend's to keep short).
+    #[arg(skip)]
+    pub shed: Option<ShedConfig>,
 }
 
 /// `--max-inflight-requests`' default: far above what the 2-core figures in
@@ -107,6 +113,7 @@ impl Default for HttpOptions {
             tls: TlsOptions::default(),
             max_inflight_requests: Limit::of(DEFAULT_MAX_INFLIGHT_REQUESTS),
             max_inflight_bytes: Limit::of(DEFAULT_MAX_INFLIGHT_BYTES),
+            shed: None,
         }
     }
 }
@@ -189,6 +196,7 @@ impl V2Server {
         let admission = Admission::new(
             options.max_inflight_requests,
             options.max_inflight_bytes,
+            options.shed,
             metrics.refused.clone(),
         );
         let grpc = match GrpcPort::resolve(options.grpc_port, options.port) {
@@ -588,6 +596,7 @@ async fn answer<E: Engine>(
         &s.metrics.stats,
     )
     .await?;
+    ticket.answered();
     drop(ticket);
     Ok(body_response(binary::encode_response(
         &response,

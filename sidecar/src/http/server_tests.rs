@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore};
 use tonic::Code;
 
 use super::server::{AppState, router};
+use super::shedding::{INTERVAL, MIN_LIMIT, MIN_SAMPLES, ShedConfig};
 use super::{Admission, Answer, Engine, EngineError, HttpOptions, Limit, RequestMetrics, V2Server};
 use crate::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::grpc::proto::model_infer_request::InferInputTensor;
@@ -245,6 +246,73 @@ async fn over_the_byte_limit_is_refused_on_both_doors_before_any_work() {
     assert!(text.contains(r#"reason="inflight_bytes"} 2"#), "{text}");
 }
 
+/// Waits until the engine has been called `n` times.
+async fn calls_reach(engine: &Gated, n: usize) {
+    while engine.calls.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_standing_queue_is_shed_on_both_doors_before_any_work() {
+    let engine = Gated::new(true);
+    let mut s = serve(engine.clone(), |o| {
+        o.shed = Some(ShedConfig::with_target(Duration::from_millis(5)));
+    })
+    .await;
+    let url = s.http.clone();
+    // Unloaded: one-row requests pass the gate; a window of them, over
+    // more than the shedder's interval, teaches it the base latency.
+    for i in 0..=MIN_SAMPLES {
+        if i == MIN_SAMPLES {
+            tokio::time::sleep(INTERVAL + Duration::from_millis(10)).await;
+        }
+        assert_eq!(post(&url, json_body(1, 0)).await.status(), StatusCode::OK);
+    }
+    let fast = engine.calls.load(Ordering::SeqCst);
+    // A standing queue: 20 requests held in the engine, then all answered
+    // late, with more than the floor still in flight.
+    let burst: Vec<_> = (0..20).map(|_| spawn_post(&url, json_body(2, 0))).collect();
+    calls_reach(&engine, fast + 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..20 {
+        engine.release();
+    }
+    for r in burst {
+        assert_eq!(
+            r.await.unwrap().status(),
+            StatusCode::OK,
+            "admitted, answered"
+        );
+    }
+    // The cap is cut to the floor: MIN_LIMIT more are admitted...
+    let held: Vec<_> = (0..MIN_LIMIT)
+        .map(|_| spawn_post(&url, json_body(2, 0)))
+        .collect();
+    calls_reach(&engine, fast + 20 + MIN_LIMIT).await;
+    // ...and one more is refused, unread, on either door.
+    refused_over_http(&url, json_body(1, 0), "--shed-queue-delay-ms").await;
+    let status = s.grpc.model_infer(grpc_request(1)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("shedding load"), "{status:?}");
+    assert_eq!(
+        engine.calls.load(Ordering::SeqCst),
+        fast + 20 + MIN_LIMIT,
+        "the refused never ran"
+    );
+    for _ in 0..MIN_LIMIT {
+        engine.release();
+    }
+    for r in held {
+        assert_eq!(r.await.unwrap().status(), StatusCode::OK);
+    }
+    let text = metrics(&url).await;
+    assert!(
+        text.contains(r#"coded_test_requests_refused_total{model="sum",reason="queue_delay"} 2"#),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_byte_limit_below_the_body_limit_is_refused_at_start() {
     let o = HttpOptions {
@@ -302,7 +370,7 @@ async fn a_small_request_is_answered_while_a_large_body_is_decoded() {
         draining: Arc::new(AtomicBool::new(false)),
         max_body_bytes: 64 << 20,
         max_rows: 1 << 20,
-        admission: Admission::new(Limit::OFF, Limit::OFF, {
+        admission: Admission::new(Limit::OFF, Limit::OFF, None, {
             prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap()
         }),
         decode_hook: Some(Arc::new(hook)),
