@@ -153,7 +153,8 @@ mod tests {
     fn ticket() -> (Arc<Admission>, Ticket) {
         let refused =
             prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap();
-        let a = Admission::new(Limit::OFF, Limit::of(10_000), None, refused);
+        let limit = prometheus::IntGauge::new("l", "l").unwrap();
+        let a = Admission::new(Limit::OFF, Limit::of(10_000), None, refused, limit);
         let t = a.admit(0).unwrap();
         (a, t)
     }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::http::StatusCode;
-use prometheus::IntCounterVec;
+use prometheus::{IntCounterVec, IntGauge};
 
 use super::engine::EngineError;
 use super::shedding::{ShedConfig, Shedder};
@@ -75,6 +75,8 @@ pub struct Admission {
     bytes: AtomicUsize,
     shedder: Option<Shedder>,
     refused: IntCounterVec,
+    /// `*_inflight_limit`: the cap in force, kept current as it is learnt.
+    limit: IntGauge,
 }
 
 /// One admitted request: holds its place and its bytes until dropped.
@@ -88,23 +90,38 @@ pub struct Ticket {
 
 impl Admission {
     /// The caps; with `shed`, the cap on requests is also learnt (at most
-    /// `max_requests`).
+    /// `max_requests`). Refusals are counted in `refused` by reason, and
+    /// the cap in force is kept in `limit` (0: none).
     pub fn new(
         max_requests: Limit,
         max_bytes: Limit,
         shed: Option<ShedConfig>,
         refused: IntCounterVec,
+        limit: IntGauge,
     ) -> Arc<Self> {
         let size = |l: Limit| l.0.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let max = size(max_requests);
-        Arc::new(Admission {
+        let admission = Admission {
             max_requests: max,
             max_bytes: size(max_bytes),
             requests: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             shedder: shed.map(|c| Shedder::new(c, max.unwrap_or(usize::MAX), Instant::now())),
             refused,
-        })
+            limit,
+        };
+        admission.show_limit();
+        Arc::new(admission)
+    }
+
+    /// Sets `*_inflight_limit` to the cap in force.
+    fn show_limit(&self) {
+        let cap = match (&self.shedder, self.max_requests) {
+            (Some(s), _) => Some(s.limit()),
+            (None, max) => max,
+        };
+        let cap = cap.filter(|&c| c != usize::MAX).unwrap_or(0);
+        self.limit.set(i64::try_from(cap).unwrap_or(i64::MAX));
     }
 
     /// The learnt cap, when shedding.
@@ -213,6 +230,7 @@ impl Drop for Ticket {
         {
             let now = Instant::now();
             s.answered(now.saturating_duration_since(self.admitted), held, now);
+            a.show_limit();
         }
     }
 }
@@ -229,7 +247,8 @@ mod tests {
 
     fn admission(requests: Limit, bytes: Limit) -> Arc<Admission> {
         let refused = IntCounterVec::new(Opts::new("refused", "r"), &["reason"]).unwrap();
-        Admission::new(requests, bytes, None, refused)
+        let limit = IntGauge::new("limit", "l").unwrap();
+        Admission::new(requests, bytes, None, refused, limit)
     }
 
     #[test]

@@ -34,14 +34,18 @@ pub struct RequestMetrics {
     /// `errors`; those refused once their body was read (no announced
     /// length, or inflated past the limit) are in both.
     pub refused: IntCounterVec,
+    /// The cap on infer requests in flight now: the learnt one when
+    /// shedding (`--shed-queue-delay-ms`), else `--max-inflight-requests`;
+    /// 0 when there is none.
+    pub inflight_limit: IntGauge,
     /// Triton's statistics of the same requests (`/v2/models/{m}/stats`).
     pub stats: Arc<Stats>,
 }
 
 impl RequestMetrics {
     /// Registers `<prefix>_request_duration_seconds`, `<prefix>_requests_total`,
-    /// `<prefix>_request_errors_total{reason}`, `<prefix>_inflight_requests`
-    /// and `<prefix>_requests_refused_total{reason}`,
+    /// `<prefix>_request_errors_total{reason}`, `<prefix>_inflight_requests`,
+    /// `<prefix>_inflight_limit` and `<prefix>_requests_refused_total{reason}`,
     /// each with a constant `model` label.
     pub fn register(
         registry: &Registry,
@@ -76,7 +80,12 @@ impl RequestMetrics {
             ),
             &["reason"],
         )?;
+        let inflight_limit = IntGauge::with_opts(opts(
+            "inflight_limit",
+            "Cap on infer requests in flight now: learnt when shedding (--shed-queue-delay-ms), else --max-inflight-requests; 0 when none",
+        ))?;
         registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(inflight_limit.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -87,6 +96,7 @@ impl RequestMetrics {
             errors,
             inflight,
             refused,
+            inflight_limit,
             stats: Arc::new(Stats::default()),
         })
     }

@@ -198,6 +198,7 @@ impl V2Server {
             options.max_inflight_bytes,
             options.shed,
             metrics.refused.clone(),
+            metrics.inflight_limit.clone(),
         );
         let grpc = match GrpcPort::resolve(options.grpc_port, options.port) {
             Some(port) => {

@@ -204,6 +204,10 @@ async fn over_the_request_limit_is_refused_on_both_doors_before_any_work() {
         ),
         "{text}"
     );
+    assert!(
+        text.contains(r#"coded_test_inflight_limit{model="sum"} 1"#),
+        "the fixed cap is shown: {text}"
+    );
 }
 
 #[tokio::test]
@@ -311,6 +315,13 @@ async fn a_standing_queue_is_shed_on_both_doors_before_any_work() {
         text.contains(r#"coded_test_requests_refused_total{model="sum",reason="queue_delay"} 2"#),
         "{text}"
     );
+    // The learnt cap is shown (too few answers since the cut to revise it).
+    assert!(
+        text.contains(&format!(
+            r#"coded_test_inflight_limit{{model="sum"}} {MIN_LIMIT}"#
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -370,9 +381,13 @@ async fn a_small_request_is_answered_while_a_large_body_is_decoded() {
         draining: Arc::new(AtomicBool::new(false)),
         max_body_bytes: 64 << 20,
         max_rows: 1 << 20,
-        admission: Admission::new(Limit::OFF, Limit::OFF, None, {
-            prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap()
-        }),
+        admission: Admission::new(
+            Limit::OFF,
+            Limit::OFF,
+            None,
+            prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap(),
+            prometheus::IntGauge::new("l", "l").unwrap(),
+        ),
         decode_hook: Some(Arc::new(hook)),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
