@@ -106,7 +106,7 @@ pub struct FrontendOptions {
     /// How long an incomplete group waits for more queries before it is
     /// padded with zero queries, in µs. Zero pads at once: protection never
     /// waits for traffic (tokio rounds other values up to ~1 ms).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "CODED_LINGER_US", default_value_t = 0)]
     pub linger_us: u64,
     /// Threads that serve requests and make calls. One (the default) runs
     /// everything on one thread: on a few cores shared with the workers,
@@ -163,7 +163,7 @@ pub struct FrontendOptions {
     #[arg(long, env = "CODED_TRACE_FILE")]
     pub trace_file: Option<std::path::PathBuf>,
     /// Share of coding batches traced (one in round(1/share)).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, env = "CODED_TRACE_SAMPLE", default_value_t = 0.01)]
     pub trace_sample: f64,
     /// CA certificates (a PEM bundle, e.g. the ca.crt of the workers'
     /// kubernetes.io/tls Secret) that https instances' certificates may be
