@@ -13,6 +13,10 @@ pub const MIN_SEEDS: usize = 3;
 /// Fewest latencies beyond p99.9 for it to be more than a few outliers:
 /// 20 needs 20,000 answers per run.
 pub const MIN_BEYOND_P999: u64 = 20;
+/// Most queries a run may fail (time out, be refused), in %, for its tail
+/// to count: percentiles are of answers, so past 0.1% of failures the
+/// p99.9 of every query sent is a failure, whatever the answers' says.
+pub const MAX_ERRORS_PCT: f64 = 0.1;
 
 /// A figure over seeds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -59,6 +63,9 @@ pub enum Verdict {
     Loss,
     /// The ranges overlap: no call.
     Overlap,
+    /// More than [`MAX_ERRORS_PCT`] of its queries failed in some seed:
+    /// its p99.9 is not one of all queries, so no call.
+    Errors,
     /// Fewer than [`MIN_SEEDS`] seeds: no call.
     TooFewSeeds,
     /// The baseline itself, or no baseline in the run.
@@ -71,6 +78,7 @@ impl Verdict {
             Verdict::Win => "win",
             Verdict::Loss => "loss",
             Verdict::Overlap => "overlap: no call",
+            Verdict::Errors => "errors: no call",
             Verdict::TooFewSeeds => "too few seeds",
             Verdict::NotCompared => "",
         }
@@ -95,6 +103,8 @@ pub struct Summary {
     /// Median over the baseline's, seed by seed.
     pub p50_vs_baseline: Option<Spread>,
     pub verdict: Verdict,
+    /// Queries that failed (timed out, refused, errors), % of those sent.
+    pub errors_pct: Spread,
     /// Fewest latencies beyond p99.9 in any one seed's run.
     pub beyond_p999: u64,
 }
@@ -136,10 +146,15 @@ fn summary(report: &Report, name: &str, level: f64) -> Option<Summary> {
     let p50 = |r: &Row| r.latency.p50_us as f64;
     let tail_gap_us = Spread::of(rows.iter().map(|r| gap(r)))?;
     let base_gap = Spread::of(rows.iter().filter_map(|r| baseline(r.seed)).map(gap));
+    let errors_pct = Spread::of(
+        rows.iter()
+            .map(|r| 100.0 * r.errors as f64 / r.sent.max(1) as f64),
+    )?;
     let verdict = match base_gap {
         _ if first.config.is_baseline() => Verdict::NotCompared,
         None => Verdict::NotCompared,
         Some(_) if rows.len() < MIN_SEEDS => Verdict::TooFewSeeds,
+        Some(_) if errors_pct.max > MAX_ERRORS_PCT => Verdict::Errors,
         Some(b) if tail_gap_us.overlaps(&b) => Verdict::Overlap,
         Some(b) if tail_gap_us.max < b.min => Verdict::Win,
         Some(_) => Verdict::Loss,
@@ -156,6 +171,7 @@ fn summary(report: &Report, name: &str, level: f64) -> Option<Summary> {
         gap_vs_baseline: ratios(gap).filter(|_| !first.config.is_baseline()),
         p50_vs_baseline: ratios(p50).filter(|_| !first.config.is_baseline()),
         verdict,
+        errors_pct,
         beyond_p999: rows
             .iter()
             .map(|r| r.latency.count / 1000)
@@ -183,8 +199,8 @@ pub fn markdown(report: &Report, summaries: &[Summary]) -> String {
     for &level in report.levels() {
         out.push_str(&format!(
             "\n{}, median over seeds (min–max):\n\n\
-             | configuration | seeds | offered req/s | p50 ms | p99.9 ms | p99.9 − p50 ms | gap vs equal-resources | p50 vs equal-resources | verdict | answers beyond p99.9 |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
+             | configuration | seeds | offered req/s | p50 ms | p99.9 ms | p99.9 − p50 ms | gap vs equal-resources | p50 vs equal-resources | errors % | verdict | answers beyond p99.9 |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
             report.level_label(level)
         ));
         for s in summaries.iter().filter(|s| s.level == level) {
@@ -193,8 +209,10 @@ pub fn markdown(report: &Report, summaries: &[Summary]) -> String {
             } else {
                 s.beyond_p999.to_string()
             };
+            let e = &s.errors_pct;
+            let errors = format!("{:.2} ({:.2}–{:.2})", e.median, e.min, e.max);
             out.push_str(&format!(
-                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {beyond} |\n",
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {beyond} |\n",
                 s.name,
                 s.seeds,
                 s.rate,
@@ -203,6 +221,7 @@ pub fn markdown(report: &Report, summaries: &[Summary]) -> String {
                 ms(&s.tail_gap_us),
                 ratio(&s.gap_vs_baseline),
                 ratio(&s.p50_vs_baseline),
+                errors,
                 s.verdict.as_str(),
             ));
         }
@@ -299,6 +318,18 @@ mod tests {
         assert_eq!(s[1].verdict, Verdict::NotCompared);
         assert_eq!(s[1].gap_vs_baseline, None);
 
+        // One seed failing 0.2% of its queries (timed out or refused):
+        // its answers' p99.9 is not its queries', so no call.
+        let mut failing = rows.clone();
+        failing[2].errors = failing[2].sent / 500;
+        let s = summarise(&report(failing));
+        assert_eq!(s[0].verdict, Verdict::Errors);
+        assert_eq!(s[0].errors_pct.max, 0.2);
+        assert_eq!(s[0].errors_pct.min, 0.0);
+        // At 0.1% it still counts.
+        let mut few = rows.clone();
+        few[2].errors = few[2].sent / 1000;
+        assert_eq!(summarise(&report(few))[0].verdict, Verdict::Win);
         // One seed where coded's gap reaches the baseline's: no call.
         rows[4] = row(CODED, 2, 1_000, 1_000 + 10_000, 25_000);
         assert_eq!(
@@ -334,7 +365,7 @@ mod tests {
         assert!(table.contains("100 req/s, median over seeds"), "{table}");
         assert!(
             table.contains(
-                "| coded k=2 eager | 3 | 100 | 2.0 (2.0–2.0) | 5.0 (4.0–6.0) | 3.0 (2.0–4.0) | 0.06× (0.04–0.08) | 1.00× (1.00–1.00) | win | 5 (too few) |"
+                "| coded k=2 eager | 3 | 100 | 2.0 (2.0–2.0) | 5.0 (4.0–6.0) | 3.0 (2.0–4.0) | 0.06× (0.04–0.08) | 1.00× (1.00–1.00) | 0.00 (0.00–0.00) | win | 5 (too few) |"
             ),
             "{table}"
         );
