@@ -1,6 +1,7 @@
 //! One module per `coded-sidecar` subcommand: its flags and its run function.
 
 pub mod bench;
+pub mod chaos;
 pub mod eval;
 pub mod fetch;
 pub mod frontend;
