@@ -5,18 +5,22 @@
 //! instances, makes the calls in their own tasks, sleeps until the state
 //! wants to be woken, sends the answers and counts the metrics.
 //!
-//! Once every query has its answer the batch stops waiting: calls still
-//! out (a straggler's, a paused instance's) run on in their own tasks until
-//! they return or time out, so that their latency still marks a slow
-//! instance, and count their own answers as late if their queries were
-//! rebuilt. Before, the batch waited for them, so a paused instance kept
-//! every batch it had a call in alive for up to the call timeout.
+//! Once every query has its answer the batch stops waiting. A call still
+//! out (a straggler's, a paused instance's) runs on in its own task until it
+//! is late (`Instance::late_after`), so that an answer just behind the
+//! rebuild still counts as in time, and is then given up: dropping it
+//! closes its connection, and the worker skips rows whose caller is gone
+//! instead of working through a backlog of answers nobody waits for (a
+//! paused worker, resumed, was 400–600 ms behind). The instance's pace
+//! counts the call as late, so giving up does not hide a slow instance.
+//! A call that answers first counts its answer as late if its queries were
+//! rebuilt.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::batch_state::{Action, Answer, BatchState, Call, Layout, Target, Waits};
@@ -103,6 +107,9 @@ struct Driver {
     late: Arc<[AtomicU64]>,
     /// This batch's trace, when it is sampled.
     trace: Option<BatchTrace>,
+    /// Set once every query has its answer: calls still out are given up
+    /// once late.
+    done: watch::Sender<bool>,
 }
 
 pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemaphorePermit) {
@@ -149,6 +156,7 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         events,
         late: (0..layout.k).map(|_| AtomicU64::new(0)).collect(),
         trace,
+        done: watch::Sender::new(false),
         ctx,
     };
     driver.start(&mut state);
@@ -415,8 +423,25 @@ impl Driver {
         let events = self.events.clone();
         let late = self.late.clone();
         let metrics = self.ctx.metrics.clone();
+        let mut done = self.done.subscribe();
         tokio::spawn(async move {
-            let result = instance.infer(rows, &item, data, out_len, timeout).await;
+            let started = Instant::now();
+            let call = instance.infer(rows, &item, data, out_len, timeout);
+            let given_up = async {
+                // An error means the batch is gone without finishing (the
+                // runtime shutting down): nothing waits for the answer.
+                let _ = done.wait_for(|&done| done).await;
+                tokio::time::sleep_until(started + instance.late_after()).await;
+            };
+            let result = tokio::select! {
+                result = call => result,
+                () = given_up => {
+                    instance.abandoned(started.elapsed());
+                    metrics.abandoned_calls.inc();
+                    tracing::debug!(instance = %instance.url, role = instance.role.as_str(), "gave up a late call: its batch is done");
+                    return;
+                }
+            };
             if let Err(e) = &result {
                 tracing::debug!(instance = %instance.url, role = instance.role.as_str(), "call failed: {e}");
             }
@@ -441,6 +466,7 @@ impl Driver {
             late.store(state.late_if_answered(j) as u64, Ordering::SeqCst);
         }
         inbox.close();
+        self.done.send_replace(true);
         while let Ok(event) = inbox.try_recv() {
             count_late(&self.late, &self.ctx.metrics, &event);
         }

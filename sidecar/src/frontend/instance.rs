@@ -327,6 +327,18 @@ impl Instance {
         }
     }
 
+    /// A call given up after `waited` (its batch was done and it was
+    /// late): counts as a late answer for the instance's pace, so giving
+    /// up does not hide that it is slow.
+    pub fn abandoned(&self, waited: Duration) {
+        self.note_pace(waited.max(self.late_after() + Duration::from_micros(1)));
+    }
+
+    /// Answers that take longer than this are late.
+    pub fn late_after(&self) -> Duration {
+        Duration::from_micros(self.late_after.load(Ordering::SeqCst))
+    }
+
     /// Whether late answers marked the instance slow (see `note_pace`).
     pub fn marked_slow(&self) -> bool {
         self.slow.load(Ordering::SeqCst)

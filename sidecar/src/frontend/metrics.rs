@@ -29,6 +29,9 @@ pub struct Metrics {
     pub rebuilt_while_idle: IntCounter,
     /// Copies of calls sent to instances marked slow, to see them recover.
     pub sampled_calls: IntCounter,
+    /// Calls given up once their batch was done and they were late: the
+    /// instance skips their rows instead of working through a backlog.
+    pub abandoned_calls: IntCounter,
     /// Coding batches with queries still waiting for their answers (at
     /// most `--max-inflight-batches`: a batch ends with its last answer).
     pub batches_running: IntGauge,
@@ -92,6 +95,10 @@ impl Metrics {
             sampled_calls: counter(
                 "sampled_calls_total",
                 "Copies of calls sent to instances marked slow, to see whether they recovered (answers only timed)",
+            )?,
+            abandoned_calls: counter(
+                "abandoned_calls_total",
+                "Calls given up because every query of their batch was answered and they were late",
             )?,
             batches_running: IntGauge::with_opts(opts(
                 "batches_running",
@@ -169,6 +176,7 @@ impl Metrics {
             &m.late_answers,
             &m.rebuilt_while_idle,
             &m.sampled_calls,
+            &m.abandoned_calls,
             &m.prometheus_errors,
         ] {
             m.registry.register(Box::new(c.clone()))?;

@@ -240,12 +240,14 @@ async fn a_retry_never_goes_to_the_instance_still_holding_the_slots_call() {
 /// Once every query has its answer the batch is done, though the slow
 /// instance's call is still out: before, it waited for that call (up
 /// to the call timeout), so a paused instance kept every batch it had
-/// a call in alive. The late answer is still counted when it comes.
+/// a call in alive. The call itself is given up once it is late, so the
+/// slow worker does not work through answers nobody waits for, and the
+/// instance's pace counts it late.
 #[tokio::test]
-async fn a_batch_ends_with_its_last_answer_not_its_last_call() {
+async fn a_batch_ends_with_its_last_answer_and_gives_up_its_late_calls() {
     crate::tls::init();
     let fast = worker(Affine(1.0), 0).await;
-    let slow = worker(Affine(1.0), 3_000).await;
+    let slow = worker(Affine(1.0), 10_000).await;
     let parity = worker(Affine(2.0), 0).await;
     let slow = test_instance_at(1, Role::Model, slow);
     let timeout = Duration::from_secs(30);
@@ -256,16 +258,17 @@ async fn a_batch_ends_with_its_last_answer_not_its_last_call() {
         ),
         timeout,
     );
+    // After the pool, which sets every instance's limit.
+    slow.set_late_after(Duration::from_millis(300));
     let metrics = ctx.metrics.clone();
     let rows = [vec![1.0, -2.0], vec![0.5, 3.0]];
     let (queries, answers) = queries(&rows, timeout);
     let permit = permit().await;
-    // Far less than the slow call's 3 s: the batch must not wait for it.
-    tokio::time::timeout(Duration::from_secs(2), run(ctx, queries, permit))
+    let started = Instant::now();
+    // Far less than the slow call's 10 s: the batch must not wait for it.
+    tokio::time::timeout(Duration::from_secs(5), run(ctx, queries, permit))
         .await
         .expect("the batch ends once its queries are answered");
-    assert_eq!(slow.inflight(), 1, "the slow call is still out");
-    assert_eq!(metrics.batches_running.get(), 0);
     let mut rebuilt = 0;
     for (row, answer) in rows.iter().zip(answers) {
         let answer = answer.await.expect("answered").expect("not an error");
@@ -274,17 +277,57 @@ async fn a_batch_ends_with_its_last_answer_not_its_last_call() {
         rebuilt += usize::from(answer.reconstructed);
     }
     assert_eq!(rebuilt, 1, "the slow instance's query was rebuilt");
-    assert_eq!(metrics.late_answers.get(), 0);
-    // The slow call returns in its own task and counts its late answer.
+    assert_eq!(metrics.batches_running.get(), 0);
+    // Given up once late (300 ms), long before its 10 s answer.
     while slow.inflight() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the late call was not given up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for _ in 0..100 {
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "given up before it was late"
+    );
+    assert_eq!(metrics.abandoned_calls.get(), 1);
+    assert_eq!(metrics.late_answers.get(), 0, "no answer came");
+    assert_eq!(metrics.reconstructions.get(), 1);
+}
+
+/// A call that answers after its batch is done but before it is late is
+/// not given up: its answer is counted as a late one (its query was rebuilt).
+#[tokio::test]
+async fn an_answer_just_behind_the_rebuild_is_counted_not_given_up() {
+    crate::tls::init();
+    let fast = worker(Affine(1.0), 0).await;
+    let slow = worker(Affine(1.0), 300).await;
+    let parity = worker(Affine(2.0), 0).await;
+    let slow = test_instance_at(1, Role::Model, slow);
+    let timeout = Duration::from_secs(30);
+    let ctx = context(
+        Pool::new(
+            vec![test_instance_at(0, Role::Model, fast), slow.clone()],
+            vec![test_instance_at(2, Role::Parity, parity)],
+        ),
+        timeout,
+    );
+    // After the pool, which sets every instance's limit.
+    slow.set_late_after(Duration::from_secs(5));
+    let metrics = ctx.metrics.clone();
+    let rows = [vec![1.0, -2.0], vec![0.5, 3.0]];
+    let (queries, answers) = queries(&rows, timeout);
+    run(ctx, queries, permit().await).await;
+    for answer in answers {
+        answer.await.expect("answered").expect("not an error");
+    }
+    for _ in 0..300 {
         if metrics.late_answers.get() > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(metrics.late_answers.get(), 1);
-    assert_eq!(metrics.reconstructions.get(), 1);
+    assert_eq!(metrics.abandoned_calls.get(), 0);
+    assert_eq!(slow.inflight(), 0);
 }
