@@ -657,3 +657,59 @@ async fn big_requests_run_in_batch_sized_parts_and_the_row_limit_refuses_bigger_
     );
     assert_eq!(w.model.batches.lock().unwrap().len(), 3, "no work started");
 }
+
+/// Requests whose callers left while they queued (the frontend gives up a
+/// late call once its batch is done) are skipped, not run: a worker that
+/// was slow or paused does not work through answers nobody waits for
+/// before the next live request.
+#[tokio::test]
+async fn requests_whose_callers_left_while_queued_are_not_run() {
+    let model = Linear {
+        call_time: Duration::from_millis(500),
+        ..Linear::default()
+    };
+    let mut opts = options();
+    // Each request a batch of its own: two rows and three exceed it.
+    opts.max_batch_size = 4;
+    let w = start(opts, model).await;
+    let batches = || w.model.batches.lock().unwrap().clone();
+    let request = |n: usize| InferRequest {
+        id: None,
+        parameters: Default::default(),
+        inputs: vec![NamedTensor {
+            name: "input".into(),
+            shape: vec![n, INPUTS],
+            data: rows(n, n),
+        }],
+        outputs: OutputSelection::default(),
+    };
+    let send = |n: usize, timeout: Duration| {
+        let (url, request) = (w.url.clone(), request(n));
+        tokio::spawn(async move {
+            let client = Client::new(&url, timeout).unwrap();
+            client
+                .infer("linear", None, &request, Encoding::Binary)
+                .await
+        })
+    };
+    // One row occupies the model; two and three rows queue behind it and
+    // their callers give up after 100 ms; four rows queue after them.
+    let first = send(1, Duration::from_secs(10));
+    while batches().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let left: Vec<_> = [2, 3]
+        .into_iter()
+        .map(|n| send(n, Duration::from_millis(100)))
+        .collect();
+    for call in left {
+        let gone = call.await.unwrap();
+        assert!(gone.is_err(), "the caller gave up: {gone:?}");
+    }
+    let last = send(4, Duration::from_secs(10));
+    let data = rows(4, 4);
+    let answer = last.await.unwrap().expect("the live request is answered");
+    assert!(close(&answer.outputs[0].data, &expected_rows(&data)));
+    first.await.unwrap().expect("the first request is answered");
+    assert_eq!(batches(), vec![1, 4], "the abandoned requests ran");
+}
