@@ -259,6 +259,7 @@ fn overhead_reports_every_target_and_the_ratios() {
     }
     assert!(table.contains("server CPU µs/req"), "{table}");
     assert!(table.contains("Over gRPC"), "{table}");
+    assert!(table.contains("µs at p50 over gRPC"), "{table}");
     for ratio in [
         "added_p50_in_hops",
         "forwarding_added_p50_in_hops",
@@ -269,6 +270,8 @@ fn overhead_reports_every_target_and_the_ratios() {
         "grpc_vs_http_p50_worker",
         "grpc_vs_http_p50_frontend",
         "grpc_vs_http_throughput_frontend",
+        "frontend_added_p50_us_http",
+        "frontend_added_p50_us_grpc",
     ] {
         assert!(report[ratio].as_f64().unwrap().is_finite(), "{ratio}");
     }

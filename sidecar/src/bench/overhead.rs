@@ -59,6 +59,11 @@ pub struct OverheadReport {
     pub grpc_vs_http_p50_frontend: f64,
     /// Coding frontend throughput over gRPC over its throughput over HTTP.
     pub grpc_vs_http_throughput_frontend: f64,
+    /// What the coding frontend adds at p50 over HTTP (through it minus
+    /// the worker called directly), in µs.
+    pub frontend_added_p50_us_http: f64,
+    /// The same over gRPC (issue 18's target: no more than over HTTP).
+    pub frontend_added_p50_us_grpc: f64,
     /// Frontend throughput over the worker's, called directly.
     pub throughput_vs_worker: f64,
     /// The echo server's CPU per request over the frontend's: the
@@ -153,6 +158,8 @@ pub async fn run(e: Endpoints<'_>, plan: &OverheadPlan) -> anyhow::Result<Overhe
         grpc_vs_http_p50_frontend: p50(6) / p50(1).max(1.0),
         grpc_vs_http_throughput_frontend: targets[6].throughput_rps
             / targets[1].throughput_rps.max(1e-9),
+        frontend_added_p50_us_http: p50(1) - p50(0),
+        frontend_added_p50_us_grpc: p50(6) - p50(5),
         added_p50_in_hops: (p50(1) - p50(0)) / p50(2).max(1.0),
         forwarding_added_p50_in_hops: (p50(3) - p50(0)) / p50(2).max(1.0),
         two_threads_added_p50_in_hops: (p50(4) - p50(0)) / p50(2).max(1.0),
@@ -208,6 +215,10 @@ pub fn markdown(r: &OverheadReport) -> String {
         r.grpc_vs_http_p50_worker,
         r.grpc_vs_http_p50_frontend,
         r.grpc_vs_http_throughput_frontend * 100.0
+    ));
+    s.push_str(&format!(
+        "The coding frontend adds {:.0} µs at p50 over gRPC and {:.0} µs over HTTP (through it minus the worker called directly, same protocol).\n",
+        r.frontend_added_p50_us_grpc, r.frontend_added_p50_us_http
     ));
     if let Some(ratio) = r.cpu_throughput_vs_echo {
         s.push_str(&format!(
