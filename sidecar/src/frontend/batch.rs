@@ -345,7 +345,9 @@ impl Driver {
             }),
             Answer::Rebuilt(output) => {
                 metrics.reconstructions.inc();
-                if self.ctx.pool.idle_usable_model() {
+                // Berrut's answers are all decoded: no idle instance could
+                // have made one exact.
+                if self.ctx.berrut.is_none() && self.ctx.pool.idle_usable_model() {
                     metrics.rebuilt_while_idle.inc();
                 }
                 Ok(RowAnswer {
