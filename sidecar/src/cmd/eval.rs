@@ -1,5 +1,5 @@
 //! `coded-sidecar eval`: degraded-mode accuracy of a base model and the
-//! parity models of one code.
+//! parity models of one code, or of the training-free Berrut code.
 
 use std::path::PathBuf;
 
@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::DataArgs;
+use crate::coding::CodeKind;
 use crate::device::{DeviceArgs, Placement};
 use crate::eval::report::evaluate;
 
@@ -17,9 +18,21 @@ pub struct EvalArgs {
     pub base: PathBuf,
     /// The parity model's card; with r ≥ 2 parities, each of the code's r
     /// cards (repeat the flag or comma-separate), scored under every
-    /// pattern of up to r losses.
-    #[arg(long, required = true, value_delimiter = ',')]
+    /// pattern of up to r losses. Needed by `--code parity`.
+    #[arg(long, value_delimiter = ',')]
     pub parity: Vec<PathBuf>,
+    /// `parity` scores the --parity models; `berrut` needs none and scores
+    /// the Berrut code (every answer decoded from the base model's answers
+    /// to coded queries) for each --berrut-k, n = k + each --berrut-extra,
+    /// under every pattern of 0..=--berrut-losses lost coded answers.
+    #[arg(long, value_enum, default_value_t = CodeKind::Parity)]
+    pub code: CodeKind,
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    pub berrut_k: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub berrut_extra: Vec<usize>,
+    #[arg(long, default_value_t = 2)]
+    pub berrut_losses: usize,
     /// Seed of the random grouping of test images into coding groups.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -39,6 +52,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let placement = Placement::f32(args.device.open()?);
     let base = crate::model::load(&args.base, &placement)
         .with_context(|| format!("loading the base model {}", args.base.display()))?;
+    if args.code == CodeKind::Berrut {
+        return run_berrut(&args, &base, &placement);
+    }
+    if args.parity.is_empty() {
+        anyhow::bail!("--code parity scores parity models: pass their cards with --parity");
+    }
     let parities = args
         .parity
         .iter()
@@ -54,6 +73,39 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let parities: Vec<&crate::model::Model> = parities.iter().collect();
     let report = evaluate(&base, &parities, &test, args.seed)?;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_berrut(
+    args: &EvalArgs,
+    base: &crate::model::Model,
+    placement: &Placement,
+) -> anyhow::Result<()> {
+    if base.card.is_parity() {
+        anyhow::bail!(
+            "--base {} is a parity model; pass the base model's card",
+            base.card.name
+        );
+    }
+    let data = args.data.load()?.to_device(&placement.device)?;
+    let test = match args.limit {
+        Some(n) => data.test.take(n)?,
+        None => data.test,
+    };
+    let report = crate::eval::berrut::evaluate_berrut(
+        base,
+        &test,
+        args.seed,
+        &args.berrut_k,
+        &args.berrut_extra,
+        args.berrut_losses,
+    )?;
     print!("{}", report.table());
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;

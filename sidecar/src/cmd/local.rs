@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::DataArgs;
-use crate::coding::EncoderKind;
+use crate::coding::{BerrutCode, CodeKind, EncoderKind};
 use crate::device::{DeviceArgs, Precision};
 use crate::frontend::ReconstructPolicy;
 use crate::grpc::GrpcPort;
@@ -28,11 +28,22 @@ pub struct LocalArgs {
     /// cache) and served, and up to r lost queries of a group are rebuilt.
     #[arg(long, default_value_t = 1)]
     pub r: usize,
+    /// `parity`: ParM's code with trained parity models. `berrut`
+    /// (ApproxIFER): no parity model is trained or served; n base-model
+    /// workers serve each group's n coded queries, any n − k of them may be
+    /// slow or lost, and every answer is interpolated (approximate, marked
+    /// `reconstructed`). E.g. `local --code berrut --n 3 --k 2`.
+    #[arg(long, value_enum, default_value_t = CodeKind::Parity)]
+    pub code: CodeKind,
+    /// With --code berrut: coded queries per group, k < n ≤ 64
+    /// [default: k + 1].
+    #[arg(long)]
+    pub n: Option<usize>,
     #[arg(long, value_enum, default_value_t = EncoderKind::Sum)]
     pub encoder: EncoderKind,
     #[arg(long, value_enum, default_value_t = ReconstructPolicy::Eager)]
     pub reconstruct_policy: ReconstructPolicy,
-    /// Model worker processes [default: k].
+    /// Model worker processes [default: k; with --code berrut, n].
     #[arg(long)]
     pub models: Option<usize>,
     /// Parity worker processes, at least r: worker i serves parity i mod r
@@ -104,13 +115,38 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     if args.k < crate::coding::MIN_K {
         anyhow::bail!("--k {} is not a code: k must be at least 2", args.k);
     }
-    crate::coding::LinearCode::new(args.k, args.r)?;
-    if args.encoder == EncoderKind::Concat && args.r > 1 {
-        return Err(crate::coding::CodingError::ConcatParities(args.r).into());
+    let berrut = match args.code {
+        CodeKind::Berrut => Some(BerrutCode::new(args.k, args.n.unwrap_or(args.k + 1))?),
+        CodeKind::Parity => {
+            if let Some(n) = args.n {
+                anyhow::bail!("--n {n} is the Berrut code's: give --code berrut");
+            }
+            None
+        }
+    };
+    if berrut.is_none() {
+        crate::coding::LinearCode::new(args.k, args.r)?;
+        if args.encoder == EncoderKind::Concat && args.r > 1 {
+            return Err(crate::coding::CodingError::ConcatParities(args.r).into());
+        }
     }
-    let models = args.models.unwrap_or(args.k);
-    let parities = args.parities.unwrap_or(args.r);
-    if models == 0 || parities < args.r {
+    let models = args
+        .models
+        .unwrap_or(berrut.as_ref().map_or(args.k, BerrutCode::n));
+    if let Some(code) = &berrut
+        && models < code.n()
+    {
+        anyhow::bail!(
+            "--code berrut --n {} needs at least n model workers (one per coded query), not --models {models}",
+            code.n()
+        );
+    }
+    // The Berrut code serves the base model only.
+    let (r, parities) = match berrut {
+        Some(_) => (0, 0),
+        None => (args.r, args.parities.unwrap_or(args.r)),
+    };
+    if models == 0 || parities < r {
         anyhow::bail!(
             "--models must be at least 1 and --parities at least r = {} (one worker per parity)",
             args.r
@@ -129,7 +165,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         device,
         arch: args.arch,
         k: args.k,
-        r: args.r,
+        r,
         encoder: args.encoder,
         base_epochs: args.base_epochs,
         parity_epochs: args.parity_epochs,
@@ -178,6 +214,14 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .flat_map(|p| ["--grpc-port".to_owned(), p.to_string()]),
         )
+        .chain(berrut.iter().flat_map(|c| {
+            [
+                "--code".to_owned(),
+                "berrut".to_owned(),
+                "--n".to_owned(),
+                c.n().to_string(),
+            ]
+        }))
         .collect(),
         worker_args: vec![
             "--device".into(),
@@ -211,13 +255,20 @@ fn banner(cluster: &Cluster, name: &str, input: &str, shape: &[usize], args: &Lo
         .join(", ");
     let host_port = url.trim_start_matches("http://");
     println!();
+    let code = match args.code {
+        CodeKind::Berrut => format!(
+            "Berrut code, n = {} (every answer interpolated, marked reconstructed)",
+            args.n.unwrap_or(args.k + 1)
+        ),
+        CodeKind::Parity => format!(
+            "r = {}, {} encoder, {:?} reconstruction",
+            args.r, args.encoder, args.reconstruct_policy
+        ),
+    };
     println!(
-        "coded serving of {name} at {url}: {models} model worker(s), {} parity worker(s), k = {}, r = {}, {} encoder, {:?} reconstruction{}",
+        "coded serving of {name} at {url}: {models} model worker(s), {} parity worker(s), k = {}, {code}{}",
         cluster.parity_urls.len(),
         args.k,
-        args.r,
-        args.encoder,
-        args.reconstruct_policy,
         if args.straggle {
             format!("; model-1 straggles by {} ms", args.straggle_ms)
         } else {

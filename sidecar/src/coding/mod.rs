@@ -3,14 +3,19 @@
 //! predictions from the parity models' outputs and the other predictions
 //! (`linear`: the code's coefficients and the solve).
 //!
+//! `berrut` is a second kind of code, with no parity model: k queries are
+//! interpolated into n coded queries that the base model itself serves.
+//!
 //! Everything works on batches of groups: queries are `[groups, k, ...item]`.
 
+pub mod berrut;
 pub mod decoder;
 pub mod encoder;
 pub mod linear;
 
 use serde::{Deserialize, Serialize};
 
+pub use berrut::BerrutCode;
 pub use decoder::Decoder;
 pub use encoder::{ConcatEncoder, Encoder, SumEncoder, encoder, parity_encoder};
 pub use linear::{LinearCode, MAX_R, Weights, erasure_patterns};
@@ -30,6 +35,31 @@ impl std::fmt::Display for EncoderKind {
         f.write_str(match self {
             EncoderKind::Sum => "sum",
             EncoderKind::Concat => "concat",
+        })
+    }
+}
+
+/// Which kind of code the frontend serves (`--code`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeKind {
+    /// ParM's: k queries to model instances, r encoded ones to parity
+    /// models trained for the code; lost outputs are solved for.
+    #[default]
+    Parity,
+    /// Berrut (ApproxIFER): k queries interpolated into n coded queries
+    /// that n base-model instances serve; every answer is interpolated
+    /// back from the first k (or, at the deadline, however many) to arrive.
+    Berrut,
+}
+
+impl std::fmt::Display for CodeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CodeKind::Parity => "parity",
+            CodeKind::Berrut => "berrut",
         })
     }
 }
@@ -86,6 +116,13 @@ pub enum CodingError {
         "{lost} outputs of a group are lost but only {parities} parity outputs are in: at most as many losses as parities can be rebuilt"
     )]
     TooManyLosses { lost: usize, parities: usize },
+    #[error(
+        "a Berrut code of k = {k} queries needs n coded queries with k < n ≤ {}, not n = {n}",
+        berrut::MAX_N
+    )]
+    CodedQueries { k: usize, n: usize },
+    #[error("coded answers {arrived:?} are not distinct answers among n = {n}, or none")]
+    Arrived { n: usize, arrived: Vec<usize> },
     #[error("the code's sub-matrix for these erasures is singular")]
     Singular,
     #[error("output {0} of the group is needed to decode but missing")]

@@ -3,7 +3,9 @@
 //! instance in one call, the groups encoded for parity l to an instance of
 //! parity l in one call (k + r calls for the whole batch); this driver picks the
 //! instances, makes the calls in their own tasks, sleeps until the state
-//! wants to be woken, sends the answers and counts the metrics.
+//! wants to be woken, sends the answers and counts the metrics. With the
+//! Berrut code ([`BerrutState`] decides) slot i is coded query i of every
+//! group, n calls to n model instances, and there are no parity calls.
 //!
 //! Once every query has its answer the batch stops waiting. A call still
 //! out (a straggler's, a paused instance's) runs on in its own task until it
@@ -23,13 +25,15 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::batch_state::{Action, Answer, BatchState, Call, Layout, Target, Waits};
+use super::batch_state::{
+    Action, Answer, BatchState, BerrutState, Call, CodingBatch, Layout, Target, Waits,
+};
 use super::dispatch::Pool;
 use super::group::{Query, QueryError, RowAnswer};
 use super::instance::{CallError, Instance, Role};
 use super::metrics::Metrics;
 use super::trace::{BatchTrace, Tracer};
-use crate::coding::{CodingError, Encoder, LinearCode};
+use crate::coding::{BerrutCode, CodingError, Encoder, LinearCode};
 
 pub use super::batch_state::ReconstructPolicy;
 
@@ -43,6 +47,10 @@ pub struct BatchContext {
     pub code: LinearCode,
     /// One encoder per parity, parity l's at l.
     pub encoders: Vec<Box<dyn Encoder>>,
+    /// The Berrut code (`--code berrut`): when set, batches send its n
+    /// coded queries to model instances and decode every answer from
+    /// them; `code` and `encoders` are then unused.
+    pub berrut: Option<BerrutCode>,
     pub policy: ReconstructPolicy,
     pub timeout: Duration,
     pub pool: Arc<Pool>,
@@ -61,11 +69,21 @@ impl BatchContext {
             k: self.k,
             r: l + 1,
         })?;
+        encoder.encode_flat(self.padded(rows, groups), groups)
+    }
+
+    /// `rows` as `[groups, k, in_len]`, zero-padded to whole groups.
+    fn padded(&self, rows: &[Vec<f32>], groups: usize) -> Vec<f32> {
         let mut flat = vec![0f32; groups * self.k * self.in_len];
         for (q, row) in rows.iter().enumerate() {
             flat[q * self.in_len..(q + 1) * self.in_len].copy_from_slice(row);
         }
-        encoder.encode_flat(flat, groups)
+        flat
+    }
+
+    /// Calls a batch makes to model instances: k slots, or Berrut's n.
+    fn slots(&self) -> usize {
+        self.berrut.as_ref().map_or(self.k, BerrutCode::n)
     }
 
     /// The waits the watcher last concluded.
@@ -116,7 +134,11 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
     let running = Running::enter(&ctx.metrics);
     let layout = Layout {
         k: ctx.k,
-        r: ctx.code.r(),
+        r: if ctx.berrut.is_some() {
+            0
+        } else {
+            ctx.code.r()
+        },
         n: queries.len(),
         out_len: ctx.out_len,
     };
@@ -134,13 +156,22 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         .unwrap_or(started + ctx.timeout);
     let (rows, replies): (Vec<_>, Vec<_>) =
         queries.into_iter().map(|q| (q.row, Some(q.reply))).unzip();
-    let mut state = BatchState::new(
-        layout,
-        ctx.policy,
-        ctx.code.clone(),
-        deadline.into_std(),
-        started.into_std(),
-    );
+    let mut state: Box<dyn CodingBatch> = match &ctx.berrut {
+        Some(code) => Box::new(BerrutState::new(
+            layout,
+            code.clone(),
+            deadline.into_std(),
+            started.into_std(),
+        )),
+        None => Box::new(BatchState::new(
+            layout,
+            ctx.policy,
+            ctx.code.clone(),
+            deadline.into_std(),
+            started.into_std(),
+        )),
+    };
+    let slots = ctx.slots();
     let (events, mut inbox) = mpsc::unbounded_channel();
     let trace = ctx.tracer.as_ref().and_then(|t| {
         let deadline_us = deadline.saturating_duration_since(started).as_micros() as u64;
@@ -151,15 +182,15 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         rows,
         replies,
         deadline,
-        tried: vec![Vec::new(); layout.k],
-        holding: vec![Vec::new(); layout.k],
+        tried: vec![Vec::new(); slots],
+        holding: vec![Vec::new(); slots],
         events,
-        late: (0..layout.k).map(|_| AtomicU64::new(0)).collect(),
+        late: (0..slots).map(|_| AtomicU64::new(0)).collect(),
         trace,
         done: watch::Sender::new(false),
         ctx,
     };
-    driver.start(&mut state);
+    driver.start(state.as_mut());
 
     while !state.is_done() {
         let Some(wake) = state.next_wake(&driver.ctx.waits()) else {
@@ -181,11 +212,11 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
             },
             () = tokio::time::sleep_until(Instant::from_std(wake)) => {}
         }
-        driver.learn_zero(&mut state);
+        driver.learn_zero(state.as_mut());
         state.poll(Instant::now().into_std(), &driver.ctx.waits());
-        driver.act(&mut state);
+        driver.act(state.as_mut());
     }
-    driver.finish(&state, inbox);
+    driver.finish(state.as_ref(), inbox);
     drop(running);
     drop(permit);
 }
@@ -210,7 +241,7 @@ impl Drop for Running {
 impl Driver {
     /// Makes the batch's first calls: k distinct model instances picked
     /// together, and one instance of each parity.
-    fn start(&mut self, state: &mut BatchState) {
+    fn start(&mut self, state: &mut dyn CodingBatch) {
         self.learn_zero(state);
         let mut slots = Vec::new();
         let mut parities = Vec::new();
@@ -229,14 +260,15 @@ impl Driver {
             }
         }
         let picked = self.ctx.pool.pick(Role::Model, slots.len(), &[]);
-        if let Some(&j) = slots.first() {
-            let (rows, data) = self.slot_rows(j);
+        if let Some(&j) = slots.first()
+            && let Ok((rows, data)) = self.slot_rows(j)
+        {
             self.sample(Role::Model, &picked, rows, &data);
         }
         let mut picked = picked.into_iter();
         for j in slots {
             match picked.next() {
-                Some(instance) => self.send_slot(j, instance, 0),
+                Some(instance) => self.send_slot(state, j, instance, 0),
                 None => state.failed(Target::Slot(j), NO_MODEL.to_owned()),
             }
         }
@@ -256,7 +288,7 @@ impl Driver {
         }
     }
 
-    fn learn_zero(&self, state: &mut BatchState) {
+    fn learn_zero(&self, state: &mut dyn CodingBatch) {
         if !state.knows_zero()
             && let Some(zero) = self.ctx.zero.get()
         {
@@ -265,7 +297,7 @@ impl Driver {
     }
 
     /// Carries out what the state decided.
-    fn act(&mut self, state: &mut BatchState) {
+    fn act(&mut self, state: &mut dyn CodingBatch) {
         for action in state.take_actions() {
             match action {
                 Action::Call(call) => self.retry(state, call),
@@ -277,7 +309,7 @@ impl Driver {
 
     /// A call after the first ones: a slot sent again, to an instance it
     /// has not tried when there is one.
-    fn retry(&mut self, state: &mut BatchState, call: Call) {
+    fn retry(&mut self, state: &mut dyn CodingBatch, call: Call) {
         match call.target {
             Target::Slot(j) => {
                 let Some(tried) = self.tried.get(j) else {
@@ -290,7 +322,7 @@ impl Driver {
                             self.ctx.metrics.retries.inc();
                         }
                         tracing::debug!(slot = j, instance = %instance.url, "retrying a slot");
-                        self.send_slot(j, instance, call.attempt);
+                        self.send_slot(state, j, instance, call.attempt);
                     }
                     // Reported as a failed call: the state backs off
                     // before asking again.
@@ -321,7 +353,9 @@ impl Driver {
             }),
             Answer::Rebuilt(output) => {
                 metrics.reconstructions.inc();
-                if self.ctx.pool.idle_usable_model() {
+                // Berrut's answers are all decoded: no idle instance could
+                // have made one exact.
+                if self.ctx.berrut.is_none() && self.ctx.pool.idle_usable_model() {
                     metrics.rebuilt_while_idle.inc();
                 }
                 Ok(RowAnswer {
@@ -346,14 +380,20 @@ impl Driver {
             .max(Duration::from_millis(1))
     }
 
-    /// Slot j's rows, one per group it has a query in, and their count.
-    fn slot_rows(&self, j: usize) -> (usize, Vec<f32>) {
+    /// Slot j's rows, one per group it has a query in, and their count;
+    /// with Berrut, coded query j of every group.
+    fn slot_rows(&self, j: usize) -> Result<(usize, Vec<f32>), CodingError> {
+        if let Some(code) = &self.ctx.berrut {
+            let groups = self.layout.groups();
+            let flat = self.ctx.padded(&self.rows, groups);
+            return Ok((groups, code.encode_one(j, &flat, groups, self.ctx.in_len)?));
+        }
         let members = self.layout.members(j);
         let data = members
             .iter()
             .flat_map(|&q| self.rows[q].iter().copied())
             .collect();
-        (members.len(), data)
+        Ok((members.len(), data))
     }
 
     /// Copies of a call to instances of `role` marked slow (see
@@ -372,8 +412,21 @@ impl Driver {
         ctx.metrics.sampled_calls.inc_by(sent as u64);
     }
 
-    fn send_slot(&mut self, j: usize, instance: Arc<Instance>, attempt: usize) {
-        let (rows, data) = self.slot_rows(j);
+    fn send_slot(
+        &mut self,
+        state: &mut dyn CodingBatch,
+        j: usize,
+        instance: Arc<Instance>,
+        attempt: usize,
+    ) {
+        let (rows, data) = match self.slot_rows(j) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("cannot encode coded query {j} of a batch: {e}");
+                state.failed(Target::Slot(j), format!("cannot encode the batch: {e}"));
+                return;
+            }
+        };
         if let Some(tried) = self.tried.get_mut(j) {
             tried.push(instance.id);
         }
@@ -385,7 +438,7 @@ impl Driver {
 
     /// Encodes the groups for parity l and sends them to an instance of
     /// parity l; without either the batch has one parity less.
-    fn send_parity(&mut self, state: &mut BatchState, l: usize, attempt: usize) {
+    fn send_parity(&mut self, state: &mut dyn CodingBatch, l: usize, attempt: usize) {
         let groups = self.layout.groups();
         let target = Target::Parity(l);
         match self.ctx.encode(l, &self.rows, groups) {
@@ -458,7 +511,7 @@ impl Driver {
 
     /// Stops waiting: publishes what each slot's late answer would drop,
     /// then closes the inbox, counting what had already arrived there.
-    fn finish(mut self, state: &BatchState, mut inbox: mpsc::UnboundedReceiver<Event>) {
+    fn finish(mut self, state: &dyn CodingBatch, mut inbox: mpsc::UnboundedReceiver<Event>) {
         if let (Some(tracer), Some(trace)) = (&self.ctx.tracer, self.trace.take()) {
             tracer.finish(trace);
         }

@@ -19,10 +19,19 @@
 //! another instance until the deadline, then answered with an error. A real
 //! answer that comes after its query was rebuilt is dropped and counted;
 //! nothing is answered twice.
+//!
+//! The Berrut code's batches decide in [`berrut`] by the same events and
+//! actions; [`machine`] is what the driver needs of either.
 
 use std::time::{Duration, Instant};
 
 use crate::coding::LinearCode;
+
+pub mod berrut;
+pub mod machine;
+
+pub use berrut::BerrutState;
+pub use machine::CodingBatch;
 
 /// When a decodable query is rebuilt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

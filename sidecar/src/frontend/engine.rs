@@ -68,13 +68,15 @@ impl Frontend {
         resolver: Resolver,
     ) -> anyhow::Result<Started> {
         let code = LinearCode::new(options.k, options.r)?;
+        let berrut = options.berrut()?;
         let (models, parities) = options.sources()?;
         if models.is_empty() {
             bail!(
                 "give the model instances: --model-endpoints URL,... or --model-service HOST:PORT"
             );
         }
-        let coded = options.dispatch == DispatchMode::Coded;
+        // Coded with parity models; Berrut's coded serving needs none.
+        let coded = options.dispatch == DispatchMode::Coded && berrut.is_none();
         if coded && parities.iter().all(Source::is_empty) {
             bail!(
                 "give the parity instances: --parity-endpoints URL,... or --parity-service HOST:PORT (or choose a --dispatch baseline)"
@@ -103,7 +105,7 @@ impl Frontend {
             .parity_model
             .clone()
             .unwrap_or_else(|| format!("{name}-parity"));
-        let encoders = (0..options.r)
+        let encoders = (0..if berrut.is_some() { 0 } else { options.r })
             .map(|l| parity_encoder(options.encoder, &code, l, &info.input.shape))
             .collect::<Result<Vec<_>, _>>()
             .context("setting up the encoders")?;
@@ -178,6 +180,7 @@ impl Frontend {
             out_len: info.output.row_len(),
             code,
             encoders,
+            berrut: berrut.clone(),
             policy: options.reconstruct_policy,
             timeout,
             pool: pool.clone(),
@@ -225,6 +228,7 @@ impl Frontend {
         tracing::info!(
             model = %name,
             k = options.k,
+            code = %options.code,
             encoder = %options.encoder,
             policy = ?options.reconstruct_policy,
             models = ?models,
@@ -235,13 +239,13 @@ impl Frontend {
             Source::Fixed(urls) => need.min(urls.len()),
             Source::Service(_) => need,
         };
-        let (need_models, need_parities) = if coded {
-            (
+        let (need_models, need_parities) = match &berrut {
+            Some(b) => (clamp(b.n(), &models), 0),
+            None if coded => (
                 clamp(options.k, &models),
                 parities.iter().filter(|s| clamp(1, s) > 0).count(),
-            )
-        } else {
-            (1, 0)
+            ),
+            None => (1, 0),
         };
         Ok(Started {
             engine: Arc::new(Frontend {

@@ -7,7 +7,7 @@ use anyhow::bail;
 use super::baseline::DispatchMode;
 use super::batch_state::ReconstructPolicy;
 use super::discovery::Source;
-use crate::coding::{Decoder, EncoderKind};
+use crate::coding::{BerrutCode, CodeKind, Decoder, EncoderKind};
 use crate::http::shedding::{DEFAULT_TARGET_MS, ShedConfig};
 use crate::http::{HttpOptions, Limit};
 
@@ -79,6 +79,19 @@ pub struct FrontendOptions {
     /// and `<parity-model>-<l>` for the others.
     #[arg(long, default_value_t = 1)]
     pub r: usize,
+    /// `parity`: ParM's code, with parity models (--r, --encoder,
+    /// --parity-endpoints). `berrut`: ApproxIFER's training-free code: each
+    /// group of k queries is interpolated into --n coded queries that n
+    /// distinct model instances serve (no parity model), and every answer
+    /// is interpolated back from the first k coded answers to arrive (or,
+    /// at the deadline, from however many did): every answer is then
+    /// approximate and marked `reconstructed`, even with nothing lost.
+    #[arg(long, env = "CODED_CODE", value_enum, default_value_t = CodeKind::Parity)]
+    pub code: CodeKind,
+    /// With --code berrut: coded queries per group, k < n ≤ 64; any n − k
+    /// of a group's instances may be slow or lost [default: k + 1].
+    #[arg(long, env = "CODED_N")]
+    pub n: Option<usize>,
     /// The parity models' cards (paths or URIs, comma-separated, parity 0
     /// first): checked at start against --k, --r and --encoder, so that a
     /// parity model trained for another code is refused with one clear
@@ -237,6 +250,40 @@ impl FrontendOptions {
     }
 }
 
+impl FrontendOptions {
+    /// The Berrut code `--code berrut --n N` asks for, checked against the
+    /// other flags; `None` with the parity code.
+    pub fn berrut(&self) -> anyhow::Result<Option<BerrutCode>> {
+        if self.code != CodeKind::Berrut {
+            if let Some(n) = self.n {
+                bail!("--n {n} is the Berrut code's number of coded queries: give --code berrut");
+            }
+            return Ok(None);
+        }
+        let n = self.n.unwrap_or(self.k + 1);
+        let code = BerrutCode::new(self.k, n)?;
+        if self.dispatch != DispatchMode::Coded {
+            bail!("--code berrut is coded serving: it does not go with a --dispatch baseline");
+        }
+        if !(self.parity_endpoints.is_empty()
+            && self.parity_service.is_empty()
+            && self.parity_card.is_empty())
+        {
+            bail!(
+                "--code berrut needs no parity model: drop --parity-endpoints, --parity-service and --parity-card"
+            );
+        }
+        let listed = self.model_endpoints.len();
+        if self.model_service.is_empty() && listed < n {
+            bail!(
+                "--code berrut --n {n} sends a group's n coded queries to n distinct model instances, but --model-endpoints lists {listed}: list at least {n}, or lower --n (k = {} < n)",
+                self.k
+            );
+        }
+        Ok(Some(code))
+    }
+}
+
 /// Splits `l=VALUE` entries into r lists, parity l's at l; an entry without
 /// `l=` is parity 0's (r = 1 needs no prefix).
 pub fn by_parity(entries: &[String], r: usize, flag: &str) -> anyhow::Result<Vec<Vec<String>>> {
@@ -377,6 +424,38 @@ mod tests {
         o.model_service = vec!["m:8080".into()];
         let err = o.sources().expect_err("both refused").to_string();
         assert!(err.contains("alternatives"), "{err}");
+    }
+
+    #[test]
+    fn berrut_needs_n_model_instances_and_no_parity() {
+        let three = ["--model-endpoints", "http://a:1,http://b:1,http://c:1"];
+        let o = FrontendOptions::parse(three).expect("parses");
+        assert!(o.berrut().expect("parity code").is_none());
+        let o =
+            FrontendOptions::parse(three.into_iter().chain(["--code", "berrut"])).expect("parses");
+        let code = o.berrut().expect("berrut").expect("a code");
+        assert_eq!((code.k(), code.n()), (2, 3));
+        let o = FrontendOptions::parse(three.into_iter().chain(["--code", "berrut", "--n", "4"]))
+            .expect("parses");
+        let err = o.berrut().expect_err("3 < n").to_string();
+        assert!(err.contains("lists 3: list at least 4"), "{err}");
+        let o = FrontendOptions::parse(three.into_iter().chain(["--code", "berrut", "--n", "2"]))
+            .expect("parses");
+        assert!(o.berrut().is_err(), "n must exceed k");
+        let o = FrontendOptions::parse(["--model-service", "m:1", "--code", "berrut", "--n", "5"])
+            .expect("parses");
+        assert_eq!(o.berrut().expect("a service").map(|c| c.n()), Some(5));
+        let o = FrontendOptions::parse(three.into_iter().chain([
+            "--code",
+            "berrut",
+            "--parity-endpoints",
+            "http://p:1",
+        ]))
+        .expect("parses");
+        let err = o.berrut().expect_err("parity refused").to_string();
+        assert!(err.contains("needs no parity model"), "{err}");
+        let o = FrontendOptions::parse(three.into_iter().chain(["--n", "3"])).expect("parses");
+        assert!(o.berrut().is_err(), "--n without --code berrut");
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::train::{TrainOptions, parity::default_groups_per_batch, train_base, t
 pub struct ModelPlan {
     pub arch: Arch,
     pub k: usize,
-    /// Parities per group: one parity model each.
+    /// Parities per group: one parity model each (0: a base model only,
+    /// for the Berrut code).
     pub r: usize,
     pub encoder: EncoderKind,
     pub base_epochs: usize,
@@ -101,6 +102,9 @@ impl ModelPlan {
                     .context("loading the trained base model")?
             }
         };
+        if dirs.parity.is_empty() {
+            return Ok(dirs);
+        }
         let code = LinearCode::new(self.k, self.r)?;
         for (l, dir) in dirs.parity.iter().enumerate() {
             if let Some(parity) = cached(dir, &placement)

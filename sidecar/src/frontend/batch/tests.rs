@@ -44,6 +44,7 @@ fn context(pool: Pool, timeout: Duration) -> Arc<BatchContext> {
         out_len: 2,
         code: LinearCode::new(2, 1).expect("code"),
         encoders: vec![encoder(EncoderKind::Sum, 2, &[2]).expect("encoder")],
+        berrut: None,
         policy: ReconstructPolicy::Eager,
         timeout,
         pool: Arc::new(pool),
@@ -330,4 +331,42 @@ async fn an_answer_just_behind_the_rebuild_is_counted_not_given_up() {
     assert_eq!(metrics.late_answers.get(), 1);
     assert_eq!(metrics.abandoned_calls.get(), 0);
     assert_eq!(slow.inflight(), 0);
+}
+
+/// With the Berrut code a batch sends its n coded queries to n model
+/// instances, no parity, and decodes every query from the first k answers:
+/// with k = 2 two answers interpolate linearly, exact for this affine
+/// model, so the answers equal 2x + 1 only if the slow instance's answer
+/// was not waited for. The padded group's zero query is not answered.
+#[tokio::test]
+async fn a_berrut_batch_decodes_every_query_from_the_first_k_answers() {
+    crate::tls::init();
+    let fast = [worker(Affine(1.0), 0).await, worker(Affine(1.0), 0).await];
+    let slow = worker(Affine(1.0), 2_000).await;
+    let timeout = Duration::from_secs(30);
+    let pool = Pool::new(
+        vec![
+            test_instance_at(0, Role::Model, fast[0].clone()),
+            test_instance_at(1, Role::Model, slow),
+            test_instance_at(2, Role::Model, fast[1].clone()),
+        ],
+        Vec::new(),
+    );
+    let mut ctx = Arc::into_inner(context(pool, timeout)).expect("one owner");
+    ctx.berrut = Some(BerrutCode::new(2, 3).expect("code"));
+    ctx.encoders = Vec::new();
+    let rows = [vec![1.0, -2.0], vec![0.5, 3.0], vec![-1.5, 0.25]];
+    let (queries, answers) = queries(&rows, timeout);
+    let ctx = Arc::new(ctx);
+    run(ctx.clone(), queries, permit().await).await;
+    for (row, answer) in rows.iter().zip(answers) {
+        let a = answer.await.expect("answered").expect("not an error");
+        assert!(a.reconstructed, "every Berrut answer is decoded");
+        let want: Vec<f32> = row.iter().map(|x| 2.0 * x + 1.0).collect();
+        for (w, g) in want.iter().zip(&a.output) {
+            assert!((w - g).abs() < 1e-4, "{row:?}: {:?} not {want:?}", a.output);
+        }
+    }
+    assert_eq!(ctx.metrics.reconstructions.get(), 3);
+    assert_eq!(ctx.metrics.retries.get(), 0);
 }
