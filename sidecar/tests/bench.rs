@@ -291,7 +291,7 @@ fn loads_are_shares_of_the_measured_capacity_of_emulated_accelerators() {
         "--k",
         "2",
         "--only",
-        "equal",
+        "equal,berrut",
         "--loads",
         "0.3",
         "--service-time-ms",
@@ -317,9 +317,22 @@ fn loads_are_shares_of_the_measured_capacity_of_emulated_accelerators() {
     );
     assert_eq!(report["loads"], serde_json::json!([0.3]));
     assert_eq!(report["worker_max_batch_size"], 1);
-    let row = &report["rows"][0];
-    assert_eq!(row["load"], 0.3);
-    assert!((row["rate"].as_f64().unwrap() - 0.3 * capacity).abs() < 1e-6);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in rows {
+        assert_eq!(row["load"], 0.3);
+        assert!((row["rate"].as_f64().unwrap() - 0.3 * capacity).abs() < 1e-6);
+        assert_eq!(row["errors"], 0, "{row}");
+    }
+    // The Berrut code on the same 3 workers (n = 3, no parity): every
+    // answer is interpolated, so every one is marked rebuilt.
+    let berrut = rows
+        .iter()
+        .find(|r| r["config"]["name"] == "berrut k=2 n=3")
+        .expect("a Berrut row");
+    assert_eq!(berrut["config"]["berrut_n"], 3);
+    assert_eq!(berrut["config"]["parities"], 0);
+    assert_eq!(berrut["reconstructed_share"], 1.0, "{berrut}");
 }
 
 #[test]

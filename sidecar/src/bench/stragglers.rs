@@ -38,6 +38,9 @@ pub struct Config {
     /// Whether the frontend's watcher reads worker latency from a
     /// Prometheus scraping the workers (else its own windows).
     pub prometheus: bool,
+    /// The Berrut code's n (`--code berrut --n`): n base-model workers,
+    /// no parity; None: ParM's code or a baseline.
+    pub berrut_n: Option<usize>,
 }
 
 impl Config {
@@ -58,9 +61,10 @@ impl Config {
     }
 }
 
-/// For each k: coded k (eager and deadline: k models and one parity) and
-/// its baselines on k + 1 model instances. With `prometheus`, also coded
-/// eager with the Prometheus-driven watcher, for the first k.
+/// For each k: coded k (eager and deadline: k models and one parity), the
+/// Berrut code with n = k + 1 base-model workers, and the baselines on
+/// k + 1 model instances: all on k + 1 workers. With `prometheus`, also
+/// coded eager with the Prometheus-driven watcher, for the first k.
 pub fn configs(ks: &[usize], prometheus: bool) -> Vec<Config> {
     let mut all = Vec::new();
     for (i, &k) in ks.iter().enumerate() {
@@ -72,6 +76,7 @@ pub fn configs(ks: &[usize], prometheus: bool) -> Vec<Config> {
             models: k,
             parities: 1,
             prometheus: false,
+            berrut_n: None,
         };
         let baseline = |what: &str, dispatch| Config {
             name: format!("{what}, {} workers", k + 1),
@@ -81,6 +86,7 @@ pub fn configs(ks: &[usize], prometheus: bool) -> Vec<Config> {
             models: k + 1,
             parities: 0,
             prometheus: false,
+            berrut_n: None,
         };
         all.push(coded(
             format!("coded k={k} eager"),
@@ -99,6 +105,11 @@ pub fn configs(ks: &[usize], prometheus: bool) -> Vec<Config> {
             format!("coded k={k} deadline"),
             ReconstructPolicy::Deadline,
         ));
+        all.push(Config {
+            name: format!("berrut k={k} n={}", k + 1),
+            berrut_n: Some(k + 1),
+            ..baseline("berrut", DispatchMode::Coded)
+        });
         all.push(baseline("equal-resources", DispatchMode::LeastLoaded));
         all.push(baseline("hedged", DispatchMode::Hedged));
         all.push(baseline("replicated", DispatchMode::Replicated));
@@ -349,6 +360,9 @@ pub(super) fn cluster_spec(config: &Config, plan: &Plan, seed: u64) -> ClusterSp
             // capacity refused 18-23% of its queries). Overload has its own
             // bench (`bench overload`).
             let mut args = vec!["--shed-queue-delay-ms".to_string(), "off".to_string()];
+            if let Some(n) = config.berrut_n {
+                args.extend(["--code", "berrut", "--n", &n.to_string()].map(String::from));
+            }
             if config.prometheus {
                 args.extend(
                     [
