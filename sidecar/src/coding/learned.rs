@@ -190,6 +190,20 @@ impl LearnedCode {
         Ok(l3.forward(&x)?.reshape((g, k, o))?)
     }
 
+    /// Decodes every group under every erasure pattern at once: `outputs`
+    /// `[groups, k + r, o]` all present, `keep` from [`Self::erasure_masks`];
+    /// gives `[groups, patterns, k, o]`.
+    pub fn decode_patterns(&self, outputs: &Tensor, keep: &Tensor) -> Result<Tensor, CodingError> {
+        let (k, r, o) = (self.spec.k, self.spec.r, self.spec.classes);
+        let g = outputs.dim(0)?;
+        let p = keep.dim(0)?;
+        let erased = outputs
+            .unsqueeze(1)?
+            .broadcast_mul(&keep.unsqueeze(0)?)?
+            .reshape((g * p, k + r, o))?;
+        Ok(self.decode(&erased)?.reshape((g, p, k, o))?)
+    }
+
     /// The frontend's form of [`Self::decode`]: one group's outputs, `None`
     /// where missing, each `o` values; gives the rebuilt output of each slot
     /// in `lost`.

@@ -4,6 +4,7 @@
 //! "overall" when its argmax equals the true label and for "reconstruction"
 //! when it equals the base model's own argmax.
 
+pub mod learned;
 pub mod plot;
 pub mod report;
 
