@@ -18,8 +18,13 @@ pub struct EvalArgs {
     /// The parity model's card; with r ≥ 2 parities, each of the code's r
     /// cards (repeat the flag or comma-separate), scored under every
     /// pattern of up to r losses.
-    #[arg(long, required = true, value_delimiter = ',')]
+    #[arg(long, required_unless_present = "code", value_delimiter = ',')]
     pub parity: Vec<PathBuf>,
+    /// A learned code's card (`train code`) to score instead of parity
+    /// models: its parities are served by the base model, its decoder
+    /// rebuilds the lost outputs; every pattern of up to r losses.
+    #[arg(long, conflicts_with = "parity")]
+    pub code: Option<PathBuf>,
     /// Seed of the random grouping of test images into coding groups.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -39,6 +44,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let placement = Placement::f32(args.device.open()?);
     let base = crate::model::load(&args.base, &placement)
         .with_context(|| format!("loading the base model {}", args.base.display()))?;
+    if let Some(path) = &args.code {
+        let code = crate::model::load_code(path, &placement.device)
+            .with_context(|| format!("loading the learned code {}", path.display()))?;
+        let data = args.data.load()?.to_device(&placement.device)?;
+        let test = match args.limit {
+            Some(n) => data.test.take(n)?,
+            None => data.test,
+        };
+        let report = crate::eval::learned::evaluate_code(&base, &code, &test, args.seed)?;
+        return write(&report, args.json.as_deref());
+    }
     let parities = args
         .parity
         .iter()
@@ -54,9 +70,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let parities: Vec<&crate::model::Model> = parities.iter().collect();
     let report = evaluate(&base, &parities, &test, args.seed)?;
+    write(&report, args.json.as_deref())
+}
+
+fn write(
+    report: &crate::eval::report::EvalReport,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     print!("{}", report.table());
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = json {
+        let json = serde_json::to_string_pretty(report)?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
         println!("report written to {}", path.display());
     }

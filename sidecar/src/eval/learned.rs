@@ -5,9 +5,10 @@
 
 use candle_core::Tensor;
 
-use super::{Degraded, EVAL_BATCH};
+use super::report::{EvalError, EvalReport, Losses};
+use super::{Degraded, EVAL_BATCH, accuracy, grouping};
 use crate::coding::{CodingError, LearnedCode, erasure_patterns};
-use crate::model::{Network, argmax};
+use crate::model::{Network, Role, argmax};
 
 /// The base model's outputs on the code's parity queries, then the decoder
 /// under every erasure pattern: `[groups, patterns, k, o]`.
@@ -84,5 +85,82 @@ pub fn degraded_accuracy_learned(
         overall: overall as f64 / scored,
         reconstruction: recon as f64 / scored,
         groups: groups.len() / k,
+    })
+}
+
+/// Scores a learned code against `base` on `test`, groups drawn with
+/// `seed`, under every pattern of 1..=r losses; the floor is the same
+/// networks untrained (seeded like the training run's start).
+pub fn evaluate_code(
+    base: &crate::model::Model,
+    code: &crate::model::CodeModel,
+    test: &crate::data::Split,
+    seed: u64,
+) -> Result<EvalReport, EvalError> {
+    let Role::Code {
+        k,
+        r,
+        encoder,
+        decoder,
+        ref base_sha256,
+        ..
+    } = code.card.role
+    else {
+        return Err(EvalError::Mismatch(format!(
+            "--code {} is not a learned code's card",
+            code.card.name
+        )));
+    };
+    if base.card.role != Role::Base {
+        return Err(EvalError::Mismatch(format!(
+            "--base {} is not a base model; pass the base model's card",
+            base.card.name
+        )));
+    }
+    if !base_sha256.eq_ignore_ascii_case(&base.card.weights.sha256) {
+        return Err(EvalError::Mismatch(format!(
+            "learned code {} was trained for base weights {base_sha256}, not for {} ({})",
+            code.card.name, base.card.name, base.card.weights.sha256
+        )));
+    }
+    let device = test.images.device();
+    let (untrained, _vars) = crate::model::code::fresh(code.code.spec().clone(), 0, device)
+        .map_err(|e| EvalError::Mismatch(e.to_string()))?;
+    let base_logits = base.network.forward_batched(&test.images, EVAL_BATCH)?;
+    let groups = grouping(test.len(), k, seed);
+    let score = |c: &LearnedCode, losses| {
+        degraded_accuracy_learned(
+            c,
+            &base.network,
+            losses,
+            &test.images,
+            &base_logits,
+            &test.labels,
+            &groups,
+        )
+    };
+    let by_losses = (1..=r)
+        .map(|losses| {
+            Ok(Losses {
+                losses,
+                degraded: score(&code.code, losses)?,
+                floor: score(&untrained, losses)?,
+            })
+        })
+        .collect::<Result<Vec<_>, CodingError>>()?;
+    Ok(EvalReport {
+        base: base.card.name.clone(),
+        parity: code.card.name.clone(),
+        arch: base.card.arch,
+        k,
+        r,
+        encoder,
+        decoder: Some(decoder),
+        test_images: test.len(),
+        seed,
+        available_accuracy: accuracy(&base_logits, &test.labels)?,
+        degraded: by_losses[0].degraded,
+        floor: by_losses[0].floor,
+        by_losses,
     })
 }
