@@ -88,6 +88,14 @@ pub struct LearnedCode {
     decoder: [Linear; 3],
 }
 
+impl std::fmt::Debug for LearnedCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LearnedCode")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
 impl LearnedCode {
     /// Builds the networks; their variables are `encoder.*` and `decoder.*`
     /// in `vb` (fresh from a `VarMap` to train, or loaded weights).

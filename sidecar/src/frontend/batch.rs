@@ -39,6 +39,8 @@ pub struct BatchContext {
     pub code: LinearCode,
     /// One encoder per parity, parity l's at l.
     pub encoders: Vec<Box<dyn Encoder>>,
+    /// A learned code's networks: its decoder rebuilds lost outputs.
+    pub learned: Option<Arc<crate::coding::LearnedCode>>,
     pub policy: ReconstructPolicy,
     pub timeout: Duration,
     pub pool: Arc<Pool>,
@@ -133,7 +135,8 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
         ctx.code.clone(),
         deadline.into_std(),
         started.into_std(),
-    );
+    )
+    .with_learned(ctx.learned.clone());
     let (events, mut inbox) = mpsc::unbounded_channel();
     let trace = ctx.tracer.as_ref().and_then(|t| {
         let deadline_us = deadline.saturating_duration_since(started).as_micros() as u64;
