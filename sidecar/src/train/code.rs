@@ -140,6 +140,37 @@ pub fn train_code(
     let mut best = (0usize, f64::NEG_INFINITY, Snapshot::take(&all_vars)?);
     let mut shape = vec![0, k];
     shape.extend_from_slice(&item);
+    // The card of the weights now in `vars`, kept at epoch `best_epoch`
+    // of `epochs` run so far.
+    let card_of = |best_epoch: usize, score: f64, epochs: usize, wall: f64| {
+        let mut card = base.card.clone();
+        card.name = code_name(&base.card.name, recipe);
+        card.role = Role::Code {
+            k,
+            r,
+            encoder: recipe.encoder,
+            decoder: recipe.decoder,
+            base_sha256: base.card.weights.sha256.clone(),
+            base_name: base.card.name.clone(),
+        };
+        card.training = Some(Training {
+            dataset: "fashion-mnist".into(),
+            seed: opts.seed,
+            epochs,
+            best_epoch,
+            batch_size: gpb,
+            optimizer: "adam".into(),
+            learning_rate: super::LEARNING_RATE,
+            weight_decay: super::WEIGHT_DECAY,
+            train_examples: train.len(),
+            validation_accuracy: score,
+            test_accuracy: None,
+            wall_seconds: wall,
+            images_per_second: (groups_per_epoch * k * epochs) as f64 / wall,
+            loss: Some(recipe.loss.name().into()),
+        });
+        card
+    };
     let mut losses = Vec::with_capacity(opts.epochs);
     for epoch in 1..=opts.epochs {
         let mut order = shuffled(train.len(), opts.seed, epoch);
@@ -199,6 +230,9 @@ pub fn train_code(
         let improved = score > best.1;
         if improved {
             best = (epoch, score, Snapshot::take(&all_vars)?);
+            // Saved at once: a long run stopped early keeps its best code.
+            let wall = started.elapsed().as_secs_f64();
+            crate::model::store::save_vars(&vars, &mut card_of(epoch, score, epoch, wall), out)?;
         }
         progress.line(format!(
             "epoch {epoch:>3}/{}  loss {:.4}  validation degraded accuracy {:.2}% (reconstruction {:.2}%)  {:.1} s{}",
@@ -213,32 +247,7 @@ pub fn train_code(
     progress.finish();
     let wall = started.elapsed().as_secs_f64();
     best.2.restore()?;
-    let mut card = base.card.clone();
-    card.name = code_name(&base.card.name, recipe);
-    card.role = Role::Code {
-        k,
-        r,
-        encoder: recipe.encoder,
-        decoder: recipe.decoder,
-        base_sha256: base.card.weights.sha256.clone(),
-        base_name: base.card.name.clone(),
-    };
-    card.training = Some(Training {
-        dataset: "fashion-mnist".into(),
-        seed: opts.seed,
-        epochs: opts.epochs,
-        best_epoch: best.0,
-        batch_size: gpb,
-        optimizer: "adam".into(),
-        learning_rate: super::LEARNING_RATE,
-        weight_decay: super::WEIGHT_DECAY,
-        train_examples: train.len(),
-        validation_accuracy: best.1,
-        test_accuracy: None,
-        wall_seconds: wall,
-        images_per_second: (groups_per_epoch * k * opts.epochs) as f64 / wall,
-        loss: Some(recipe.loss.name().into()),
-    });
+    let mut card = card_of(best.0, best.1, opts.epochs, wall);
     let card_path = crate::model::store::save_vars(&vars, &mut card, out)?;
     Ok(CodeOutcome {
         card_path,
