@@ -44,6 +44,7 @@ fn context(pool: Pool, timeout: Duration) -> Arc<BatchContext> {
         out_len: 2,
         code: LinearCode::new(2, 1).expect("code"),
         encoders: vec![encoder(EncoderKind::Sum, 2, &[2]).expect("encoder")],
+        learned: None,
         policy: ReconstructPolicy::Eager,
         timeout,
         pool: Arc::new(pool),
