@@ -168,6 +168,9 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 None => (0..args.r).collect(),
             };
             // Refused before anything loads.
+            if args.encoder.is_learned() {
+                return Err(crate::coding::CodingError::LearnedEncoder(args.encoder).into());
+            }
             if args.encoder == EncoderKind::Concat && args.r > 1 {
                 return Err(crate::coding::CodingError::ConcatParities(args.r).into());
             }
