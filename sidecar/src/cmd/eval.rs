@@ -18,7 +18,7 @@ pub struct EvalArgs {
     pub base: PathBuf,
     /// The parity model's card; with r ≥ 2 parities, each of the code's r
     /// cards (repeat the flag or comma-separate), scored under every
-    /// pattern of up to r losses. Needed by `--code parity`.
+    /// pattern of up to r losses. Needed by `--code parity` (unless --code-card).
     #[arg(long, value_delimiter = ',')]
     pub parity: Vec<PathBuf>,
     /// `parity` scores the --parity models; `berrut` needs none and scores
@@ -33,6 +33,11 @@ pub struct EvalArgs {
     pub berrut_extra: Vec<usize>,
     #[arg(long, default_value_t = 2)]
     pub berrut_losses: usize,
+    /// A learned code's card (`train code`) to score instead of parity
+    /// models: its parities are served by the base model, its decoder
+    /// rebuilds the lost outputs; every pattern of up to r losses.
+    #[arg(long, conflicts_with = "parity")]
+    pub code_card: Option<PathBuf>,
     /// Seed of the random grouping of test images into coding groups.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -53,10 +58,28 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let base = crate::model::load(&args.base, &placement)
         .with_context(|| format!("loading the base model {}", args.base.display()))?;
     if args.code == CodeKind::Berrut {
+        if args.code_card.is_some() {
+            anyhow::bail!(
+                "--code-card is a learned code's card; --code berrut needs no card: drop one of them"
+            );
+        }
         return run_berrut(&args, &base, &placement);
     }
+    if let Some(path) = &args.code_card {
+        let code = crate::model::load_code(path, &placement.device)
+            .with_context(|| format!("loading the learned code {}", path.display()))?;
+        let data = args.data.load()?.to_device(&placement.device)?;
+        let test = match args.limit {
+            Some(n) => data.test.take(n)?,
+            None => data.test,
+        };
+        let report = crate::eval::learned::evaluate_code(&base, &code, &test, args.seed)?;
+        return write(&report, args.json.as_deref());
+    }
     if args.parity.is_empty() {
-        anyhow::bail!("--code parity scores parity models: pass their cards with --parity");
+        anyhow::bail!(
+            "--code parity scores parity models: pass their cards with --parity (or a learned code's with --code-card)"
+        );
     }
     let parities = args
         .parity
@@ -73,9 +96,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let parities: Vec<&crate::model::Model> = parities.iter().collect();
     let report = evaluate(&base, &parities, &test, args.seed)?;
+    write(&report, args.json.as_deref())
+}
+
+fn write(
+    report: &crate::eval::report::EvalReport,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     print!("{}", report.table());
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = json {
+        let json = serde_json::to_string_pretty(report)?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
         println!("report written to {}", path.display());
     }

@@ -58,6 +58,9 @@ pub fn encoder(
     Ok(match kind {
         EncoderKind::Sum => Box::new(SumEncoder::new(k, item_shape)?),
         EncoderKind::Concat => Box::new(ConcatEncoder::new(k, item_shape)?),
+        kind @ (EncoderKind::Mlp | EncoderKind::Conv) => {
+            return Err(CodingError::LearnedEncoder(kind));
+        }
     })
 }
 
@@ -80,6 +83,9 @@ pub fn parity_encoder(
         EncoderKind::Sum => Box::new(SumEncoder::weighted(code.k(), item_shape, code.row(l))?),
         EncoderKind::Concat if code.r() > 1 => return Err(CodingError::ConcatParities(code.r())),
         EncoderKind::Concat => Box::new(ConcatEncoder::new(code.k(), item_shape)?),
+        kind @ (EncoderKind::Mlp | EncoderKind::Conv) => {
+            return Err(CodingError::LearnedEncoder(kind));
+        }
     })
 }
 

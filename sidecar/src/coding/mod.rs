@@ -11,6 +11,7 @@
 pub mod berrut;
 pub mod decoder;
 pub mod encoder;
+pub mod learned;
 pub mod linear;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use berrut::BerrutCode;
 pub use decoder::Decoder;
 pub use encoder::{ConcatEncoder, Encoder, SumEncoder, encoder, parity_encoder};
+pub use learned::{LearnedCode, LearnedParity, LearnedSpec};
 pub use linear::{LinearCode, MAX_R, Weights, erasure_patterns};
 
 /// Which encoder a parity model was trained for.
@@ -28,6 +30,19 @@ pub enum EncoderKind {
     Sum,
     /// The k images downsampled and tiled into one image of the same size.
     Concat,
+    /// Learned (Learning a Code): a two-layer MLP over the k flattened
+    /// queries gives r parity queries, served by the base model itself.
+    Mlp,
+    /// Learned: dilated convolutions over the k images stacked as channels.
+    Conv,
+}
+
+impl EncoderKind {
+    /// Learned encoders come with a learned decoder and their own weights
+    /// (`train code`), and their parities are served by the base model.
+    pub fn is_learned(self) -> bool {
+        matches!(self, EncoderKind::Mlp | EncoderKind::Conv)
+    }
 }
 
 impl std::fmt::Display for EncoderKind {
@@ -35,6 +50,8 @@ impl std::fmt::Display for EncoderKind {
         f.write_str(match self {
             EncoderKind::Sum => "sum",
             EncoderKind::Concat => "concat",
+            EncoderKind::Mlp => "mlp",
+            EncoderKind::Conv => "conv",
         })
     }
 }
@@ -123,6 +140,12 @@ pub enum CodingError {
     CodedQueries { k: usize, n: usize },
     #[error("coded answers {arrived:?} are not distinct answers among n = {n}, or none")]
     Arrived { n: usize, arrived: Vec<usize> },
+    #[error(
+        "the {0} encoder is learned: it is trained with its decoder (`train code`) and loaded from the code's card, not built by hand"
+    )]
+    LearnedEncoder(EncoderKind),
+    #[error("a learned code decodes with the mlp decoder, not {0}")]
+    LearnedDecoder(Decoder),
     #[error("the code's sub-matrix for these erasures is singular")]
     Singular,
     #[error("output {0} of the group is needed to decode but missing")]

@@ -5,6 +5,7 @@
 //! when it equals the base model's own argmax.
 
 pub mod berrut;
+pub mod learned;
 pub mod plot;
 pub mod report;
 

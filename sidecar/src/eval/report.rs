@@ -30,6 +30,9 @@ pub struct EvalReport {
     #[serde(default = "one")]
     pub r: usize,
     pub encoder: EncoderKind,
+    /// The learned decoder of a learned code (none: subtract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<crate::coding::Decoder>,
     pub test_images: usize,
     pub seed: u64,
     /// The base model's accuracy: what clients get when nothing is lost.
@@ -174,6 +177,7 @@ pub fn evaluate(
         k,
         r,
         encoder: kind,
+        decoder: None,
         test_images: test.len(),
         seed,
         available_accuracy: accuracy(&base_logits, &test.labels)?,
@@ -188,7 +192,7 @@ impl EvalReport {
     pub fn table(&self) -> String {
         let pct = |x: f64| format!("{:>6.2}%", x * 100.0);
         let mut s = format!(
-            "{} + {} ({} k={}{} {}, {} test images, {} groups)\n",
+            "{} + {} ({} k={}{} {}{}, {} test images, {} groups)\n",
             self.base,
             self.parity,
             self.arch,
@@ -199,6 +203,10 @@ impl EvalReport {
                 String::new()
             },
             self.encoder,
+            match self.decoder {
+                Some(d) => format!(" encoder, {d} decoder"),
+                None => String::new(),
+            },
             self.test_images,
             self.degraded.groups
         );
@@ -207,14 +215,19 @@ impl EvalReport {
             self.available_accuracy,
             None,
         )];
+        let (trained, floor) = match self.decoder {
+            Some(_) => ("learned code", "untrained code"),
+            None if self.r > 1 => ("parity models", "base as parity"),
+            None => ("parity model", "base as parity"),
+        };
         if self.r == 1 {
             rows.push((
-                "degraded (parity model)".into(),
+                format!("degraded ({trained})"),
                 self.degraded.overall,
                 Some(self.degraded.reconstruction),
             ));
             rows.push((
-                "floor (base as parity)".into(),
+                format!("floor ({floor})"),
                 self.floor.overall,
                 Some(self.floor.reconstruction),
             ));
@@ -222,12 +235,12 @@ impl EvalReport {
         for row in self.by_losses.iter().filter(|_| self.r > 1) {
             let n = row.losses;
             rows.push((
-                format!("degraded, {n} lost (parity models)"),
+                format!("degraded, {n} lost ({trained})"),
                 row.degraded.overall,
                 Some(row.degraded.reconstruction),
             ));
             rows.push((
-                format!("floor, {n} lost (base as parity)"),
+                format!("floor, {n} lost ({floor})"),
                 row.floor.overall,
                 Some(row.floor.reconstruction),
             ));

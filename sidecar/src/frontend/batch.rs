@@ -51,6 +51,8 @@ pub struct BatchContext {
     /// coded queries to model instances and decode every answer from
     /// them; `code` and `encoders` are then unused.
     pub berrut: Option<BerrutCode>,
+    /// A learned code's networks: its decoder rebuilds lost outputs.
+    pub learned: Option<Arc<crate::coding::LearnedCode>>,
     pub policy: ReconstructPolicy,
     pub timeout: Duration,
     pub pool: Arc<Pool>,
@@ -163,13 +165,16 @@ pub async fn run(ctx: Arc<BatchContext>, queries: Vec<Query>, permit: OwnedSemap
             deadline.into_std(),
             started.into_std(),
         )),
-        None => Box::new(BatchState::new(
-            layout,
-            ctx.policy,
-            ctx.code.clone(),
-            deadline.into_std(),
-            started.into_std(),
-        )),
+        None => Box::new(
+            BatchState::new(
+                layout,
+                ctx.policy,
+                ctx.code.clone(),
+                deadline.into_std(),
+                started.into_std(),
+            )
+            .with_learned(ctx.learned.clone()),
+        ),
     };
     let slots = ctx.slots();
     let (events, mut inbox) = mpsc::unbounded_channel();

@@ -25,7 +25,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::coding::LinearCode;
+use std::sync::Arc;
+
+use crate::coding::{CodingError, LearnedCode, LinearCode};
 
 pub mod berrut;
 pub mod machine;
@@ -153,6 +155,8 @@ pub struct BatchState {
     layout: Layout,
     policy: ReconstructPolicy,
     code: LinearCode,
+    /// A learned code: its decoder network rebuilds instead of the solve.
+    learned: Option<Arc<LearnedCode>>,
     /// F(0), the output of a zero query, for padded groups; learned once.
     zero: Option<Vec<f32>>,
     status: Vec<Status>,
@@ -191,6 +195,7 @@ impl BatchState {
             layout,
             policy,
             code,
+            learned: None,
             zero: None,
             status: vec![Status::Waiting; layout.n],
             slots,
@@ -228,6 +233,12 @@ impl BatchState {
     }
 
     /// F(0) became known (the frontend learns it from an instance at start).
+    /// Rebuilds with a learned code's decoder rather than the linear solve.
+    pub fn with_learned(mut self, learned: Option<Arc<LearnedCode>>) -> Self {
+        self.learned = learned;
+        self
+    }
+
     pub fn learn_zero(&mut self, zero: &[f32]) {
         if self.zero.is_none() && zero.len() == self.layout.out_len {
             self.zero = Some(zero.to_vec());
@@ -470,7 +481,11 @@ impl BatchState {
                 // F(0) not known yet: this group waits.
                 continue;
             }
-            match weights.apply(&parity_rows, &outputs, out_len) {
+            let decoded = match &self.learned {
+                Some(code) => learned_decode(code, &self.parity, &rows, outputs, &missing),
+                None => weights.apply(&parity_rows, &outputs, out_len),
+            };
+            match decoded {
                 Ok(decoded) => {
                     for (m, q) in targets {
                         if let Some(e) = missing.iter().position(|&x| x == m) {
@@ -561,6 +576,19 @@ impl BatchState {
 
 fn wrong_length(what: &str, got: usize) -> String {
     format!("{what} answered {got} values, not one output per query")
+}
+
+/// One group's lost outputs rebuilt by a learned decoder: the k outputs
+/// (`None` where missing) and every parity's rows of group `rows`.
+fn learned_decode<'a>(
+    code: &LearnedCode,
+    parity: &'a [Option<Vec<f32>>],
+    rows: &std::ops::Range<usize>,
+    mut outputs: Vec<Option<&'a [f32]>>,
+    missing: &[usize],
+) -> Result<Vec<Vec<f32>>, CodingError> {
+    outputs.extend(parity.iter().map(|p| p.as_ref().map(|p| &p[rows.clone()])));
+    code.decode_group(&outputs, missing)
 }
 
 #[cfg(test)]

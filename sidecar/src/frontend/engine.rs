@@ -23,7 +23,7 @@ use super::options::FrontendOptions;
 use super::prometheus::{PromConfig, PromSource};
 use super::trace::Tracer;
 use super::watcher::{self, WatchConfig};
-use crate::coding::{LinearCode, parity_encoder};
+use crate::coding::{Encoder, LearnedCode, LearnedParity, LinearCode, parity_encoder};
 use crate::http::{Answer, Engine, EngineError};
 use crate::protocol::client::Client;
 use crate::protocol::v2::{Datatype, TensorMetadata};
@@ -101,14 +101,35 @@ impl Frontend {
         info.name = name.clone();
         info.platform = "coded-sidecar-frontend".to_owned();
         let instance_model = options.instance_model.clone().unwrap_or(name.clone());
+        let learned = load_learned(options).await?;
+        // A learned code's parities are queries to the base model itself.
         let parity_model = options
             .parity_model
             .clone()
-            .unwrap_or_else(|| format!("{name}-parity"));
-        let encoders = (0..if berrut.is_some() { 0 } else { options.r })
-            .map(|l| parity_encoder(options.encoder, &code, l, &info.input.shape))
-            .collect::<Result<Vec<_>, _>>()
-            .context("setting up the encoders")?;
+            .unwrap_or_else(|| match learned {
+                Some(_) => instance_model.clone(),
+                None => format!("{name}-parity"),
+            });
+        let parity_count = if berrut.is_some() { 0 } else { options.r };
+        let encoders = match &learned {
+            Some(c) => (0..parity_count)
+                .map(|l| Ok(Box::new(LearnedParity::new(c.clone(), l)?) as Box<dyn Encoder>))
+                .collect::<Result<Vec<_>, crate::coding::CodingError>>(),
+            None => (0..parity_count)
+                .map(|l| parity_encoder(options.encoder, &code, l, &info.input.shape))
+                .collect::<Result<Vec<_>, _>>(),
+        }
+        .context("setting up the encoders")?;
+        if let Some(c) = &learned
+            && c.spec().item != info.input.shape
+        {
+            bail!(
+                "--code-card {} codes queries of shape {:?}, but the model takes {:?}",
+                options.code_card.as_deref().unwrap_or_default(),
+                c.spec().item,
+                info.input.shape
+            );
+        }
         check_parity_cards(options).await?;
         if coded && !models.is_service() && options.model_endpoints.len() < options.k {
             tracing::warn!(
@@ -181,6 +202,7 @@ impl Frontend {
             code,
             encoders,
             berrut: berrut.clone(),
+            learned,
             policy: options.reconstruct_policy,
             timeout,
             pool: pool.clone(),
@@ -531,6 +553,54 @@ async fn check_parity_cards(options: &FrontendOptions) -> anyhow::Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Loads `--code-card` for a learned encoder and decoder, refusing a card whose
+/// code is not the one the flags give, and flags that need a code without
+/// one (or a code with hand-written flags).
+async fn load_learned(options: &FrontendOptions) -> anyhow::Result<Option<Arc<LearnedCode>>> {
+    let flags = format!(
+        "flags: --k {} --r {} --encoder {} --decoder {}",
+        options.k, options.r, options.encoder, options.decoder
+    );
+    let learned =
+        options.encoder.is_learned() || options.decoder != crate::coding::Decoder::Subtract;
+    if options.code == crate::coding::CodeKind::Berrut && (learned || options.code_card.is_some()) {
+        bail!(
+            "--code berrut is training-free: it takes no learned code (--code-card, --encoder mlp|conv, --decoder mlp)"
+        );
+    }
+    let Some(uri) = &options.code_card else {
+        if learned {
+            bail!(
+                "a learned code needs its weights: give --code-card with the card from `train code` ({flags})"
+            );
+        }
+        return Ok(None);
+    };
+    if !options.parity_card.is_empty() {
+        bail!(
+            "--code-card and --parity-card exclude each other: a learned code has no parity model"
+        );
+    }
+    let card = crate::model::fetch::card(uri)
+        .await
+        .with_context(|| format!("reading the learned code's card {uri}"))?;
+    card.check_code(options.k, options.r, options.encoder, options.decoder)
+        .map_err(|e| anyhow::anyhow!("--code-card {uri}: {e} ({flags})"))?;
+    let (bytes, origin) = crate::model::fetch::weights(uri, &card)
+        .await
+        .with_context(|| format!("fetching the learned code's weights {uri}"))?;
+    // CPU by design: the code's networks are small, and the frontend codes
+    // the flat f32 rows of requests on its own threads.
+    let code = crate::model::code::code_from_bytes(
+        card,
+        &bytes,
+        std::path::Path::new(&origin),
+        &candle_core::Device::Cpu,
+    )
+    .with_context(|| format!("loading the learned code {uri}"))?;
+    Ok(Some(Arc::new(code.code)))
 }
 
 /// Asks model instances for F(0) until one answers; padded groups need it.

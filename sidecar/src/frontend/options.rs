@@ -101,8 +101,19 @@ pub struct FrontendOptions {
     /// How a group is encoded; must match the parity model's training.
     #[arg(long, value_enum, default_value_t = EncoderKind::Sum)]
     pub encoder: EncoderKind,
+    /// `mlp`: a learned code's decoder network (with --encoder mlp|conv
+    /// and --code-card).
     #[arg(long, value_enum, default_value_t = Decoder::Subtract)]
     pub decoder: Decoder,
+    /// A learned code's card (path or URI, from `train code`): with
+    /// --encoder mlp|conv and --decoder mlp, the frontend encodes with its
+    /// encoder network, the parity instances serve the base model itself
+    /// (--parity-model defaults to the model's name), and lost outputs are
+    /// rebuilt by its decoder network. Checked against --k, --r, --encoder
+    /// and --decoder at start. Goes with the default --code parity (a
+    /// learned code has parities too), not with --code berrut.
+    #[arg(long, env = "CODED_CODE_CARD")]
+    pub code_card: Option<String>,
     /// `eager` answers from the parity as soon as it can; `deadline` waits
     /// for the real answer until the observed latency quantile.
     #[arg(long, value_enum, default_value_t = ReconstructPolicy::Eager)]

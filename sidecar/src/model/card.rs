@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Arch;
-use crate::coding::{EncoderKind, LinearCode};
+use crate::coding::{Decoder, EncoderKind, LinearCode};
 
 /// Version tag of the card format.
 pub const CARD_FORMAT: &str = "coded-serving/model-card/v1";
@@ -29,7 +29,8 @@ pub struct ModelCard {
     pub training: Option<Training>,
 }
 
-/// Base model, or parity model trained for a code.
+/// Base model, parity model trained for a code, or a learned code's
+/// encoder and decoder (whose parities the base model serves).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Role {
@@ -50,6 +51,17 @@ pub enum Role {
         /// older cards: all ones, the sum).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         coefficients: Vec<f64>,
+    },
+    /// A learned code (Learning a Code): encoder and decoder networks
+    /// trained with the base model frozen; the card's arch, input, output
+    /// and classes are the base model's.
+    Code {
+        k: usize,
+        r: usize,
+        encoder: EncoderKind,
+        decoder: Decoder,
+        base_sha256: String,
+        base_name: String,
     },
 }
 
@@ -92,6 +104,9 @@ pub struct Training {
     pub test_accuracy: Option<f64>,
     pub wall_seconds: f64,
     pub images_per_second: f64,
+    /// The loss, where the role leaves a choice (learned codes: mse or xent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<String>,
 }
 
 impl ModelCard {
@@ -105,6 +120,41 @@ impl ModelCard {
 
     pub fn is_parity(&self) -> bool {
         matches!(self.role, Role::Parity { .. })
+    }
+
+    pub fn is_code(&self) -> bool {
+        matches!(self.role, Role::Code { .. })
+    }
+
+    /// Checks that this is the learned code (k, r, encoder, decoder) asked
+    /// for: one line saying what differs.
+    pub fn check_code(
+        &self,
+        k: usize,
+        r: usize,
+        encoder: EncoderKind,
+        decoder: Decoder,
+    ) -> Result<(), String> {
+        let Role::Code {
+            k: ck,
+            r: cr,
+            encoder: ce,
+            decoder: cd,
+            ..
+        } = self.role
+        else {
+            return Err(format!(
+                "{} is not a learned code's card (train one with `train code`)",
+                self.name
+            ));
+        };
+        if (ck, cr, ce, cd) != (k, r, encoder, decoder) {
+            return Err(format!(
+                "learned code {} is k = {ck}, r = {cr}, encoder {ce}, decoder {cd}, but the flags ask for k = {k}, r = {r}, encoder {encoder}, decoder {decoder}",
+                self.name
+            ));
+        }
+        Ok(())
     }
 
     /// Checks that this is parity `index` of `code` with `encoder`: one

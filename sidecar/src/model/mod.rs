@@ -6,6 +6,7 @@
 
 pub mod card;
 pub mod cnn;
+pub mod code;
 pub mod fetch;
 pub mod init;
 pub mod mlp;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::device::Placement;
 pub use card::{ModelCard, Role, TensorSpec};
+pub use code::{CodeModel, load_code};
 pub use store::{ModelError, load, save};
 
 /// A network architecture.
@@ -136,6 +138,12 @@ impl Network {
         }
         let ys = self.net.forward_t(&xs.to_dtype(self.dtype)?, false)?;
         Ok(ys.to_dtype(DType::F32)?.detach())
+    }
+
+    /// Logits in inference mode, still in the graph: a learned code's
+    /// gradients flow through the frozen base model to its encoder.
+    pub fn forward_frozen(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.net.forward_t(xs, false)
     }
 
     /// Logits in training mode (batch statistics for batch norm).

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
+use candle_nn::VarMap;
 use sha2::{Digest, Sha256};
 
 use super::card::{CARD_FILE, CARD_FORMAT, WEIGHTS_FILE};
@@ -51,6 +52,8 @@ pub enum ModelError {
         reason: String,
     },
     #[error(transparent)]
+    Coding(#[from] crate::coding::CodingError),
+    #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }
 
@@ -61,13 +64,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Writes the network's weights and its card (with the weights' sha256 and
 /// parameter count filled in) into `dir`, and returns the card's path.
 pub fn save(network: &Network, card: &mut ModelCard, dir: &Path) -> Result<PathBuf, ModelError> {
+    card.arch = network.arch();
+    save_vars(network.varmap(), card, dir)
+}
+
+/// Writes the variables of `vars` as the weights of `card` (a network's,
+/// or a learned code's) into `dir`, fills in their sha256 and count, and
+/// writes the card; returns the card's path.
+pub fn save_vars(vars: &VarMap, card: &mut ModelCard, dir: &Path) -> Result<PathBuf, ModelError> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Write {
         path: dir.to_path_buf(),
         source,
     })?;
     let weights = dir.join(WEIGHTS_FILE);
-    let tensors: HashMap<String, Tensor> = network
-        .varmap()
+    let tensors: HashMap<String, Tensor> = vars
         .data()
         .lock()
         .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?
@@ -80,10 +90,9 @@ pub fn save(network: &Network, card: &mut ModelCard, dir: &Path) -> Result<PathB
         source,
     })?;
     card.format = CARD_FORMAT.to_string();
-    card.arch = network.arch();
     card.weights.uri = WEIGHTS_FILE.to_string();
     card.weights.sha256 = sha256_hex(&bytes);
-    card.weights.parameters = network.parameter_count();
+    card.weights.parameters = tensors.values().map(|t| t.elem_count()).sum();
     let card_path = dir.join(CARD_FILE);
     let json = serde_json::to_string_pretty(card).map_err(|source| ModelError::Card {
         path: card_path.clone(),
@@ -195,6 +204,15 @@ pub fn load_from_bytes(
     origin: &Path,
     placement: &Placement,
 ) -> Result<Model, ModelError> {
+    if card.is_code() {
+        return Err(ModelError::InvalidCard {
+            path: origin.to_path_buf(),
+            reason: format!(
+                "{} is a learned code (encoder and decoder), not a model: pass it as --code",
+                card.name
+            ),
+        });
+    }
     check_sha256(&card, bytes, origin)?;
     let mismatch = |reason: String| ModelError::Mismatch {
         path: origin.to_path_buf(),
@@ -207,34 +225,7 @@ pub fn load_from_bytes(
     let tensors = candle_core::safetensors::load_buffer(bytes, &placement.device)
         .map_err(|e| mismatch(format!("not a safetensors file: {e}")))?;
     let network = Network::placed(card.arch, input, card.classes.len(), 0, placement)?;
-    {
-        let vars = network
-            .varmap()
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
-        let mut missing: Vec<&String> = vars.keys().filter(|n| !tensors.contains_key(*n)).collect();
-        missing.sort();
-        if !missing.is_empty() {
-            return Err(mismatch(format!("missing tensors {missing:?}")));
-        }
-        let mut extra: Vec<&String> = tensors.keys().filter(|n| !vars.contains_key(*n)).collect();
-        extra.sort();
-        if !extra.is_empty() {
-            return Err(mismatch(format!("unexpected tensors {extra:?}")));
-        }
-        for (name, var) in vars.iter() {
-            let t = &tensors[name];
-            if t.dims() != var.dims() {
-                return Err(mismatch(format!(
-                    "tensor {name} has shape {:?}, the network needs {:?}",
-                    t.dims(),
-                    var.dims()
-                )));
-            }
-            var.set(&t.to_dtype(var.dtype())?)?;
-        }
-    }
+    fill(network.varmap(), &tensors).map_err(mismatch)?;
     if placement.dtype != candle_core::DType::F32 || !placement.device.is_cpu() {
         probe(&network, input).map_err(|e| ModelError::Placement {
             arch: card.arch,
@@ -244,6 +235,39 @@ pub fn load_from_bytes(
         })?;
     }
     Ok(Model { card, network })
+}
+
+/// Sets every variable of `vars` from `tensors`: each one there with the
+/// right shape, and nothing else (the reason why not, otherwise).
+pub fn fill(vars: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<(), String> {
+    let vars = vars
+        .data()
+        .lock()
+        .map_err(|_| "variable map lock poisoned".to_string())?;
+    let mut missing: Vec<&String> = vars.keys().filter(|n| !tensors.contains_key(*n)).collect();
+    missing.sort();
+    if !missing.is_empty() {
+        return Err(format!("missing tensors {missing:?}"));
+    }
+    let mut extra: Vec<&String> = tensors.keys().filter(|n| !vars.contains_key(*n)).collect();
+    extra.sort();
+    if !extra.is_empty() {
+        return Err(format!("unexpected tensors {extra:?}"));
+    }
+    for (name, var) in vars.iter() {
+        let t = &tensors[name];
+        if t.dims() != var.dims() {
+            return Err(format!(
+                "tensor {name} has shape {:?}, the network needs {:?}",
+                t.dims(),
+                var.dims()
+            ));
+        }
+        t.to_dtype(var.dtype())
+            .and_then(|t| var.set(&t))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// One forward pass of a zero image: every layer's kernel in the

@@ -118,6 +118,7 @@ pub fn train_base(
             test_accuracy: Some(test),
             wall_seconds: wall,
             images_per_second: (train.len() * opts.epochs) as f64 / wall,
+            loss: None,
         }),
     };
     let card_path = save(&net, &mut card, out)?;

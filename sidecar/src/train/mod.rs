@@ -3,6 +3,7 @@
 //! with the best validation score.
 
 pub mod base;
+pub mod code;
 pub mod parity;
 mod progress;
 
@@ -10,6 +11,7 @@ use candle_core::{Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 pub use base::train_base;
+pub use code::train_code;
 pub use parity::train_parity;
 pub use progress::Progress;
 

@@ -182,6 +182,7 @@ pub fn train_parity(
         test_accuracy: None,
         wall_seconds: wall,
         images_per_second: (groups_per_epoch * k * opts.epochs) as f64 / wall,
+        loss: None,
     });
     let card_path = crate::model::save(&net, &mut card, out)?;
     Ok(ParityOutcome { card_path, card })

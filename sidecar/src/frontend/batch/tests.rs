@@ -45,6 +45,7 @@ fn context(pool: Pool, timeout: Duration) -> Arc<BatchContext> {
         code: LinearCode::new(2, 1).expect("code"),
         encoders: vec![encoder(EncoderKind::Sum, 2, &[2]).expect("encoder")],
         berrut: None,
+        learned: None,
         policy: ReconstructPolicy::Eager,
         timeout,
         pool: Arc::new(pool),
