@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::baseline::{self, DispatchMode};
 use super::batch::BatchContext;
+use super::cards;
 use super::discovery::{self, Factory, Found, Resolver, Source};
 use super::dispatch::Pool;
 use super::group::{self, GroupConfig, Query, QueryError};
@@ -23,7 +24,7 @@ use super::options::FrontendOptions;
 use super::prometheus::{PromConfig, PromSource};
 use super::trace::Tracer;
 use super::watcher::{self, WatchConfig};
-use crate::coding::{Encoder, LearnedCode, LearnedParity, LinearCode, parity_encoder};
+use crate::coding::{Encoder, LearnedParity, LinearCode, parity_encoder};
 use crate::http::{Answer, Engine, EngineError};
 use crate::protocol::client::Client;
 use crate::protocol::v2::{Datatype, TensorMetadata};
@@ -101,7 +102,7 @@ impl Frontend {
         info.name = name.clone();
         info.platform = "coded-sidecar-frontend".to_owned();
         let instance_model = options.instance_model.clone().unwrap_or(name.clone());
-        let learned = load_learned(options).await?;
+        let learned = cards::load_learned(options).await?;
         // A learned code's parities are queries to the base model itself.
         let parity_model = options
             .parity_model
@@ -130,7 +131,7 @@ impl Frontend {
                 info.input.shape
             );
         }
-        check_parity_cards(options).await?;
+        cards::check_parity_cards(options).await?;
         if coded && !models.is_service() && options.model_endpoints.len() < options.k {
             tracing::warn!(
                 models = options.model_endpoints.len(),
@@ -523,84 +524,6 @@ async fn model_info(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// Reads each `--parity-card` and checks that it is that parity of the
-/// code the flags give.
-async fn check_parity_cards(options: &FrontendOptions) -> anyhow::Result<()> {
-    if options.parity_card.is_empty() {
-        return Ok(());
-    }
-    let code = LinearCode::new(options.k, options.r)?;
-    if options.parity_card.len() != options.r {
-        bail!(
-            "--parity-card names {} cards but --r {} needs one per parity, parity 0 first",
-            options.parity_card.len(),
-            options.r
-        );
-    }
-    for (l, uri) in options.parity_card.iter().enumerate() {
-        let card = crate::model::fetch::card(uri)
-            .await
-            .with_context(|| format!("reading the parity card {uri}"))?;
-        card.check_parity(&code, options.encoder, l).map_err(|e| {
-            anyhow::anyhow!(
-                "--parity-card {uri}: {e} (flags: --k {} --r {} --encoder {})",
-                options.k,
-                options.r,
-                options.encoder
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Loads `--code-card` for a learned encoder and decoder, refusing a card whose
-/// code is not the one the flags give, and flags that need a code without
-/// one (or a code with hand-written flags).
-async fn load_learned(options: &FrontendOptions) -> anyhow::Result<Option<Arc<LearnedCode>>> {
-    let flags = format!(
-        "flags: --k {} --r {} --encoder {} --decoder {}",
-        options.k, options.r, options.encoder, options.decoder
-    );
-    let learned =
-        options.encoder.is_learned() || options.decoder != crate::coding::Decoder::Subtract;
-    if options.code == crate::coding::CodeKind::Berrut && (learned || options.code_card.is_some()) {
-        bail!(
-            "--code berrut is training-free: it takes no learned code (--code-card, --encoder mlp|conv, --decoder mlp)"
-        );
-    }
-    let Some(uri) = &options.code_card else {
-        if learned {
-            bail!(
-                "a learned code needs its weights: give --code-card with the card from `train code` ({flags})"
-            );
-        }
-        return Ok(None);
-    };
-    if !options.parity_card.is_empty() {
-        bail!(
-            "--code-card and --parity-card exclude each other: a learned code has no parity model"
-        );
-    }
-    let card = crate::model::fetch::card(uri)
-        .await
-        .with_context(|| format!("reading the learned code's card {uri}"))?;
-    card.check_code(options.k, options.r, options.encoder, options.decoder)
-        .map_err(|e| anyhow::anyhow!("--code-card {uri}: {e} ({flags})"))?;
-    let (bytes, origin) = crate::model::fetch::weights(uri, &card)
-        .await
-        .with_context(|| format!("fetching the learned code's weights {uri}"))?;
-    // CPU by design: the code's networks are small, and the frontend codes
-    // the flat f32 rows of requests on its own threads.
-    let code = crate::model::code::code_from_bytes(
-        card,
-        &bytes,
-        std::path::Path::new(&origin),
-        &candle_core::Device::Cpu,
-    )
-    .with_context(|| format!("loading the learned code {uri}"))?;
-    Ok(Some(Arc::new(code.code)))
 }
 
 /// Asks model instances for F(0) until one answers; padded groups need it.

@@ -16,6 +16,7 @@
 pub mod baseline;
 pub mod batch;
 pub mod batch_state;
+mod cards;
 pub mod discovery;
 pub mod dispatch;
 pub mod engine;
