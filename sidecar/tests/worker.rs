@@ -665,7 +665,9 @@ async fn big_requests_run_in_batch_sized_parts_and_the_row_limit_refuses_bigger_
 #[tokio::test]
 async fn requests_whose_callers_left_while_queued_are_not_run() {
     let model = Linear {
-        call_time: Duration::from_millis(500),
+        // Long, so that the callers who leave do so while it runs, however
+        // loaded the machine.
+        call_time: Duration::from_millis(2000),
         ..Linear::default()
     };
     let mut opts = options();

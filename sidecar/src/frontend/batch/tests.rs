@@ -303,7 +303,9 @@ async fn a_batch_ends_with_its_last_answer_and_gives_up_its_late_calls() {
 async fn an_answer_just_behind_the_rebuild_is_counted_not_given_up() {
     crate::tls::init();
     let fast = worker(Affine(1.0), 0).await;
-    let slow = worker(Affine(1.0), 300).await;
+    // Far behind the rebuild (eager waits a few times the others' time),
+    // far ahead of its late limit.
+    let slow = worker(Affine(1.0), 1_000).await;
     let parity = worker(Affine(2.0), 0).await;
     let slow = test_instance_at(1, Role::Model, slow);
     let timeout = Duration::from_secs(30);
@@ -315,7 +317,7 @@ async fn an_answer_just_behind_the_rebuild_is_counted_not_given_up() {
         timeout,
     );
     // After the pool, which sets every instance's limit.
-    slow.set_late_after(Duration::from_secs(5));
+    slow.set_late_after(Duration::from_secs(20));
     let metrics = ctx.metrics.clone();
     let rows = [vec![1.0, -2.0], vec![0.5, 3.0]];
     let (queries, answers) = queries(&rows, timeout);
@@ -323,7 +325,7 @@ async fn an_answer_just_behind_the_rebuild_is_counted_not_given_up() {
     for answer in answers {
         answer.await.expect("answered").expect("not an error");
     }
-    for _ in 0..300 {
+    for _ in 0..1_000 {
         if metrics.late_answers.get() > 0 {
             break;
         }
