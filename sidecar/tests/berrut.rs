@@ -73,16 +73,7 @@ fn reconstructed(r: &InferResponse) -> bool {
 }
 
 async fn metric(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::metric(url, name, "").await
 }
 
 /// What the frontend may answer for one group `rows` (k queries): the

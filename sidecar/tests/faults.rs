@@ -17,6 +17,7 @@ use coded_sidecar::local::prometheus::{LocalPrometheus, PrometheusSpec, ScrapeTa
 use coded_sidecar::model::{self, argmax};
 use coded_sidecar::protocol::client::{Client, Encoding};
 use coded_sidecar::protocol::{InferRequest, NamedTensor, OutputSelection};
+use common::metric;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -273,19 +274,6 @@ async fn wait_until(done: &AtomicUsize, n: usize) {
 fn class(output: &[f32]) -> u32 {
     let t = Tensor::from_slice(output, (1, output.len()), &candle_core::Device::Cpu).unwrap();
     argmax(&t).unwrap()[0]
-}
-
-async fn metric(url: &str, name: &str, label: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

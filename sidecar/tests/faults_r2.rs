@@ -84,16 +84,7 @@ fn request(images: &[Vec<f32>]) -> InferRequest {
 }
 
 async fn metric(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::metric(url, name, "").await
 }
 
 /// Sends `images` two rows a request from 8 clients; returns, per image,

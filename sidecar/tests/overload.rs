@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use coded_sidecar::http::Limit;
 use common::linear::{INPUTS, expected};
-use common::{Linear, Running, options, start, start_frontend};
+use common::{Linear, Running, metric, options, start, start_frontend};
 use serde_json::{Value, json};
 
 struct Setup {
@@ -119,20 +119,6 @@ async fn burst(url: &str, n: usize) -> (usize, Vec<&'static str>) {
         }
     }
     (answered, refused)
-}
-
-/// The frontend's metric, summed over its labels (those matching `label`).
-async fn metric(url: &str, name: &str, label: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

@@ -99,3 +99,18 @@ pub async fn start_frontend_grpc(
     });
     (url, grpc, task)
 }
+
+/// A server's metric from its `/metrics`, summed over the series whose
+/// line contains `label` ("" for all of them).
+pub async fn metric(url: &str, name: &str, label: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
