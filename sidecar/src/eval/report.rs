@@ -279,28 +279,108 @@ fn reference(arch: Arch, k: usize, encoder: EncoderKind) -> (Option<f64>, Option
     (floor, reproduced)
 }
 
-/// The results table of docs/accuracy.md.
+/// The results table of docs/accuracy.md: one row per report and number
+/// of losses (1..=r), the references beside the r = 1 rows they stand for.
 pub fn markdown_table(reports: &[EvalReport]) -> String {
     let pct = |x: f64| format!("{:.1}%", x * 100.0);
     let opt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.1}%"));
     let mut s = String::from(
-        "| model | k | encoder | available | degraded overall | degraded reconstruction | floor overall | reference degraded | reference floor |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| model | k | r | code | lost | available | degraded overall | degraded reconstruction | floor overall | reference degraded | reference floor |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in reports {
-        let (floor, reproduced) = reference(r.arch, r.k, r.encoder);
-        s += &format!(
-            "| {} | {} | {} | {} | **{}** | {} | {} | {} | {} |\n",
-            r.arch,
-            r.k,
-            r.encoder,
-            pct(r.available_accuracy),
-            pct(r.degraded.overall),
-            pct(r.degraded.reconstruction),
-            pct(r.floor.overall),
-            opt(reproduced),
-            opt(floor)
-        );
+        let code = match r.decoder {
+            Some(decoder) => format!("{} / {decoder}", r.encoder),
+            None => r.encoder.to_string(),
+        };
+        let rows: Vec<(usize, Degraded, Degraded)> = if r.by_losses.is_empty() {
+            vec![(1, r.degraded, r.floor)]
+        } else {
+            r.by_losses
+                .iter()
+                .map(|l| (l.losses, l.degraded, l.floor))
+                .collect()
+        };
+        for (lost, degraded, floor_run) in rows {
+            let (floor, reproduced) = if r.r == 1 && lost == 1 && r.decoder.is_none() {
+                reference(r.arch, r.k, r.encoder)
+            } else {
+                (None, None)
+            };
+            s += &format!(
+                "| {} | {} | {} | {code} | {lost} | {} | **{}** | {} | {} | {} | {} |\n",
+                r.arch,
+                r.k,
+                r.r,
+                pct(r.available_accuracy),
+                pct(degraded.overall),
+                pct(degraded.reconstruction),
+                pct(floor_run.overall),
+                opt(reproduced),
+                opt(floor)
+            );
+        }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn degraded(overall: f64) -> Degraded {
+        Degraded {
+            overall,
+            reconstruction: overall,
+            groups: 10,
+        }
+    }
+
+    fn report(r: usize, by_losses: Vec<Losses>) -> EvalReport {
+        EvalReport {
+            base: "b".into(),
+            parity: "p".into(),
+            arch: Arch::Mlp,
+            k: 2,
+            r,
+            encoder: EncoderKind::Sum,
+            decoder: None,
+            test_images: 20,
+            seed: 0,
+            available_accuracy: 0.9,
+            degraded: degraded(0.8),
+            floor: degraded(0.5),
+            by_losses,
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_number_of_losses_and_references_only_for_r_one() {
+        let losses = |n, overall| Losses {
+            losses: n,
+            degraded: degraded(overall),
+            floor: degraded(0.2),
+        };
+        let table = markdown_table(&[
+            report(1, Vec::new()),
+            report(2, vec![losses(1, 0.81), losses(2, 0.77)]),
+        ]);
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(rows.len(), 3, "{table}");
+        // r = 1: the reproduced recipe (78.8%) and floor (46.0%) beside it.
+        assert!(
+            rows[0].starts_with("| mlp | 2 | 1 | sum | 1 | 90.0% | **80.0%** |"),
+            "{table}"
+        );
+        assert!(rows[0].ends_with("| 78.8% | 46.0% |"), "{table}");
+        assert!(
+            rows[1].starts_with("| mlp | 2 | 2 | sum | 1 | 90.0% | **81.0%** |"),
+            "{table}"
+        );
+        assert!(
+            rows[2].starts_with("| mlp | 2 | 2 | sum | 2 | 90.0% | **77.0%** |"),
+            "{table}"
+        );
+        assert!(rows[2].ends_with("| 20.0% | – | – |"), "{table}");
+    }
 }
