@@ -239,17 +239,12 @@ async fn a_retry_never_goes_to_the_instance_still_holding_the_slots_call() {
     assert_eq!(stalled.inflight(), 2, "the first calls are still out");
 }
 
-/// Once every query has its answer the batch is done, though the slow
-/// instance's call is still out: before, it waited for that call (up
-/// to the call timeout), so a paused instance kept every batch it had
-/// a call in alive. The call itself is given up once it is late, so the
-/// slow worker does not work through answers nobody waits for, and the
-/// instance's pace counts it late.
-#[tokio::test]
-async fn a_batch_ends_with_its_last_answer_and_gives_up_its_late_calls() {
+/// A fast model worker, one answering after `slow_ms`, and a parity
+/// worker; the slow one's instance, and a 30 s timeout.
+async fn fast_slow_and_parity(slow_ms: u64) -> (Arc<BatchContext>, Arc<Instance>, Duration) {
     crate::tls::init();
     let fast = worker(Affine(1.0), 0).await;
-    let slow = worker(Affine(1.0), 10_000).await;
+    let slow = worker(Affine(1.0), slow_ms).await;
     let parity = worker(Affine(2.0), 0).await;
     let slow = test_instance_at(1, Role::Model, slow);
     let timeout = Duration::from_secs(30);
@@ -260,6 +255,18 @@ async fn a_batch_ends_with_its_last_answer_and_gives_up_its_late_calls() {
         ),
         timeout,
     );
+    (ctx, slow, timeout)
+}
+
+/// Once every query has its answer the batch is done, though the slow
+/// instance's call is still out: before, it waited for that call (up
+/// to the call timeout), so a paused instance kept every batch it had
+/// a call in alive. The call itself is given up once it is late, so the
+/// slow worker does not work through answers nobody waits for, and the
+/// instance's pace counts it late.
+#[tokio::test]
+async fn a_batch_ends_with_its_last_answer_and_gives_up_its_late_calls() {
+    let (ctx, slow, timeout) = fast_slow_and_parity(10_000).await;
     // After the pool, which sets every instance's limit.
     slow.set_late_after(Duration::from_millis(300));
     let metrics = ctx.metrics.clone();
@@ -301,21 +308,9 @@ async fn a_batch_ends_with_its_last_answer_and_gives_up_its_late_calls() {
 /// not given up: its answer is counted as a late one (its query was rebuilt).
 #[tokio::test]
 async fn an_answer_just_behind_the_rebuild_is_counted_not_given_up() {
-    crate::tls::init();
-    let fast = worker(Affine(1.0), 0).await;
     // Far behind the rebuild (eager waits a few times the others' time),
     // far ahead of its late limit.
-    let slow = worker(Affine(1.0), 1_000).await;
-    let parity = worker(Affine(2.0), 0).await;
-    let slow = test_instance_at(1, Role::Model, slow);
-    let timeout = Duration::from_secs(30);
-    let ctx = context(
-        Pool::new(
-            vec![test_instance_at(0, Role::Model, fast), slow.clone()],
-            vec![test_instance_at(2, Role::Parity, parity)],
-        ),
-        timeout,
-    );
+    let (ctx, slow, timeout) = fast_slow_and_parity(1_000).await;
     // After the pool, which sets every instance's limit.
     slow.set_late_after(Duration::from_secs(20));
     let metrics = ctx.metrics.clone();
